@@ -1,0 +1,101 @@
+"""The configuration of one trial: a frozen, validated dataclass built from a plain dict.
+
+The sweep service expands its grid into these dicts; ``TrialConfig.from_dict`` is the one
+place a trial's settings are checked, so deep code never reads ``cfg["lr"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainers.quant import QuantSpec
+
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a trial configuration (one line, names the field)."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that determines one training run.
+
+    Budget: ``steps`` and/or ``flops`` (cumulative training FLOPs); training stops at the
+    first one reached, so "same compute" comparisons set ``flops`` for every estimator.
+    """
+
+    estimator: str = "ste"
+    estimator_options: Mapping[str, Any] = field(default_factory=dict)
+    quantizer: str = "int"
+    bits: int = 2
+    quant_options: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "mlp"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int | None = 300
+    flops: float | None = None
+    num_evals: int = 10
+    eval_batch_size: int = 2048
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.steps is None and self.flops is None:
+            raise ConfigError("budget: set steps or flops (or both; training stops at the first reached)")
+        for name in ("steps", "flops"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        for name in ("batch_size", "num_evals", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr < 0:
+            raise ConfigError(f"lr must be >= 0, got {self.lr}")
+        try:
+            self.quant_spec()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+
+    def quant_spec(self) -> QuantSpec:
+        valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}
+        unknown = sorted(set(self.quant_options) - valid)
+        if unknown:
+            raise ConfigError(f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        bits = 8 if self.quantizer.startswith("fp8") else self.bits
+        return QuantSpec(kind=self.quantizer, bits=bits, **self.quant_options)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:
+        """Build from a plain dict, rejecting unknown keys with the list of valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ConfigError(f"unknown trial config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)

@@ -1,0 +1,47 @@
+"""Name -> loader registry, so sweep configs pick datasets by a string."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .base import DatasetError, DataSplits
+from .digits import load_digits_splits
+from .mnist import load_fashion_mnist, load_mnist
+from .synthetic import load_teacher_student
+from .table import load_table
+
+#: Every loader takes keyword-only `data_dir` plus its own keyword options with defaults.
+DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "digits": load_digits_splits,
+    "teacher_student": load_teacher_student,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "table": load_table,
+}
+
+
+def dataset_options(name: str) -> list[str]:
+    """Option names a dataset accepts (its loader's keywords other than data_dir)."""
+    params = inspect.signature(DATASETS[name]).parameters
+    return [p for p in params if p != "data_dir"]
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
+                 **options: Any) -> DataSplits:
+    """Load a dataset by registry name into in-memory train/test tensors.
+
+    `seed` is the trial seed. It is accepted so callers can pass their whole trial config,
+    but no built-in dataset depends on it: splits, subsamples and synthetic data use fixed
+    seeds so every trial of a sweep trains and is scored on identical data.
+    """
+    del seed  # see docstring: data must not vary between trials
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    valid = dataset_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
+                           f"{', '.join(valid) or '(none)'}")
+    return DATASETS[name](data_dir=data_dir, **options)

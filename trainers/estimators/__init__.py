@@ -1,0 +1,47 @@
+"""Gradient estimators behind one interface, picked by name from ``ESTIMATORS``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from trainers.estimators.base import CostModel, Estimator, StepResult
+from trainers.estimators.fogzo import FOGZO, FOGZOConfig
+from trainers.estimators.mezo import MeZO, MeZOConfig
+from trainers.estimators.nspsa import NSPSA, NSPSAConfig
+from trainers.estimators.quzo import QuZO, QuZOConfig
+from trainers.estimators.ste import STE, STEConfig
+
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (STE, NSPSA, FOGZO, MeZO, QuZO)}
+
+
+def estimator_class(name: str) -> type[Estimator]:
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown estimator {name!r}; valid: {', '.join(ESTIMATORS)}") from None
+
+
+def estimator_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """Build the frozen config of estimator ``name``; unknown option names are rejected."""
+    config_class = estimator_class(name).config_class
+    options = dict(options or {})
+    valid = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid)) or 'none'}")
+    return config_class(**options)
+
+
+def build_estimator(name: str, options: dict[str, Any] | None, cost: CostModel, seed: int, lr: float) -> Estimator:
+    """The estimator ``name`` with its own generator seeded from the trial seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return estimator_class(name)(estimator_config(name, options), cost, generator, lr)
+
+
+__all__ = [
+    "ESTIMATORS", "CostModel", "Estimator", "StepResult", "build_estimator", "estimator_class", "estimator_config",
+    "FOGZOConfig", "MeZOConfig", "NSPSAConfig", "QuZOConfig", "STEConfig",
+]

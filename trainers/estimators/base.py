@@ -1,0 +1,92 @@
+"""The one small interface every gradient estimator implements, and its cost accounting."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """FLOPs of one forward and one backward pass on a training mini-batch.
+
+    Measured once per model with ``FlopCounterMode``; a backward that could not be
+    measured counts as two forwards (estimators.md).
+    """
+
+    forward_flops: float
+    backward_flops: float
+
+    def flops(self, forwards: int, backwards: int) -> float:
+        return forwards * self.forward_flops + backwards * self.backward_flops
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one estimator step cost and the mini-batch loss it saw."""
+
+    loss: float
+    forwards: int
+    backwards: int
+    flops: float
+
+
+class Estimator(ABC):
+    """A gradient estimator.
+
+    ``step`` either fills ``p.grad`` for an ordinary torch optimizer to apply, or (when
+    ``updates_in_place``) applies the update itself and keeps no optimizer state.
+    Randomness comes only from ``self.generator`` so a trial is reproducible and resumable.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    updates_in_place: ClassVar[bool] = False
+
+    def __init__(self, config: Any, cost: CostModel, generator: torch.Generator, lr: float = 0.0):
+        self.config = config
+        self.cost = cost
+        self.generator = generator
+        self.lr = lr  # used only by in-place estimators (MeZO, QuZO)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once before training (QuZO snaps its weights onto the grid here)."""
+
+    @abstractmethod
+    def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
+        """One step on ``batch``; ``progress`` in [0, 1] is the fraction of the budget used."""
+
+    def result(self, loss: float, forwards: int, backwards: int) -> StepResult:
+        return StepResult(float(loss), forwards, backwards, self.cost.flops(forwards, backwards))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def first_order_loss(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
+    """Forward + backward with the STE surrogate; leaves the gradient in ``p.grad``."""
+    model.zero_grad(set_to_none=True)
+    inputs, targets = batch
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    return loss.detach()
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A fresh 62-bit seed from the estimator's generator (for regenerate-from-seed tricks)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())

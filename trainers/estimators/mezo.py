@@ -1,0 +1,48 @@
+"""MeZO: memory-efficient zeroth-order SGD (baseline of seed 001).
+
+n-SPSA with Gaussian z done in place so memory equals inference: draw a seed;
+theta += eps z; L+; theta -= 2 eps z; L-; theta += eps z (restore); replay z from the
+seed and update theta -= lr * (L+ - L-) / (2 eps) * z. No optimizer state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from trainers.estimators.base import Batch, Estimator, LossFn, StepResult, draw_seed, trainable_parameters
+from trainers.estimators.seeded import add_noise_, gaussian_noise, two_point_in_place
+
+
+@dataclass(frozen=True)
+class MeZOConfig:
+    n: int = 1
+    eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"mezo: n must be >= 1 (got {self.n})")
+        if self.eps <= 0:
+            raise ValueError(f"mezo: eps must be > 0 (got {self.eps})")
+
+
+class MeZO(Estimator):
+    name = "mezo"
+    config_class = MeZOConfig
+    updates_in_place = True
+
+    def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
+        cfg = self.config
+        params = [p for _, p in trainable_parameters(model)]
+        # All n directions are measured at the same theta, then applied: only seeds are kept.
+        measured = []
+        loss_sum = 0.0
+        for _ in range(cfg.n):
+            seed = draw_seed(self.generator)
+            plus, minus = two_point_in_place(model, loss_fn, batch, params, gaussian_noise(seed), cfg.eps)
+            measured.append((seed, (plus - minus) / (2 * cfg.eps)))
+            loss_sum += plus + minus
+        for seed, projected_grad in measured:
+            add_noise_(params, gaussian_noise(seed), -self.lr * projected_grad / cfg.n)
+        return self.result(loss_sum / (2 * cfg.n), forwards=2 * cfg.n, backwards=0)

@@ -1,0 +1,102 @@
+"""QuZO: quantized zeroth-order fine-tuning (seed 001).
+
+Weights live on the low-precision grid (INT8/INT4/FP8) and forwards run on them; no
+backward, no optimizer state:
+
+    u_i ~ N(0, I);  u_i1 = Q_SR(u_i), u_i2 = Q_SR(u_i)     two INDEPENDENT stochastic roundings
+    mu_i = [L(theta + eps u_i1) - L(theta - eps u_i1)] / (2 eps)
+    theta <- Q_SR(theta - sum_i (lr mu_i / n) u_i2)          stays exactly on the weight grid
+
+The perturbation is rounded onto its own ``perturb_bits`` INT grid (abs-max scale). The
+weight update is stochastically rounded onto the weight grid, which for a uniform INT grid
+equals ``theta - Q_SR(step)`` and is also exact for FP8's non-uniform grid. Parameters that
+are not quantized (biases, norms) get the plain float update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainers.estimators.base import Batch, Estimator, LossFn, StepResult, draw_seed, trainable_parameters
+from trainers.estimators.seeded import NoiseFn, gaussian_noise, tensor_generator, two_point_in_place
+from trainers.quant import functional as qf
+from trainers.quant.layers import quantized_layers, snap_to_grid
+
+
+@dataclass(frozen=True)
+class QuZOConfig:
+    n: int = 1
+    eps: float = 1e-3
+    perturb_bits: int | None = 8
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"quzo: n must be >= 1 (got {self.n})")
+        if self.eps <= 0:
+            raise ValueError(f"quzo: eps must be > 0 (got {self.eps})")
+        if self.perturb_bits is not None and not 2 <= self.perturb_bits <= 8:
+            raise ValueError(f"quzo: perturb_bits must be in 2..8 or null (got {self.perturb_bits})")
+
+
+def rounded_noise(seed: int, rounding_seed: int, bits: int | None, quantized: set[int]) -> NoiseFn:
+    """Replayable ``Q_SR(u)``: u from ``seed``, the rounding coin flips from ``rounding_seed``.
+
+    Two calls with different rounding seeds give two independent roundings of the same u.
+    Tensors not in ``quantized`` get the unrounded u.
+    """
+    base = gaussian_noise(seed)
+    qmin, qmax = qf.int_range(bits) if bits is not None else (0, 0)
+
+    def noise(k: int, p: nn.Parameter) -> Tensor:
+        u = base(k, p)
+        if bits is None or id(p) not in quantized:
+            return u
+        scale = (u.abs().amax() / qmax).clamp(min=1e-12)
+        return qf.stochastic_round_int(u / scale, qmin, qmax, tensor_generator(rounding_seed, k, p.device)) * scale
+    return noise
+
+
+class QuZO(Estimator):
+    name = "quzo"
+    config_class = QuZOConfig
+    updates_in_place = True
+
+    def prepare(self, model: nn.Module) -> None:
+        if not quantized_layers(model):
+            raise ValueError("quzo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one")
+        snap_to_grid(model)
+
+    def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
+        cfg = self.config
+        params = [p for _, p in trainable_parameters(model)]
+        layers = {id(layer.weight): layer for _, layer in quantized_layers(model)}
+        quantized = set(layers)
+        measured, loss_sum = [], 0.0
+        self._bypass(layers, True)  # forward on theta + eps*u1 as-is: theta is on the grid already
+        try:
+            for _ in range(cfg.n):
+                seed, r1, r2 = (draw_seed(self.generator) for _ in range(3))
+                u1 = rounded_noise(seed, r1, cfg.perturb_bits, quantized)
+                plus, minus = two_point_in_place(model, loss_fn, batch, params, u1, cfg.eps)
+                measured.append((rounded_noise(seed, r2, cfg.perturb_bits, quantized), (plus - minus) / (2 * cfg.eps)))
+                loss_sum += plus + minus
+        finally:
+            self._bypass(layers, False)
+        update_seed = draw_seed(self.generator)
+        with torch.no_grad():
+            for k, p in enumerate(params):
+                step = sum(noise(k, p) * (self.lr * mu / cfg.n) for noise, mu in measured)
+                target = p - step
+                layer = layers.get(id(p))
+                # Re-rounding also removes the float residue of the +eps/-2eps/+eps restore.
+                p.copy_(layer.weight_quantizer.round_stochastic(target, tensor_generator(update_seed, k, p.device))
+                       if layer else target)
+        return self.result(loss_sum / (2 * cfg.n), forwards=2 * cfg.n, backwards=0)
+
+    @staticmethod
+    def _bypass(layers: dict, on: bool) -> None:
+        for layer in layers.values():
+            layer.bypass_weight_quant = on

@@ -1,0 +1,64 @@
+"""Name -> model builder registry, so sweep configs pick models by a string."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .cnn import build_cnn
+from .mlp import build_mlp
+
+#: Builders take (input_shape, num_classes, *, options...) and use the global torch RNG for
+#: init, so the caller's `torch.manual_seed(trial_seed)` decides the initial weights.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+}
+
+
+def model_options(name: str) -> list[str]:
+    """Option names a model accepts (its builder's keyword-only parameters)."""
+    params = inspect.signature(MODELS[name]).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _option_problem(option: str, value: Any, default: Any) -> str | None:
+    """Why `value` is unfit for an option with this default, or None if it is fine."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)
+                                     or value <= 0):
+        return "must be a positive integer"
+    return None
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
+                **options: Any) -> nn.Module:
+    """Build a fresh plain `nn.Module` made only of Linear/Conv2d/activation/pool layers.
+
+    Plain layers let `quantize_model` swap Linear/Conv2d for quantized versions. The global
+    RNG is not seeded here: seeding is the trial's job.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
+                         f"{', '.join(valid)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"{name}: num_classes={num_classes!r} must be a positive integer")
+    input_shape = tuple(int(s) for s in input_shape)
+    if not input_shape or min(input_shape) <= 0:
+        raise ValueError(f"{name}: input_shape {input_shape} must be non-empty and positive")
+    params = inspect.signature(MODELS[name]).parameters
+    for option, value in options.items():
+        # ValueError (not TypeError) throughout: options come from sweep configs, and
+        # callers catch one exception type for every bad config entry.
+        problem = _option_problem(option, value, params[option].default)
+        if problem:
+            raise ValueError(f"{name}: option {option}={value!r} {problem}")
+    return MODELS[name](input_shape, num_classes, **options)

@@ -1,0 +1,148 @@
+"""Quantized Linear/Conv layers and ``quantize_model``, which swaps them into any float model.
+
+A quantized model stays an ordinary ``nn.Module`` with the same parameter names, so the
+estimators, optimizers, ``state_dict`` and torchvision-style models work unchanged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainers.quant import functional as qf
+from trainers.quant.quantizers import ActQuantizer, FP8Quantizer, IntQuantizer, LSQQuantizer, Quantizer
+
+QUANT_KINDS = ("none", "int", "lsq", "fp8_e4m3", "fp8_e5m2")
+FIRST_LAST_MODES = ("same", "8bit", "float")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize a model.
+
+    Attributes:
+        kind: ``none`` (float baseline), ``int`` (uniform symmetric), ``lsq`` (learned
+            step), ``fp8_e4m3`` or ``fp8_e5m2``.
+        bits: weight bits for int/lsq (1..8); FP8 is always 8.
+        per_channel: one scale per output channel instead of per tensor.
+        surrogate: STE backward surrogate (identity, clipped, hardtanh, tanh, approxsign).
+        act_bits: quantize every quantized layer's input to this many bits (None = float).
+        first_last: keep the first and last layer at the same precision, 8-bit int, or float.
+        exclude: fnmatch patterns of module names to leave in float.
+    """
+
+    kind: str = "int"
+    bits: int = 8
+    per_channel: bool = False
+    surrogate: str = "identity"
+    act_bits: int | None = None
+    first_last: str = "same"
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.kind not in QUANT_KINDS:
+            raise ValueError(f"quant.kind {self.kind!r} is not one of {', '.join(QUANT_KINDS)}")
+        if self.kind in ("int", "lsq"):
+            qf.int_range(self.bits)  # raises with the valid range
+        if self.kind == "lsq" and self.bits == 1:
+            raise ValueError("quant.kind 'lsq' needs bits >= 2 (1-bit sign has no step to learn)")
+        if self.surrogate not in qf.SURROGATES:
+            raise ValueError(f"quant.surrogate {self.surrogate!r} is not one of {', '.join(qf.SURROGATES)}")
+        if self.act_bits is not None:
+            qf.int_range(self.act_bits)
+        if self.first_last not in FIRST_LAST_MODES:
+            raise ValueError(f"quant.first_last {self.first_last!r} is not one of {', '.join(FIRST_LAST_MODES)}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.kind != "none"
+
+
+def make_weight_quantizer(spec: QuantSpec, weight: Tensor, bits: int | None = None) -> Quantizer:
+    bits = spec.bits if bits is None else bits
+    if spec.kind.startswith("fp8"):
+        return FP8Quantizer(spec.kind, spec.per_channel)
+    if spec.kind == "lsq":
+        return LSQQuantizer(weight, bits, spec.per_channel, spec.surrogate if spec.surrogate != "identity" else "clipped")
+    return IntQuantizer(bits, spec.per_channel, spec.surrogate)
+
+
+class _QuantMixin:
+    """Shared forward pieces: optional input quantization, then a quantized weight."""
+
+    weight_quantizer: Quantizer
+    act_quantizer: ActQuantizer | None
+    bypass_weight_quant: bool = False  # QuZO evaluates on-grid weights + a low-bit perturbation as-is
+
+    def quantized_weight(self) -> Tensor:
+        if self.bypass_weight_quant:
+            return self.weight
+        return self.weight_quantizer(self.weight)
+
+    def quantized_input(self, x: Tensor) -> Tensor:
+        return x if self.act_quantizer is None else self.act_quantizer(x)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+_SWAPS: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
+
+
+def _swap(layer: nn.Module, weight_q: Quantizer, act_q: ActQuantizer | None) -> nn.Module:
+    """Turn a float layer into its quantized class in place, sharing its parameters."""
+    layer.__class__ = _SWAPS[type(layer)]
+    layer.add_module("weight_quantizer", weight_q)
+    layer.add_module("act_quantizer", act_q)
+    return layer
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """Swap every ``nn.Linear``/``nn.Conv2d`` of ``model`` for its fake-quant twin (in place).
+
+    Returns the same model object. Layers matching ``spec.exclude`` stay float; the first
+    and last swappable layers follow ``spec.first_last``.
+    """
+    if not spec.is_quantized:
+        return model
+    candidates = [(name, m) for name, m in model.named_modules() if type(m) in _SWAPS]
+    ends = {candidates[0][0], candidates[-1][0]} if candidates else set()
+    for name, layer in candidates:
+        if any(fnmatch.fnmatch(name, pattern) for pattern in spec.exclude):
+            continue
+        bits = None
+        if name in ends and spec.first_last == "float":
+            continue
+        if name in ends and spec.first_last == "8bit" and spec.kind in ("int", "lsq"):
+            bits = 8
+        act_q = ActQuantizer(spec.act_bits) if spec.act_bits is not None else None
+        _swap(layer, make_weight_quantizer(spec, layer.weight, bits), act_q)
+    return model
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
+    """(name, layer) for every quantized layer, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _QuantMixin)]
+
+
+def snap_to_grid(model: nn.Module) -> None:
+    """Freeze every layer's scale and replace its latent weight by the on-grid value.
+
+    Afterwards ``Q(w) == w`` exactly, which is how QuZO keeps its weights low-precision.
+    """
+    with torch.no_grad():
+        for _, layer in quantized_layers(model):
+            layer.weight_quantizer.freeze(layer.weight)
+            layer.weight.copy_(layer.weight_quantizer.round_nearest(layer.weight))

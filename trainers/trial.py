@@ -1,0 +1,163 @@
+"""``run_trial``: train one configuration and report its curve.
+
+Reads top to bottom like a training script: build data, model, quantizer, estimator and
+optimizer; loop until the step or FLOP budget is spent; evaluate at evenly spaced points
+of the budget and hand every evaluation to ``report``. No Ray here — the sweep service
+wraps this function, and anything else (a notebook, a test, ``python -m trainers.run``)
+can call it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.config import TrialConfig
+from trainers.data import BatchSampler, load_dataset
+from trainers.estimators import build_estimator
+from trainers.metering import measure_cost, track_peak_memory
+from trainers.models import build_model
+from trainers.quant import quantize_model
+
+Report = Callable[..., None]
+
+# Seed offsets keep the model init, the batch order and the estimator's noise independent.
+_SAMPLER_SEED, _ESTIMATOR_SEED = 1_000_003, 2_000_029
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the trial is recorded as failed."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole split, with the quantized forward."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(-1) == target).sum())
+    model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
+              resume_state: dict[str, Any] | None = None, save_state: bool = False) -> dict[str, Any]:
+    """Train one configuration; call ``report(metrics)`` at every evaluation.
+
+    Metrics: step, forwards, backwards, flops (cumulative), wall_s (training time, not
+    evaluation), train_loss (mean since the previous evaluation), eval_loss, eval_metric
+    (accuracy), peak_memory_bytes, beta-free progress in [0, 1], and ``done`` on the last.
+
+    With ``save_state`` the call is ``report(metrics, state=...)`` carrying everything
+    needed to continue (model, optimizer, estimator RNG, batch order, counters); passing
+    that dict back as ``resume_state`` continues the run exactly. Deterministic per seed.
+    Returns the last metrics. Raises ``TrialDiverged`` on a NaN/inf loss.
+    """
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, **cfg.dataset_options)
+    with torch.random.fork_rng(devices=[]):  # model init is the only user of the global RNG
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    quantize_model(model, cfg.quant_spec()).to(device)
+    model.train()
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    sampler = BatchSampler(len(train_x), cfg.batch_size, cfg.seed + _SAMPLER_SEED)
+    loss_fn = F.cross_entropy
+
+    # Cost of one pass on a full training batch, measured once (estimators.md).
+    probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
+    cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
+    estimator = build_estimator(cfg.estimator, cfg.estimator_options, cost, cfg.seed + _ESTIMATOR_SEED, cfg.lr)
+    estimator.prepare(model)
+    optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
+
+    counters = {"step": 0, "forwards": 0, "backwards": 0, "flops": 0.0, "wall_s": 0.0}
+    peak_memory, next_eval, losses = 0, 1, []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        estimator.load_state_dict(resume_state["estimator"])
+        sampler.load_state_dict(resume_state["sampler"])
+        counters.update(resume_state["counters"])
+        peak_memory, next_eval = resume_state["peak_memory"], resume_state["next_eval"]
+
+    def progress() -> float:
+        by_steps = counters["step"] / cfg.steps if cfg.steps else 0.0
+        by_flops = counters["flops"] / cfg.flops if cfg.flops else 0.0
+        return max(by_steps, by_flops)
+
+    def emit(done: bool) -> dict[str, Any]:
+        eval_loss, eval_metric = evaluate(model, test_x, test_y, cfg.eval_batch_size)
+        metrics = {**counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
+                   "eval_loss": eval_loss, "eval_metric": eval_metric, "peak_memory_bytes": peak_memory,
+                   "progress": min(progress(), 1.0), "done": done}
+        losses.clear()
+        if save_state:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+                     "estimator": estimator.state_dict(), "sampler": sampler.state_dict(),
+                     "counters": dict(counters), "peak_memory": peak_memory, "next_eval": next_eval}
+            report(metrics, state=state)
+        else:
+            report(metrics)
+        return metrics
+
+    metrics = emit(done=False) if resume_state is None else {}
+    while progress() < 1.0:
+        idx = sampler.next_indices().to(device)
+        batch = (train_x[idx], train_y[idx])
+
+        def train_step():
+            result = estimator.step(model, loss_fn, batch, progress())
+            if optimizer is not None:
+                optimizer.step()
+            return result
+
+        started = time.perf_counter()
+        if counters["step"] == 0:  # peak memory of one full step, optimizer state included
+            result, peak_memory = track_peak_memory(train_step, [m for m in (model, optimizer) if m], device)
+        else:
+            result = train_step()
+        counters["wall_s"] += time.perf_counter() - started
+        if not math.isfinite(result.loss):
+            raise TrialDiverged(f"{cfg.estimator}: training loss became {result.loss} at step {counters['step'] + 1}")
+        counters["step"] += 1
+        counters["forwards"] += result.forwards
+        counters["backwards"] += result.backwards
+        counters["flops"] += result.flops
+        losses.append(result.loss)
+        finished = progress() >= 1.0
+        if finished or progress() * cfg.num_evals >= next_eval:
+            next_eval = math.floor(progress() * cfg.num_evals) + 1
+            metrics = emit(done=finished)
+    return metrics
