@@ -9,6 +9,7 @@ can call it directly.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -127,7 +128,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "estimator": estimator.state_dict(), "sampler": sampler.state_dict(),
                      "counters": dict(counters), "peak_memory": peak_memory, "next_eval": next_eval}
-            report(metrics, state=state)
+            report(metrics, state=copy.deepcopy(state))  # a snapshot: training mutates these tensors
         else:
             report(metrics)
         return metrics
@@ -137,7 +138,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         idx = sampler.next_indices().to(device)
         batch = (train_x[idx], train_y[idx])
 
-        def train_step():
+        def train_step(batch=batch):
             result = estimator.step(model, loss_fn, batch, progress())
             if optimizer is not None:
                 optimizer.step()

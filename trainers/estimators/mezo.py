@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from trainers.estimators.base import Batch, Estimator, LossFn, StepResult, draw_seed, trainable_parameters
+from trainers.estimators.base import (
+    Batch,
+    Estimator,
+    LossFn,
+    StepResult,
+    draw_seed,
+    trainable_parameters,
+)
 from trainers.estimators.seeded import add_noise_, gaussian_noise, two_point_in_place
 
 

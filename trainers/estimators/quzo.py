@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainers.estimators.base import Batch, Estimator, LossFn, StepResult, draw_seed, trainable_parameters
+from trainers.estimators.base import (
+    Batch,
+    Estimator,
+    LossFn,
+    StepResult,
+    draw_seed,
+    trainable_parameters,
+)
 from trainers.estimators.seeded import NoiseFn, gaussian_noise, tensor_generator, two_point_in_place
 from trainers.quant import functional as qf
 from trainers.quant.layers import quantized_layers, snap_to_grid

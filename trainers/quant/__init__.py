@@ -9,7 +9,13 @@ from trainers.quant.layers import (
     quantized_layers,
     snap_to_grid,
 )
-from trainers.quant.quantizers import ActQuantizer, FP8Quantizer, IntQuantizer, LSQQuantizer, Quantizer
+from trainers.quant.quantizers import (
+    ActQuantizer,
+    FP8Quantizer,
+    IntQuantizer,
+    LSQQuantizer,
+    Quantizer,
+)
 
 __all__ = [
     "QUANT_KINDS",

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.quant import functional as qf
-from trainers.quant.quantizers import ActQuantizer, FP8Quantizer, IntQuantizer, LSQQuantizer, Quantizer
+from trainers.quant.quantizers import (
+    ActQuantizer,
+    FP8Quantizer,
+    IntQuantizer,
+    LSQQuantizer,
+    Quantizer,
+)
 
 QUANT_KINDS = ("none", "int", "lsq", "fp8_e4m3", "fp8_e5m2")
 FIRST_LAST_MODES = ("same", "8bit", "float")
