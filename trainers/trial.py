@@ -72,7 +72,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
 
     Metrics: step, forwards, backwards, flops (cumulative), wall_s (training time, not
     evaluation), train_loss (mean since the previous evaluation), eval_loss, eval_metric
-    (accuracy), peak_memory_bytes, beta-free progress in [0, 1], and ``done`` on the last.
+    (accuracy), peak_memory_bytes, num_params, progress in [0, 1], and ``done`` on the last.
 
     With ``save_state`` the call is ``report(metrics, state=...)`` carrying everything
     needed to continue (model, optimizer, estimator RNG, batch order, counters); passing
@@ -102,6 +102,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
+    num_params = sum(p.numel() for p in model.parameters())
     counters = {"step": 0, "forwards": 0, "backwards": 0, "flops": 0.0, "wall_s": 0.0}
     peak_memory, next_eval, losses = 0, 1, []
     if resume_state is not None:
@@ -122,6 +123,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         eval_loss, eval_metric = evaluate(model, test_x, test_y, cfg.eval_batch_size)
         metrics = {**counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
                    "eval_loss": eval_loss, "eval_metric": eval_metric, "peak_memory_bytes": peak_memory,
+                   "num_params": num_params,
                    "progress": min(progress(), 1.0), "done": done}
         losses.clear()
         if save_state:

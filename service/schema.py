@@ -1,0 +1,90 @@
+"""The Parquet contract: ``<results>/<sweep>/trials.parquet`` and ``<results>/<sweep>/curves/``.
+
+Versioned (``SCHEMA_VERSION`` is a column of both tables and in the file metadata) so
+readers can refuse files they do not understand. Only pyarrow here: ``analysis`` reads
+this module to check what it loads, and it must not pull in Ray or torch.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
+
+# Every estimator hyper-parameter gets its own typed column (null where it does not apply).
+HYPERPARAMETER_FIELDS: list[pa.Field] = [
+    pa.field("lr", pa.float64()),
+    pa.field("optimizer", pa.string()),
+    pa.field("momentum", pa.float64()),
+    pa.field("weight_decay", pa.float64()),
+    pa.field("batch_size", pa.int64()),
+    pa.field("n", pa.int64()),
+    pa.field("eps", pa.float64()),
+    pa.field("eps_mode", pa.string()),
+    pa.field("beta_start", pa.float64()),
+    pa.field("beta_min", pa.float64()),
+    pa.field("warm_start", pa.float64()),
+    pa.field("perturb_bits", pa.int64()),
+    pa.field("surrogate", pa.string()),
+    pa.field("budget_steps", pa.int64()),
+    pa.field("budget_flops", pa.float64()),
+]
+
+TRIALS_SCHEMA = pa.schema([
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("estimator", pa.string()),
+    pa.field("bits", pa.int64()),
+    pa.field("quantizer", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("seed", pa.int64()),
+    *HYPERPARAMETER_FIELDS,
+    pa.field("steps", pa.int64()),
+    pa.field("final_train_loss", pa.float64()),
+    pa.field("final_eval_loss", pa.float64()),
+    pa.field("final_eval_metric", pa.float64()),
+    pa.field("best_eval_loss", pa.float64()),
+    pa.field("best_eval_metric", pa.float64()),
+    pa.field("forwards", pa.int64()),
+    pa.field("backwards", pa.int64()),
+    pa.field("flops", pa.float64()),
+    pa.field("wall_s", pa.float64()),
+    pa.field("peak_memory_bytes", pa.int64()),
+    pa.field("num_params", pa.int64()),
+    pa.field("host", pa.string()),
+    pa.field("node_id", pa.string()),
+    pa.field("attempts", pa.int64()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
+    pa.field("config", pa.string()),  # the full trial config as JSON
+], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"})
+
+CURVES_SCHEMA = pa.schema([
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("forwards", pa.int64()),
+    pa.field("backwards", pa.int64()),
+    pa.field("flops", pa.float64()),
+    pa.field("wall_s", pa.float64()),
+    pa.field("train_loss", pa.float64()),
+    pa.field("eval_loss", pa.float64()),
+    pa.field("eval_metric", pa.float64()),
+    pa.field("peak_memory_bytes", pa.int64()),
+    # Denormalised so a curve can be grouped without a join.
+    pa.field("estimator", pa.string()),
+    pa.field("bits", pa.int64()),
+    pa.field("seed", pa.int64()),
+], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "curves"})
+
+TRIALS_FILE = "trials.parquet"
+CURVES_DIR = "curves"
+SPEC_FILE = "sweep.yaml"  # the validated spec, stored next to the results

@@ -1,0 +1,311 @@
+"""The sweep spec: one YAML file, validated once at the boundary, expanded into trials.
+
+A spec names the grid axes (estimators x bits x quantizers x models x datasets x seeds),
+shared trial settings, per-estimator hyper-parameters (a list is one more grid axis),
+the budget per trial, the search mode (grid, or Optuna over ranges) and the resources.
+Every mistake becomes ``SpecError`` with one line naming the field, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.config import ConfigError, TrialConfig
+from trainers.data import DATASETS
+from trainers.estimators import ESTIMATORS, estimator_config
+from trainers.models import MODELS
+from trainers.quant import QUANT_KINDS
+
+
+class SpecError(ValueError):
+    """A user mistake in a sweep spec: one line, names the field."""
+
+
+_TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+_GRID_OWNED = {"estimator", "bits", "quantizer", "model", "dataset", "seed", "steps", "flops", "estimator_options"}
+_PER_ESTIMATOR_TRIAL_KEYS = {"lr", "optimizer", "momentum", "weight_decay", "batch_size"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Grid(_Strict):
+    estimators: list[str]
+    bits: list[int] = [2]
+    quantizers: list[str] = ["int"]
+    models: list[str] = ["mlp"]
+    datasets: list[str] = ["digits"]
+    seeds: list[int] = [0]
+
+    @field_validator("*")
+    @classmethod
+    def _non_empty_unique(cls, values: list, info) -> list:
+        if not values:
+            raise ValueError("must list at least one value")
+        if len(set(values)) != len(values):
+            raise ValueError(f"has duplicates: {values}")
+        return values
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, values: list[str]) -> list[str]:
+        return _check_names(values, ESTIMATORS, "estimator")
+
+    @field_validator("quantizers")
+    @classmethod
+    def _known_quantizers(cls, values: list[str]) -> list[str]:
+        return _check_names(values, QUANT_KINDS, "quantizer")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, values: list[str]) -> list[str]:
+        return _check_names(values, MODELS, "model")
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, values: list[str]) -> list[str]:
+        return _check_names(values, DATASETS, "dataset")
+
+    @field_validator("bits")
+    @classmethod
+    def _bit_range(cls, values: list[int]) -> list[int]:
+        bad = [b for b in values if not 1 <= b <= 8]
+        if bad:
+            raise ValueError(f"bits must be in 1..8, got {bad}")
+        return values
+
+
+def _check_names(values: list[str], valid, kind: str) -> list[str]:
+    unknown = [v for v in values if v not in valid]
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown[0]!r}; valid: {', '.join(valid)}")
+    return values
+
+
+class Budget(_Strict):
+    steps: int | None = Field(default=None, gt=0)
+    flops: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_needed(self) -> Budget:
+        if self.steps is None and self.flops is None:
+            raise ValueError("set steps or flops (or both: a trial stops at the first reached)")
+        return self
+
+
+class Range(_Strict):
+    """An Optuna search range: ``low``/``high`` (``log`` for a log scale) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Range:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty choices list or low/high")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"needs low < high (got low={self.low}, high={self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class Search(_Strict):
+    mode: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(default=1, ge=1)
+    metric: Literal["eval_loss", "eval_metric", "train_loss"] = "eval_loss"
+    direction: Literal["min", "max"] = "min"
+    space: dict[str, Range] = {}
+
+    @model_validator(mode="after")
+    def _space_needs_optuna(self) -> Search:
+        if self.space and self.mode != "optuna":
+            raise ValueError("space is only used with mode: optuna")
+        return self
+
+
+class EarlyStopping(_Strict):
+    """ASHA on the search metric, measured in evaluations."""
+
+    grace_period: int = Field(default=2, ge=1)
+    reduction_factor: float = Field(default=3, gt=1)
+
+
+class Resources(_Strict):
+    cpus: float = Field(default=1, gt=0)
+    gpus: float = Field(default=0, ge=0)
+
+
+class SweepSpec(_Strict):
+    name: str
+    results: str = "results"
+    grid: Grid
+    trial: dict[str, Any] = {}
+    estimators: dict[str, dict[str, Any]] = {}
+    budget: Budget
+    search: Search = Search()
+    early_stopping: EarlyStopping | None = None
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(default=None, ge=1)
+    retries: int = Field(default=1, ge=0)
+    checkpoint_every: int = Field(default=1, ge=0, description="checkpoint every k evaluations (0 = never)")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+            raise ValueError("use letters, digits, '_', '-' or '.' (it names the results folder)")
+        return name
+
+    @field_validator("trial")
+    @classmethod
+    def _trial_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(set(values) & _GRID_OWNED)
+        if owned:
+            raise ValueError(f"{owned[0]!r} is set by grid/budget/estimators, not trial")
+        unknown = sorted(set(values) - _TRIAL_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS - _GRID_OWNED))}")
+        return values
+
+    @model_validator(mode="after")
+    def _estimator_sections(self) -> SweepSpec:
+        for name in self.estimators:
+            if name not in ESTIMATORS:
+                raise ValueError(f"estimators.{name}: unknown estimator; valid: {', '.join(ESTIMATORS)}")
+            if name not in self.grid.estimators:
+                raise ValueError(f"estimators.{name}: not in grid.estimators {self.grid.estimators}")
+        return self
+
+    # --- expansion ---------------------------------------------------------------------------
+
+    def trials(self) -> list[PlannedTrial]:
+        """Every trial of the grid (or, for Optuna, the base configs it samples around)."""
+        planned, skipped = [], []
+        g = self.grid
+        for est, quantizer, bits, model, dataset, seed in itertools.product(
+                g.estimators, g.quantizers, g.bits, g.models, g.datasets, g.seeds):
+            if est == "quzo" and quantizer == "none":
+                skipped.append("quzo x quantizer none (QuZO needs a quantized grid)")
+                continue
+            if quantizer.startswith("fp8") and bits != g.bits[0]:
+                continue  # FP8 is 8-bit whatever the bits axis says: one trial, not one per bit
+            for hp in _expand_lists(self.estimators.get(est, {})):
+                config = {**self.trial, "estimator": est, "quantizer": quantizer,
+                          "bits": 8 if quantizer.startswith("fp8") else bits, "model": model,
+                          "dataset": dataset, "seed": seed, "steps": self.budget.steps, "flops": self.budget.flops}
+                options = {k: v for k, v in hp.items() if k not in _PER_ESTIMATOR_TRIAL_KEYS}
+                config.update({k: v for k, v in hp.items() if k in _PER_ESTIMATOR_TRIAL_KEYS})
+                config["estimator_options"] = options
+                planned.append(PlannedTrial(trial_id(config), config))
+        if not planned:
+            raise SpecError(f"grid: no valid trial ({'; '.join(sorted(set(skipped)))})")
+        for trial in planned:
+            _check_trial(trial.config, f"estimators.{trial.config['estimator']}")
+        self._skipped = sorted(set(skipped))
+        return planned
+
+    @property
+    def skipped(self) -> list[str]:
+        return getattr(self, "_skipped", [])
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedTrial:
+    trial_id: str
+    config: dict[str, Any]
+
+
+def _expand_lists(hp: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{lr: [0.1, 0.01], n: 1}`` -> two dicts: a list value is one more grid axis."""
+    keys = sorted(hp)
+    axes = [hp[k] if isinstance(hp[k], list) else [hp[k]] for k in keys]
+    return [dict(zip(keys, values)) for values in itertools.product(*axes)]
+
+
+def trial_id(config: dict[str, Any]) -> str:
+    """Readable and deterministic: the same config always gets the same id (resume, dedupe)."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return (f"{config['estimator']}-{config['quantizer']}{config['bits']}-{config['model']}-"
+            f"{config['dataset']}-s{config['seed']}-{digest}")
+
+
+def _check_trial(config: dict[str, Any], where: str) -> None:
+    try:
+        TrialConfig.from_dict(config)
+        estimator_config(config["estimator"], config["estimator_options"])
+    except (ConfigError, ValueError, TypeError) as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}"
+
+
+def parse_spec(data: Any) -> SweepSpec:
+    """Validate a spec dict and expand it once, so every error surfaces here."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: expected a YAML mapping at the top level")
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err)) from None
+    spec.trials()
+    for key in spec.search.space:
+        if key not in _TRIAL_FIELDS - _GRID_OWNED and not any(
+                key in {f.name for f in dataclasses.fields(ESTIMATORS[e].config_class)} for e in spec.grid.estimators):
+            raise SpecError(f"search.space.{key}: not a trial setting nor an option of any estimator in the grid")
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_spec(data)
+
+
+def resolve_trial(planned: dict[str, dict[str, Any]], config: dict[str, Any],
+                  tune_trial_id: str) -> tuple[str, dict[str, Any]]:
+    """Our trial id and full trial config from a Tune trial's ``config``.
+
+    Grid mode: ``{"planned_id": id}`` -> the planned trial. Optuna mode adds sampled values
+    at the top level: trial settings replace the base value, estimator options go into
+    ``estimator_options`` (only for estimators that accept them); the id gets Tune's
+    trial id appended, which Tune keeps across a resume.
+    """
+    base_id = config["planned_id"]
+    trial = json.loads(json.dumps(planned[base_id]))  # deep copy of plain data
+    sampled = {k: v for k, v in config.items() if k != "planned_id"}
+    if not sampled:
+        return base_id, trial
+    accepted = {f.name for f in dataclasses.fields(ESTIMATORS[trial["estimator"]].config_class)}
+    for key, value in sampled.items():
+        if key in _TRIAL_FIELDS:
+            trial[key] = value
+        elif key in accepted:
+            trial["estimator_options"][key] = value
+    return f"{base_id}-{tune_trial_id}", trial
