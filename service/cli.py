@@ -1,0 +1,176 @@
+"""``qsweep``: validate, run, submit, status, resume and report sweeps.
+
+Every user mistake (bad spec, missing results, unreachable cluster) prints one line
+``error: ...`` and exits 2; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.errors import SweepError
+from service.spec import SpecError, SweepSpec, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distributed sweeps of gradient estimators x bit-widths for quantized training.")
+console = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes: no wrapping
+
+ResultsOpt = Annotated[str | None, typer.Option("--results", help="override the spec's results location")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")]
+
+
+def user_errors(fn):
+    """Turn user mistakes into one line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SpecError, SweepError, FileNotFoundError, ConnectionError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _trial_table(spec: SweepSpec) -> Table:
+    table = Table(title=f"{spec.name}: {len(spec.trials())} trials"
+                        + (f" (optuna samples {spec.search.num_samples} of these)" if spec.search.mode == "optuna" else ""))
+    for column in ("trial_id", "estimator", "quantizer", "bits", "model", "dataset", "seed", "lr", "options"):
+        table.add_column(column)
+    for trial in spec.trials():
+        c = trial.config
+        options = ", ".join(f"{k}={v}" for k, v in sorted(c["estimator_options"].items()))
+        table.add_row(trial.trial_id, c["estimator"], c["quantizer"], str(c["bits"]), c["model"], c["dataset"],
+                      str(c["seed"]), str(c.get("lr", "default")), options)
+    return table
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def print_headline(sweep_dir: str) -> None:
+    from analysis.summary import headline_table
+    from service.sink import read_results
+
+    trials, _ = read_results(sweep_dir)
+    if trials is None:
+        console.print("no trials recorded yet")
+        return
+    frame = trials.to_pandas()
+    table = Table(title="final eval accuracy (mean ± std over seeds)")
+    for column in ("estimator", "quantizer", "bits", "done/failed", "accuracy", "eval loss", "FLOPs"):
+        table.add_column(column)
+    for row in headline_table(frame).itertuples():
+        table.add_row(row.estimator, row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
+                      f"{_fmt(row.metric_mean)} ± {_fmt(row.metric_std)}", _fmt(row.loss_mean),
+                      "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}")
+    console.print(table)
+    failed = frame[frame["status"] == "failed"]
+    for row in failed.itertuples():
+        console.print(f"failed: {row.trial_id}: {(row.error or '').strip().splitlines()[-1:] or ['']}",
+                      markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def validate(spec_file: Path) -> None:
+    """Parse and expand a sweep spec; print the trial table (exit 2 on errors)."""
+    spec = load_spec(spec_file)
+    console.print(_trial_table(spec))
+    for note in spec.skipped:
+        console.print(f"skipped: {note}")
+
+
+@app.command()
+@user_errors
+def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
+        overwrite: Annotated[bool, typer.Option(help="delete earlier results of this sweep first")] = False,
+        dashboard: Annotated[bool, typer.Option(help="start the Ray dashboard (local Ray only)")] = True,
+        dashboard_host: Annotated[str, typer.Option(help="dashboard bind address")] = "127.0.0.1",
+        dashboard_port: int = 8265,
+        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (default: all)")] = None) -> None:
+    """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
+    from service.runner import connect, prepare, run_sweep
+
+    spec = load_spec(spec_file)
+    sweep = prepare(spec, results, overwrite)
+    connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
+    console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}")
+    run_sweep(sweep)
+    _finish(sweep.sweep_dir)
+
+
+def _finish(sweep_dir: str) -> None:
+    print_headline(sweep_dir)
+    console.print(f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False)
+    console.print(f"report:  qsweep report {sweep_dir}", markup=False)
+
+
+@app.command()
+@user_errors
+def resume(sweep_dir: str, address: AddressOpt = None,
+           retry_failed: Annotated[bool, typer.Option(help="also rerun trials that failed")] = False,
+           dashboard: bool = True, dashboard_host: str = "127.0.0.1", dashboard_port: int = 8265,
+           num_cpus: int | None = None) -> None:
+    """Continue an interrupted sweep: no lost and no duplicate rows."""
+    from service.runner import connect, load_stored_spec, resume_sweep
+
+    load_stored_spec(sweep_dir)  # fail before starting Ray
+    connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
+    resume_sweep(sweep_dir, retry_failed=retry_failed)
+    _finish(sweep_dir)
+
+
+@app.command()
+@user_errors
+def status(sweep_dir: str) -> None:
+    """Trials done / running / failed / pending, from the Parquet."""
+    from service.runner import sweep_status
+
+    info = sweep_status(sweep_dir)
+    c = info["counts"]
+    console.print(f"{info['spec'].name}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
+                  f"{c['pending']} pending of {info['total']}; {info['curve_rows']} curve rows")
+    if info["trials"] is not None:
+        print_headline(sweep_dir)
+
+
+@app.command()
+@user_errors
+def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job server, http://HEAD:8265")],
+           results: ResultsOpt = None,
+           wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False) -> None:
+    """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it."""
+    from service.jobs import submit_sweep
+
+    spec = load_spec(spec_file)
+    job_id, status_text = submit_sweep(spec_file, spec, address, results, wait, echo=console.print)
+    console.print(f"job {job_id} submitted to {address}", markup=False)
+    console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
+    console.print(f"dashboard: {address} (Jobs tab)", markup=False)
+    if wait:
+        console.print(f"job {job_id} ended: {status_text}", markup=False)
+        if status_text != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(sweep_dir: str) -> None:
+    """Summarise a sweep's Parquet (the full HTML report comes with the analysis package)."""
+    from service.runner import sweep_status
+
+    sweep_status(sweep_dir)  # clear error if this is not a sweep directory
+    print_headline(sweep_dir)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

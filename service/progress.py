@@ -1,0 +1,89 @@
+"""Live progress of a sweep: trials done / running / failed and best-so-far per estimator x bits.
+
+A Tune callback in the driver. On a terminal it redraws a rich table; otherwise (CI, a
+Ray job's log) it prints one line per finished or failed trial. Holds only plain data
+until the first event, because Tune pickles its callbacks when the sweep starts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from service.spec import resolve_trial
+
+
+class SweepProgress(tune.Callback):
+    def __init__(self, planned: dict[str, dict[str, Any]], total: int, metric: str = "eval_metric",
+                 live: bool | None = None):
+        self.planned, self.total, self.metric = planned, total, metric
+        self.live = sys.stdout.isatty() if live is None else live
+        self.status: dict[str, str] = {}
+        self.best: dict[tuple[str, int], float] = {}
+        self._display: Live | None = None
+
+    def _key(self, trial) -> tuple[str, dict[str, Any]]:
+        return resolve_trial(self.planned, trial.config, trial.trial_id)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.status[self._key(trial)[0]] = "running"
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id, config = self._key(trial)
+        value = result.get(self.metric)
+        if isinstance(value, float) and math.isfinite(value):
+            key = (config["estimator"], config["bits"])
+            better = max if self.metric == "eval_metric" else min
+            self.best[key] = better(self.best.get(key, value), value)
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        if self._display is not None:
+            self._display.stop()
+            self._display = None
+
+    def _finish(self, trial, status: str) -> None:
+        trial_id, config = self._key(trial)
+        self.status[trial_id] = status
+        if not self.live:
+            counts = self.counts()
+            print(f"[{counts['completed'] + counts['failed']}/{self.total}] {status:9s} {trial_id}", flush=True)
+        self._refresh()
+
+    def counts(self) -> dict[str, int]:
+        values = list(self.status.values())
+        done = {s: values.count(s) for s in ("running", "completed", "failed")}
+        done["pending"] = max(self.total - len(values), 0)
+        return done
+
+    def table(self) -> Table:
+        counts = self.counts()
+        table = Table(title=(f"{counts['completed']} done, {counts['running']} running, {counts['failed']} failed, "
+                             f"{counts['pending']} pending of {self.total}"))
+        table.add_column("estimator")
+        table.add_column("bits", justify="right")
+        table.add_column(f"best {self.metric}", justify="right")
+        for (estimator, bits), value in sorted(self.best.items()):
+            table.add_row(estimator, str(bits), f"{value:.4f}")
+        return table
+
+    def _refresh(self) -> None:
+        if not self.live:
+            return
+        if self._display is None:
+            self._display = Live(self.table(), console=Console(), refresh_per_second=2, transient=False)
+            self._display.start()
+        self._display.update(self.table())

@@ -1,0 +1,115 @@
+"""Run a sweep on Ray Tune: one Tune trial per planned trial, each calling ``run_trial``.
+
+The trainable reports every evaluation with ``tune.report`` and (every
+``checkpoint_every`` evaluations) a checkpoint holding ``run_trial``'s resume state, so a
+trial interrupted by a node loss or a driver crash continues mid-run. Tune's own state
+lives in ``<results>/<sweep>/tune`` next to the Parquet, which is what ``resume`` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.tune.logger import TBXLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from service.spec import SweepSpec, resolve_trial
+from trainers import run_trial
+
+TUNE_DIR = "tune"  # experiment name under the sweep directory
+STATE_FILE = "state.pt"
+
+
+def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float) -> None:
+    """Tune function trainable: resolve the trial, resume from a checkpoint if any, train."""
+    trial_id, trial_config = resolve_trial(planned, config, tune.get_context().get_trial_id())
+    trial_config.setdefault("threads", max(1, int(cpus)))  # one trial must not grab every core
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume_state = torch.load(os.path.join(directory, STATE_FILE), weights_only=False)
+    where = {"trial_id": trial_id, "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()}
+    evaluations = 0
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        nonlocal evaluations
+        evaluations += 1
+        payload = {**metrics, **where}
+        if state is None or not (metrics["done"] or evaluations % checkpoint_every == 0):
+            tune.report(payload)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state, os.path.join(directory, STATE_FILE))
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    run_trial(trial_config, report, resume_state=resume_state, save_state=checkpoint_every > 0)
+
+
+def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]]):
+    trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
+                                     cpus=spec.resources.cpus)
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+
+
+def _search_domain(rng) -> Any:
+    if rng.choices is not None:
+        return tune.choice(rng.choices)
+    if rng.integer:
+        return (tune.lograndint if rng.log else tune.randint)(int(rng.low), int(rng.high) + 1)
+    return (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
+
+
+def param_space_and_search(spec: SweepSpec, planned_ids: list[str]) -> tuple[dict[str, Any], Any, int]:
+    """Grid: every planned trial once. Optuna: a planned trial is one categorical choice."""
+    if spec.search.mode == "grid":
+        return {"planned_id": tune.grid_search(planned_ids)}, None, 1
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {"planned_id": tune.choice(planned_ids),
+             **{key: _search_domain(rng) for key, rng in spec.search.space.items()}}
+    search = OptunaSearch(metric=spec.search.metric, mode=spec.search.direction)
+    return space, search, spec.search.num_samples
+
+
+def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback]) -> tune.Tuner:
+    planned = {t.trial_id: t.config for t in spec.trials()}
+    space, search, num_samples = param_space_and_search(spec, list(planned))
+    scheduler = None
+    if spec.early_stopping is not None:
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.early_stopping.grace_period,
+                                  reduction_factor=spec.early_stopping.reduction_factor)
+    needs_metric = search is not None or scheduler is not None
+    return tune.Tuner(
+        make_trainable(spec, planned),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric if needs_metric else None,
+            mode=spec.search.direction if needs_metric else None,
+            search_alg=search, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=sweep_dir, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[*callbacks, TBXLoggerCallback()]),
+    )
+
+
+def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
+                  retry_failed: bool = False) -> tune.Tuner:
+    """Continue an interrupted sweep: unfinished trials resume from their last checkpoint;
+    trials that already failed for good stay failed unless ``retry_failed``."""
+    planned = {t.trial_id: t.config for t in spec.trials()}
+    tuner = tune.Tuner.restore(f"{sweep_dir.rstrip('/')}/{TUNE_DIR}", make_trainable(spec, planned),
+                               resume_unfinished=True, resume_errored=retry_failed)
+    # The restored run config carries the callbacks pickled at the first start; give it
+    # fresh ones so the sink reloads what the Parquet holds now.
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, TBXLoggerCallback()]
+    return tuner
