@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainers.config import TrialConfig
@@ -25,11 +24,12 @@ from trainers.estimators import build_estimator
 from trainers.metering import measure_cost, track_peak_memory
 from trainers.models import build_model
 from trainers.quant import quantize_model
+from trainers.tasks import TASKS
 
 Report = Callable[..., None]
 
 # Seed offsets keep the model init, the batch order and the estimator's noise independent.
-_SAMPLER_SEED, _ESTIMATOR_SEED = 1_000_003, 2_000_029
+_SAMPLER_SEED, _ESTIMATOR_SEED, _AUGMENT_SEED = 1_000_003, 2_000_029, 3_000_017
 
 
 class TrialDiverged(RuntimeError):
@@ -51,28 +51,14 @@ def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole split, with the quantized forward."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(-1) == target).sum())
-    model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
-
-
 def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
               resume_state: dict[str, Any] | None = None, save_state: bool = False) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` at every evaluation.
 
     Metrics: step, forwards, backwards, flops (cumulative), wall_s (training time, not
     evaluation), train_loss (mean since the previous evaluation), eval_loss, eval_metric
-    (accuracy), peak_memory_bytes, num_params, progress in [0, 1], and ``done`` on the last.
+    (accuracy, or perplexity for language models; named by metric_name), peak_memory_bytes,
+    num_params, progress in [0, 1], and ``done`` on the last.
 
     With ``save_state`` the call is ``report(metrics, state=...)`` carrying everything
     needed to continue (model, optimizer, estimator RNG, batch order, counters); passing
@@ -93,7 +79,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     sampler = BatchSampler(len(train_x), cfg.batch_size, cfg.seed + _SAMPLER_SEED)
-    loss_fn = F.cross_entropy
+    task = TASKS[data.task]
+    loss_fn = task.loss_fn
+    augment_gen = torch.Generator().manual_seed(cfg.seed + _AUGMENT_SEED)
 
     # Cost of one pass on a full training batch, measured once (estimators.md).
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
@@ -111,6 +99,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
             optimizer.load_state_dict(resume_state["optimizer"])
         estimator.load_state_dict(resume_state["estimator"])
         sampler.load_state_dict(resume_state["sampler"])
+        augment_gen.set_state(resume_state["augment"])
         counters.update(resume_state["counters"])
         peak_memory, next_eval = resume_state["peak_memory"], resume_state["next_eval"]
 
@@ -120,15 +109,16 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         return max(by_steps, by_flops)
 
     def emit(done: bool) -> dict[str, Any]:
-        eval_loss, eval_metric = evaluate(model, test_x, test_y, cfg.eval_batch_size)
+        eval_loss, eval_metric = task.evaluate(model, test_x, test_y, cfg.eval_batch_size)
         metrics = {**counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
                    "eval_loss": eval_loss, "eval_metric": eval_metric, "peak_memory_bytes": peak_memory,
-                   "num_params": num_params,
+                   "num_params": num_params, "metric_name": task.metric_name,
                    "progress": min(progress(), 1.0), "done": done}
         losses.clear()
         if save_state:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "estimator": estimator.state_dict(), "sampler": sampler.state_dict(),
+                     "augment": augment_gen.get_state(),
                      "counters": dict(counters), "peak_memory": peak_memory, "next_eval": next_eval}
             report(metrics, state=copy.deepcopy(state))  # a snapshot: training mutates these tensors
         else:
@@ -138,7 +128,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     metrics = emit(done=False) if resume_state is None else {}
     while progress() < 1.0:
         idx = sampler.next_indices().to(device)
-        batch = (train_x[idx], train_y[idx])
+        inputs = train_x[idx]
+        if data.augment is not None:
+            inputs = data.augment(inputs, augment_gen)
+        batch = (inputs, train_y[idx])
 
         def train_step(batch=batch):
             result = estimator.step(model, loss_fn, batch, progress())

@@ -12,7 +12,7 @@ from trainers import ConfigError, TrialConfig, TrialDiverged, run_trial
 # (zeroth-order estimates with n = 1 in d ~ 760 dimensions need ~50x smaller steps).
 LR = {"ste": 0.05, "fogzo": 0.05, "nspsa": 1e-3, "mezo": 1e-3, "quzo": 3e-3}
 METRIC_KEYS = {"step", "forwards", "backwards", "flops", "wall_s", "train_loss", "eval_loss", "eval_metric",
-               "peak_memory_bytes", "num_params", "progress", "done"}
+               "peak_memory_bytes", "num_params", "metric_name", "progress", "done"}
 
 
 def run(**overrides):

@@ -6,6 +6,7 @@ user mistake surfaces as a one-line `DatasetError` that a sweep log can show ver
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +41,18 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+    #: "classification" (x float32, y class ids) or "language_modeling" (x and y int64
+    #: token ids of the same shape; num_classes is the vocabulary size). See trainers.tasks.
+    task: str = "classification"
+    #: Training-time augmentation ``augment(x_batch, generator) -> x_batch`` (None = none).
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     def __post_init__(self) -> None:
         # Catch loader bugs here rather than as shape errors deep inside a trial.
+        x_dtype = torch.int64 if self.task == "language_modeling" else torch.float32
         for split, x, y in (("train", self.train_x, self.train_y),
                             ("test", self.test_x, self.test_y)):
-            if x.dtype != torch.float32 or y.dtype != torch.int64:
+            if x.dtype != x_dtype or y.dtype != torch.int64:
                 raise TypeError(f"{self.name}: {split} needs float32 x / int64 y, "
                                 f"got {x.dtype} / {y.dtype}")
             if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != tuple(self.input_shape):
