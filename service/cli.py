@@ -58,7 +58,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 def print_headline(sweep_dir: str) -> None:
     from analysis.summary import headline_table
-    from service.sink import read_results
+    from service.storage import read_results
 
     trials, _ = read_results(sweep_dir)
     if trials is None:
@@ -75,8 +75,8 @@ def print_headline(sweep_dir: str) -> None:
     console.print(table)
     failed = frame[frame["status"] == "failed"]
     for row in failed.itertuples():
-        console.print(f"failed: {row.trial_id}: {(row.error or '').strip().splitlines()[-1:] or ['']}",
-                      markup=False, highlight=False)
+        last_line = ((row.error or "").strip().splitlines() or [""])[-1]  # the exception's message
+        console.print(f"failed: {row.trial_id}: {last_line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -103,15 +103,16 @@ def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
     spec = load_spec(spec_file)
     sweep = prepare(spec, results, overwrite)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
-    console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}")
+    console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
+                  markup=False, soft_wrap=True)
     run_sweep(sweep)
     _finish(sweep.sweep_dir)
 
 
 def _finish(sweep_dir: str) -> None:
     print_headline(sweep_dir)
-    console.print(f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False)
-    console.print(f"report:  qsweep report {sweep_dir}", markup=False)
+    console.print(f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False, soft_wrap=True)
+    console.print(f"report:  qsweep report {sweep_dir}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -152,7 +153,8 @@ def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job s
     from service.jobs import submit_sweep
 
     spec = load_spec(spec_file)
-    job_id, status_text = submit_sweep(spec_file, spec, address, results, wait, echo=console.print)
+    job_id, status_text = submit_sweep(spec_file, spec, address, results, wait,
+                                       echo=lambda text: console.print(text, markup=False, highlight=False))
     console.print(f"job {job_id} submitted to {address}", markup=False)
     console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
     console.print(f"dashboard: {address} (Jobs tab)", markup=False)
@@ -164,12 +166,22 @@ def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job s
 
 @app.command()
 @user_errors
-def report(sweep_dir: str) -> None:
-    """Summarise a sweep's Parquet (the full HTML report comes with the analysis package)."""
-    from service.runner import sweep_status
+def report(results: Annotated[list[str], typer.Argument(help="one or more sweep results folders to compare")],
+           out: Annotated[str | None, typer.Option(help="folder for report.html and plots/ (default: the first results folder)")] = None,
+           metric: Annotated[str, typer.Option(help="eval_loss, eval_metric or train_loss")] = "eval_loss",
+           target: Annotated[float | None, typer.Option(help="compute-to-target threshold (default: the reference's worst-seed final value)")] = None,
+           reference: Annotated[str, typer.Option(help="arm whose final value sets the target")] = "nspsa",
+           focus: Annotated[str, typer.Option(help="arm whose compute ratios are headlined")] = "fogzo") -> None:
+    """Write report.html (tables, plots, spec, versions) and print the headline table."""
+    from analysis.load import ResultsError
+    from analysis.report import report_command
 
-    sweep_status(sweep_dir)  # clear error if this is not a sweep directory
-    print_headline(sweep_dir)
+    try:
+        html_path, text = report_command(results, out, metric, target, reference, focus)
+    except ResultsError as err:
+        raise SweepError(str(err)) from None
+    console.print(text, markup=False, highlight=False)
+    console.print(f"report: {html_path}", markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

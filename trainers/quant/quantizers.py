@@ -208,7 +208,11 @@ class FP8Quantizer(Quantizer):
 
 
 class ActQuantizer(nn.Module):
-    """Dynamic per-tensor symmetric b-bit activation fake-quant (abs-max), clipped STE."""
+    """Dynamic per-tensor symmetric b-bit activation fake-quant, clipped STE.
+
+    Scale rule as for weights: abs-max for >= 5 bits; for 2..4 bits abs-max would send
+    most activations to zero (W2A2 barely trains), so ``2 mean|x| / sqrt(Q_p)`` is used.
+    """
 
     def __init__(self, bits: int):
         super().__init__()
@@ -216,8 +220,14 @@ class ActQuantizer(nn.Module):
         self.qmin, self.qmax = qf.int_range(bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = (x.detach().abs().amax() / max(self.qmax, 1)).clamp(min=1e-12)
-        return _RoundSTE.apply(x / scale, self.qmin, self.qmax, "clipped") * scale
+        magnitude = x.detach().abs()
+        if self.bits >= 5:
+            scale = magnitude.amax() / self.qmax
+        elif self.bits == 1:
+            scale = magnitude.mean()
+        else:
+            scale = 2 * magnitude.mean() / math.sqrt(self.qmax)
+        return _RoundSTE.apply(x / scale.clamp(min=1e-12), self.qmin, self.qmax, "clipped") * scale.clamp(min=1e-12)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

@@ -1,0 +1,186 @@
+"""The quality-vs-compute trade-off as pure functions on the trials and curves tables.
+
+Layer 1 of the analysis (numbers only; plots and the report only draw what these return).
+A *setting* is (model, dataset, quantizer, bits); an *arm* is what is compared within a
+setting: the estimator, plus the sweep name when several sweeps are combined, plus any
+hyper-parameter that varies between its trials (e.g. ``nspsa lr=0.001``). Seeds of an
+arm are aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+SETTING = ["model", "dataset", "quantizer", "bits"]
+LOWER_IS_BETTER = {"eval_loss": True, "train_loss": True, "eval_metric": False}
+COSTS = ["flops", "forwards", "wall_s"]
+_ARM_HYPERPARAMETERS = ["lr", "optimizer", "n", "eps", "beta_start", "beta_min", "warm_start", "perturb_bits",
+                        "batch_size", "surrogate"]
+
+
+def _format_value(value: object) -> str:
+    """A hyper-parameter as a label shows it: ``n=4`` not ``n=4.0`` (nullable int columns
+    arrive in pandas as floats), ``lr=0.001``."""
+    if isinstance(value, float) and not math.isnan(value):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)  # never merge two distinct values
+    return str(value)
+
+
+def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with an ``arm`` column (see module docstring)."""
+    trials = trials.copy()
+    several_sweeps = trials["sweep"].nunique() > 1
+
+    def label(group: pd.DataFrame) -> pd.Series:
+        varying = [c for c in _ARM_HYPERPARAMETERS if c in group and group[c].nunique(dropna=True) > 1]
+        base = group["estimator"].astype(str)
+        if several_sweeps:
+            base = group["sweep"].astype(str) + ":" + base
+        for column in varying:
+            base = base + f" {column}=" + group[column].map(_format_value)
+        return base
+
+    trials["arm"] = ""
+    for _, group in trials.groupby(["sweep", "estimator"], dropna=False):
+        trials.loc[group.index, "arm"] = label(group)
+    return trials
+
+
+def attach_arms(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Curves joined with each trial's arm and setting (curves carry estimator/bits only)."""
+    columns = ["sweep", "trial_id", "arm", "status", *SETTING]
+    return curves.drop(columns=[c for c in ("estimator", "bits") if c in curves]).merge(
+        trials[columns], on=["sweep", "trial_id"], how="inner")
+
+
+def final_quality(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per setting x arm over completed trials: final and best eval metric and loss (mean, std),
+    mean compute, wall time and peak memory; failed trials are counted, not averaged."""
+    keys = [*SETTING, "arm"]
+    done = trials[trials["status"] == "completed"]
+    counts = trials.groupby(keys).agg(trials=("trial_id", "size"),
+                                      failed=("status", lambda s: int((s == "failed").sum())))
+    stats = done.groupby(keys).agg(
+        completed=("trial_id", "size"),
+        final_metric_mean=("final_eval_metric", "mean"), final_metric_std=("final_eval_metric", "std"),
+        best_metric_mean=("best_eval_metric", "mean"), best_metric_std=("best_eval_metric", "std"),
+        final_loss_mean=("final_eval_loss", "mean"), final_loss_std=("final_eval_loss", "std"),
+        flops_mean=("flops", "mean"), wall_s_mean=("wall_s", "mean"),
+        peak_memory_mean=("peak_memory_bytes", "mean"))
+    table = counts.join(stats, how="left").reset_index()
+    table["completed"] = table["completed"].fillna(0).astype(int)
+    return table
+
+
+def first_reach(curve: pd.DataFrame, metric: str, target: float) -> pd.Series | None:
+    """The first evaluation (by step) at which ``metric`` reaches ``target``, or None.
+
+    Reaching means ``<= target`` for losses and ``>= target`` for accuracy. Measured at
+    evaluation points, without interpolation: compute-to-target is what was observed.
+    """
+    curve = curve.sort_values("step")
+    values = curve[metric]
+    hit = values <= target if LOWER_IS_BETTER[metric] else values >= target
+    hit = hit & values.notna()
+    if not hit.any():
+        return None
+    return curve[hit].iloc[0]
+
+
+def compute_to_target(curves: pd.DataFrame, metric: str, target: float) -> pd.DataFrame:
+    """Per trial: whether it reached ``target`` and the FLOPs, forwards and wall seconds it
+    had spent at that evaluation (NaN when not reached — never a made-up number)."""
+    rows = []
+    for (sweep, trial_id), curve in curves.groupby(["sweep", "trial_id"]):
+        first = first_reach(curve, metric, target)
+        row = {"sweep": sweep, "trial_id": trial_id, "arm": curve["arm"].iloc[0], "reached": first is not None,
+               **{c: curve[c].iloc[0] for c in SETTING}}
+        row.update({c: (float(first[c]) if first is not None else math.nan) for c in COSTS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["sweep", "trial_id", "arm", "reached", *SETTING, *COSTS])
+
+
+def summarize_reach(per_trial: pd.DataFrame) -> pd.DataFrame:
+    """Per setting x arm: trials that reached / trials, and the median cost over those that
+    did. An arm reaches only if every one of its seeds does; otherwise its costs stay NaN
+    and the report prints "not reached"."""
+    rows = []
+    for key, group in per_trial.groupby([*SETTING, "arm"]):
+        reached = int(group["reached"].sum())
+        all_reached = reached == len(group)
+        row = dict(zip([*SETTING, "arm"], key))
+        row.update({"reached": reached, "trials": len(group)})
+        row.update({c: float(group[c].median()) if all_reached else math.nan for c in COSTS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*SETTING, "arm", "reached", "trials", *COSTS])
+
+
+def reach_ratios(summary: pd.DataFrame, arm: str, cost: str = "flops") -> pd.DataFrame:
+    """How many times less ``cost`` ``arm`` needs than every other arm of the same setting
+    (``other / arm``; > 1 means ``arm`` is cheaper). NaN where either side never reached."""
+    rows = []
+    for key, group in summary.groupby(SETTING):
+        mine = group[group["arm"] == arm]
+        if mine.empty:
+            continue
+        base = float(mine[cost].iloc[0])
+        for other in group[group["arm"] != arm].itertuples():
+            value = getattr(other, cost)
+            ratio = value / base if base > 0 and not (math.isnan(base) or math.isnan(value)) else math.nan
+            rows.append({**dict(zip(SETTING, key)), "arm": arm, "versus": other.arm, "cost": cost, "ratio": ratio})
+    return pd.DataFrame(rows, columns=[*SETTING, "arm", "versus", "cost", "ratio"])
+
+
+def reference_target(trials: pd.DataFrame, reference_arm: str, metric: str, setting: tuple) -> float:
+    """The FOGZO paper's target, "the loss n-SPSA reaches": the reference arm's final value
+    in ``setting`` that EVERY one of its completed seeds reaches — the worst seed's final
+    value. (The mean would leave the worse seeds of the reference itself "not reached".)"""
+    final = {"eval_loss": "final_eval_loss", "eval_metric": "final_eval_metric",
+             "train_loss": "final_train_loss"}[metric]
+    mask = (trials["arm"] == reference_arm) & (trials["status"] == "completed")
+    for column, value in zip(SETTING, setting):
+        mask &= trials[column] == value
+    values = trials.loc[mask, final].dropna()
+    if not len(values):
+        return math.nan
+    return float(values.max() if LOWER_IS_BETTER[metric] else values.min())
+
+
+def quality_at_compute(curves: pd.DataFrame, metric: str, budget: float) -> pd.DataFrame:
+    """Per trial: ``metric`` at the last evaluation with cumulative FLOPs <= ``budget``."""
+    eligible = curves[curves["flops"] <= budget].sort_values("step")
+    last = eligible.groupby(["sweep", "trial_id"]).tail(1)
+    return last[["sweep", "trial_id", "arm", *SETTING, "flops", metric]].reset_index(drop=True)
+
+
+def common_budget(curves: pd.DataFrame) -> float:
+    """The largest compute every trial reached (min over trials of max FLOPs): the budget at
+    which all arms can be compared."""
+    if curves.empty:
+        return math.nan
+    return float(curves.groupby(["sweep", "trial_id"])["flops"].max().min())
+
+
+def pareto_front(cost: np.ndarray, quality: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Boolean mask of the points no other point beats on both axes (less or equal cost and
+    better or equal quality, one of them strictly)."""
+    cost = np.asarray(cost, dtype=float)
+    q = np.asarray(quality, dtype=float) * (1 if higher_is_better else -1)
+    front = np.zeros(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        if np.isnan(cost[i]) or np.isnan(q[i]):
+            continue
+        dominated = (cost <= cost[i]) & (q >= q[i]) & ((cost < cost[i]) | (q > q[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+def memory_by_arm(trials: pd.DataFrame) -> pd.DataFrame:
+    """Mean peak tensor memory (bytes) per setting x arm over trials that measured it."""
+    measured = trials[trials["peak_memory_bytes"].fillna(0) > 0]
+    return (measured.groupby([*SETTING, "arm"])["peak_memory_bytes"].agg(["mean", "max"])
+            .reset_index().rename(columns={"mean": "peak_memory_mean", "max": "peak_memory_max"}))
