@@ -7,10 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import DatasetError, DataSplits
+from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits_splits
+from .imagefolder import load_imagefolder
 from .mnist import load_fashion_mnist, load_mnist
 from .synthetic import load_teacher_student
 from .table import load_table
+from .text import load_text
 
 #: Every loader takes keyword-only `data_dir` plus its own keyword options with defaults.
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -19,6 +22,10 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "table": load_table,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "imagefolder": load_imagefolder,
+    "text": load_text,
 }
 
 

@@ -1,16 +1,19 @@
 """Shared machinery of the zeroth-order estimators: per-tensor smoothing scales, direction
-sampling, and batched evaluation of many perturbed losses with ``torch.func.vmap``.
+sampling, and batched evaluation of many perturbed losses with ``torch.func.vmap``
+(BatchNorm models included: each evaluation runs on its own copy of the buffers).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainers.estimators.base import Batch, LossFn, trainable_parameters
 from trainers.quant import functional as qf
@@ -69,67 +72,115 @@ def sample_directions(plan: list[Perturbable], n: int, generator: torch.Generato
     ]
 
 
-def _loop_losses(model, loss_fn, batch, names, base, deltas) -> Tensor:
+def _buffer_copies(model: nn.Module, m: int) -> dict[str, Tensor]:
+    """``[m, *shape]``: a private copy of every buffer (BN running stats) per evaluation."""
+    return {name: b.detach().unsqueeze(0).repeat(m, *([1] * b.dim())) for name, b in model.named_buffers()}
+
+
+def _loop_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, names: list[str], base: dict[str, Tensor],
+                 deltas: list[Tensor], buffers: dict[str, Tensor] | None = None) -> Tensor:
+    """The reference (and fallback) evaluation: one forward per row of ``deltas``.
+
+    Row j runs on its own buffer copy ``buffers[name][j]`` exactly as under vmap; with
+    ``buffers=None`` fresh copies are made and discarded, so the model is never mutated.
+    """
     inputs, targets = batch
+    m = deltas[0].shape[0]
+    buffers = _buffer_copies(model, m) if buffers is None else buffers
     out = []
-    for j in range(deltas[0].shape[0]):
-        params = {name: base[name] + delta[j] for name, delta in zip(names, deltas)}
-        out.append(loss_fn(functional_call(model, params, (inputs,)), targets))
+    for j in range(m):
+        state = {name: base[name] + delta[j] for name, delta in zip(names, deltas)}
+        state.update({name: b[j] for name, b in buffers.items()})
+        out.append(loss_fn(functional_call(model, state, (inputs,)), targets))
     return torch.stack(out)
+
+
+def _attention_backends(device: torch.device) -> AbstractContextManager:
+    """SDPA kernels usable under vmap: on CPU only the math kernel has a batching rule (the
+    fused CPU flash kernel would fall back to a per-copy loop with a warning); CUDA's flash,
+    memory-efficient and cuDNN kernels have batching rules, so they are left alone."""
+    return nullcontext() if device.type == "cuda" else sdpa_kernel([SDPBackend.MATH])
 
 
 _VMAP_UNSUPPORTED: set[type] = set()
 
 
 def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                     deltas: list[Tensor]) -> Tensor:
+                     deltas: list[Tensor], update_buffers: bool = True) -> Tensor:
     """Loss at ``theta + delta_j`` for every row j of ``deltas`` (each ``[m, *shape]``).
 
     All m evaluations are batched with ``vmap`` over ``functional_call`` (one batched
     matmul per layer instead of m Python-level forwards).
     Models vmap cannot handle fall back to a Python loop, with a warning, once per class.
+
+    Buffers (BatchNorm running statistics): BN in train mode updates its running stats in
+    place, which vmap cannot do on an unbatched tensor and which would move the stats m
+    times per step. So every evaluation gets its own copy of the buffers (batched along
+    the vmap dimension), the model's buffers are untouched during the evaluations, and
+    afterwards, if ``update_buffers``, the copy of the FIRST evaluation (theta + delta_0)
+    is written back: the stats advance once per step, from a forward at a point one
+    smoothing radius from theta, as they would after one ordinary training forward.
+    (Averaging all m copies would be the other choice; it mixes +delta and -delta, but
+    the running stats are an EMA of noisy batch statistics anyway.)
     """
     names = [item.name for item in plan]
     base = {item.name: item.param.detach() for item in plan}
     inputs, targets = batch
+    m = deltas[0].shape[0]
     with torch.no_grad():
+        losses = None
         if type(model) not in _VMAP_UNSUPPORTED:
-            def one(*delta: Tensor) -> Tensor:
-                params = {name: base[name] + d for name, d in zip(names, delta)}
-                return loss_fn(functional_call(model, params, (inputs,)), targets)
+            buffers = _buffer_copies(model, m)
+
+            def one(bufs: dict[str, Tensor], *delta: Tensor) -> Tensor:
+                state = {name: base[name] + d for name, d in zip(names, delta)}
+                state.update(bufs)  # BN updates these per-copy tensors in place
+                return loss_fn(functional_call(model, state, (inputs,)), targets)
 
             try:
-                return vmap(one)(*deltas)
-            except (RuntimeError, NotImplementedError) as err:  # e.g. in-place BatchNorm stats
+                with _attention_backends(inputs.device):
+                    losses = vmap(one)(buffers, *deltas)
+            except (RuntimeError, NotImplementedError) as err:
                 _VMAP_UNSUPPORTED.add(type(model))
                 warnings.warn(f"vmap failed for {type(model).__name__} ({err}); evaluating directions in a loop",
                               stacklevel=2)
-        return _loop_losses(model, loss_fn, batch, names, base, deltas)
+        if losses is None:
+            buffers = _buffer_copies(model, m)  # a failed vmap may have touched the copies
+            losses = _loop_losses(model, loss_fn, batch, names, base, deltas, buffers)
+        if update_buffers:
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name][0])
+    return losses
 
 
 def symmetric_differences(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                          directions: list[Tensor]) -> tuple[Tensor, Tensor]:
+                          directions: list[Tensor], update_buffers: bool = True) -> tuple[Tensor, Tensor]:
     """For each direction v_i: ``c_i = [L(theta + eps v_i) - L(theta - eps v_i)] / 2``, and the
-    2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate."""
+    2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate. Buffers take
+    the stats of ``theta + eps v_1`` if ``update_buffers`` (see ``perturbed_losses``)."""
     n = directions[0].shape[0]
     deltas = [torch.cat([item.eps * d, -item.eps * d]) for item, d in zip(plan, directions)]
-    losses = perturbed_losses(model, loss_fn, batch, plan, deltas)
+    losses = perturbed_losses(model, loss_fn, batch, plan, deltas, update_buffers)
     return (losses[:n] - losses[n:]) / 2, losses
 
 
 def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable], n: int,
-                draw: Callable[[int], list[Tensor]], chunk: int) -> tuple[list[Tensor], float]:
+                draw: Callable[[int], list[Tensor]], chunk: int,
+                update_buffers: bool = True) -> tuple[list[Tensor], float]:
     """``G = (1/n) sum_i c_i v_i / eps`` per tensor, over n directions drawn ``chunk`` at a time.
 
     Chunking bounds memory at ``2 * chunk`` model copies however large n is (n-SPSA is run
     with n up to d); within a chunk the 2k forwards are one vmapped call. Returns the
     per-tensor estimates and the mean of the 2n perturbed losses.
+
+    Buffers (BN running stats) advance once per call, from the first chunk, and only if
+    ``update_buffers``: FOGZO passes False because its STE forward already moved them.
     """
     sums = [torch.zeros_like(item.param) for item in plan]
     loss_total = 0.0
     for start in range(0, n, chunk):
         directions = draw(min(chunk, n - start))
-        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions)
+        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, update_buffers and start == 0)
         loss_total += float(losses.sum())
         for acc, d in zip(sums, directions):
             acc += (c.view(-1, *([1] * (d.dim() - 1))).to(d.dtype) * d).sum(0)

@@ -9,13 +9,21 @@ from typing import Any
 from torch import nn
 
 from .cnn import build_cnn
+from .llama import build_llama
 from .mlp import build_mlp
+from .resnet import build_resnet18, build_resnet50
+from .vit import build_deit_small, build_deit_tiny
 
 #: Builders take (input_shape, num_classes, *, options...) and use the global torch RNG for
 #: init, so the caller's `torch.manual_seed(trial_seed)` decides the initial weights.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp,
     "cnn": build_cnn,
+    "resnet18": build_resnet18,
+    "resnet50": build_resnet50,
+    "deit_tiny": build_deit_tiny,
+    "deit_small": build_deit_small,
+    "llama": build_llama,
 }
 
 
@@ -37,9 +45,10 @@ def _option_problem(option: str, value: Any, default: Any) -> str | None:
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
                 **options: Any) -> nn.Module:
-    """Build a fresh plain `nn.Module` made only of Linear/Conv2d/activation/pool layers.
+    """Build a fresh plain `nn.Module` whose weight layers are all Linear/Conv2d.
 
-    Plain layers let `quantize_model` swap Linear/Conv2d for quantized versions. The global
+    The rest is norms, activations, pools and attention via `F.scaled_dot_product_attention`
+    on Linear projections, so `quantize_model` swaps every weight layer. The global
     RNG is not seeded here: seeding is the trial's job.
     """
     if name not in MODELS:
