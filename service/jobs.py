@@ -8,6 +8,7 @@ the user can both reach: an absolute path on shared storage or a URI (``s3://...
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 import time
@@ -22,6 +23,7 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 def submit_sweep(spec_file: Path, spec: SweepSpec, address: str, results: str | None, wait: bool,
                  echo: Callable[[str], None] = print) -> tuple[str, str]:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     location = results or spec.results
@@ -30,12 +32,16 @@ def submit_sweep(spec_file: Path, spec: SweepSpec, address: str, results: str | 
                          f"give an absolute path on shared storage or a URI (--results s3://bucket/sweeps)")
     try:
         client = JobSubmissionClient(address)
-    except Exception as err:  # connection refused, bad URL, auth: one line for the user
+    except AuthenticationError as err:  # Ray sends the token only where RAY_AUTH_MODE=token
+        raise SweepError(f"the Ray job server at {address} wants its token: {str(err).splitlines()[0]} "
+                         f"(export RAY_AUTH_MODE=token and give the cluster's token as RAY_AUTH_TOKEN, "
+                         f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)") from None
+    except Exception as err:  # connection refused, bad URL: one line for the user
         raise SweepError(f"cannot reach the Ray job server at {address}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as workdir:
         shutil.copy(spec_file, Path(workdir) / "sweep.yaml")
         job_id = client.submit_job(
-            entrypoint=f"qsweep run sweep.yaml --results {location}",
+            entrypoint=f"qsweep run sweep.yaml --results {shlex.quote(location)}",
             runtime_env={"working_dir": workdir},
             metadata={"qsweep_sweep": spec.name},
         )

@@ -18,8 +18,9 @@ import yaml
 from service import storage
 from service.errors import SweepError
 from service.schema import SPEC_FILE, TRIALS_FILE
-from service.sink import ParquetSink, read_results
+from service.sink import ParquetSink
 from service.spec import SpecError, SweepSpec, parse_spec
+from service.storage import read_results
 
 
 def sweep_location(results: str, name: str) -> str:
@@ -46,6 +47,9 @@ def connect(address: str | None, dashboard: bool = True, dashboard_host: str = "
     The embedded dashboard binds to 127.0.0.1 unless the user asks otherwise: it can run
     jobs, so it must not face an untrusted network.
     """
+    # Tune warns on every forced experiment snapshot (one per checkpoint with num_to_keep);
+    # for many short trials that is all noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     if ray.is_initialized():
@@ -71,8 +75,8 @@ def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False
     if existing is not None and not overwrite:
         raise SweepError(f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
                          f"--overwrite starts over")
-    if overwrite:
-        storage.delete_dir(fs, path)
+    if overwrite and storage.exists(fs, path):
+        fs.delete_dir(path)
     storage.write_text_atomic(fs, f"{path}/{SPEC_FILE}",
                               yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     return SweepRun(spec, sweep_dir)

@@ -39,6 +39,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_REGISTRIES = {"estimators": (ESTIMATORS, "estimator"), "quantizers": (QUANT_KINDS, "quantizer"),
+               "models": (MODELS, "model"), "datasets": (DATASETS, "dataset")}
+
+
 class Grid(_Strict):
     estimators: list[str]
     bits: list[int] = [2]
@@ -56,25 +60,11 @@ class Grid(_Strict):
             raise ValueError(f"has duplicates: {values}")
         return values
 
-    @field_validator("estimators")
+    @field_validator("estimators", "quantizers", "models", "datasets")
     @classmethod
-    def _known_estimators(cls, values: list[str]) -> list[str]:
-        return _check_names(values, ESTIMATORS, "estimator")
-
-    @field_validator("quantizers")
-    @classmethod
-    def _known_quantizers(cls, values: list[str]) -> list[str]:
-        return _check_names(values, QUANT_KINDS, "quantizer")
-
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, values: list[str]) -> list[str]:
-        return _check_names(values, MODELS, "model")
-
-    @field_validator("datasets")
-    @classmethod
-    def _known_datasets(cls, values: list[str]) -> list[str]:
-        return _check_names(values, DATASETS, "dataset")
+    def _registered(cls, values: list[str], info) -> list[str]:
+        valid, kind = _REGISTRIES[info.field_name]
+        return _check_names(values, valid, kind)
 
     @field_validator("bits")
     @classmethod

@@ -1,0 +1,127 @@
+"""Where results live: a local path or any pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``).
+
+Only pyarrow here (no Ray, no torch), so ``analysis`` and ``qsweep status`` can read results
+without starting anything. Every write is all-or-nothing: locally a temp file in the same
+directory is renamed over the target (``os.replace`` is atomic on one filesystem, so a crash
+leaves the old file or the new one, never half of one); object stores make a single PUT
+visible only once it completes, so there one ``open_output_stream`` write is enough.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from collections.abc import Callable
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from service.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path (made absolute) or a filesystem URI."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def join(*parts: str) -> str:
+    """Join path parts with ``/``: pyarrow filesystem paths are POSIX-style everywhere."""
+    return posixpath.join(*parts)
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if not _is_local(fs):
+        with fs.open_output_stream(path) as out:
+            write(out)
+        return
+    # A leading dot hides the temp file from pyarrow.dataset / pandas readers of the folder.
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{posixpath.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    _write_atomic(fs, path, lambda out: pq.write_table(table, out))
+
+
+def write_text_atomic(fs: pafs.FileSystem, path: str, text: str) -> None:
+    """Atomically write a UTF-8 text file (the stored sweep spec)."""
+    _write_atomic(fs, path, lambda out: out.write(text.encode()))
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    """The table at ``path``, or None if there is no such file."""
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return pq.read_table(path, filesystem=fs)
+
+
+def read_text(fs: pafs.FileSystem, path: str) -> str | None:
+    """The text file at ``path``, or None if there is no such file."""
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.readall().decode()
+
+
+def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[str]:
+    """Sorted paths of the files directly in ``directory`` ending in ``suffix``.
+
+    Hidden (``.``) and ``_``-prefixed names are skipped, as pyarrow.dataset does, so an
+    in-flight temp file is never mistaken for a result.
+    """
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return sorted(info.path for info in infos if info.type == pafs.FileType.File
+                  and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_")))
+
+
+def check_schema_version(table: pa.Table, where: str) -> None:
+    """Refuse files written under another version of the contract instead of misreading them."""
+    found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"?").decode()
+    if found != str(SCHEMA_VERSION):
+        raise ValueError(f"{where}: written with qsweep schema version {found}, "
+                         f"this qsweep reads version {SCHEMA_VERSION}")
+
+
+def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:
+    """``(trials, curves)`` of one sweep folder, each one table with the contract's schema.
+
+    Missing files give empty tables, so a sweep that has not reported yet reads cleanly.
+    """
+    fs, root = resolve(sweep_dir)
+    trials = read_parquet(fs, join(root, TRIALS_FILE))
+    if trials is None:
+        trials = TRIALS_SCHEMA.empty_table()
+    check_schema_version(trials, join(root, TRIALS_FILE))
+    parts = []
+    for path in list_files(fs, join(root, CURVES_DIR), ".parquet"):
+        part = pq.read_table(path, filesystem=fs)
+        check_schema_version(part, path)
+        parts.append(part.cast(CURVES_SCHEMA))
+    curves = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
+    return trials.cast(TRIALS_SCHEMA), curves

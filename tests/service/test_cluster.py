@@ -1,0 +1,165 @@
+"""Several Ray nodes on one machine: ``qsweep run --address`` and ``qsweep submit`` (Ray Jobs).
+
+The cluster (``ray.cluster_utils.Cluster``: a head with the dashboard and no CPUs, two
+worker nodes with one CPU each) listens on loopback only and has Ray's token
+authentication on, as a real cluster has: its token is in a file named by
+RAY_AUTH_TOKEN_PATH. A client on the same machine — ``qsweep run --address``, the job
+client of ``qsweep submit``, the job's own driver — sends the token only where
+RAY_AUTH_MODE=token; Ray then reads it from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+``~/.ray/auth_token``. Only an embedded ``ray.init()`` (and ``ray.init()`` finding a
+local cluster by itself) switches token mode on unasked; an explicit address never does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from ray.cluster_utils import Cluster
+
+from tests.service.harness import (
+    AUTH_VARS,
+    VENV_BIN,
+    Qsweep,
+    cli_env,
+    explain,
+    loopback_ray,
+    refresh_ray_auth_config,
+    user_error,
+    write_spec,
+)
+
+NUM_EVALS, STEPS = 3, 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    """Until the server answers at all (401 included: the job server wants its token)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+@dataclass
+class LocalCluster:
+    address: str  # GCS, for ray.init / qsweep run --address
+    dashboard: str  # job server, for qsweep submit --address
+    worker_ids: set[str]
+    qsweep: Qsweep  # the CLI with the cluster's token in its environment
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pytest.MonkeyPatch.context() as mp, loopback_ray(mp) as ray_tmp:
+        token_file = Path(ray_tmp, "auth_token")
+        token_file.write_text(secrets.token_hex(32))
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
+        mp.delenv("RAY_AUTH_TOKEN", raising=False)
+        mp.setenv("PATH", os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))  # a job runs `qsweep`
+        refresh_ray_auth_config()
+        dashboard_port = free_port()
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port()})
+        cli = None
+        try:
+            # One session directory serves every node here; give each node its own runtime-env
+            # directory, as separate machines have, or a worker node unpacks a job's
+            # working_dir over the one the job's driver runs in (deleting its cwd).
+            workers = [cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}") for i in (1, 2)]
+            cluster.wait_for_nodes()
+            dashboard = f"http://127.0.0.1:{dashboard_port}"
+            wait_for_http(f"{dashboard}/api/version")
+            cli = Qsweep(cli_env(Path(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)))
+            yield LocalCluster(cluster.address, dashboard, {node.node_id for node in workers}, cli)
+        finally:
+            if cli is not None:
+                cli.close()
+            cluster.shutdown()
+
+
+def test_submit_with_a_relative_results_path_exits_2_with_one_line(qsweep, tmp_path):
+    spec_file = write_spec(tmp_path, "rel")  # results: the default, "results"
+    for extra in ([], ["--results", "sweeps/here"]):
+        result = qsweep("submit", spec_file, "--address", "http://127.0.0.1:1", *extra, timeout=120)
+        location = extra[-1] if extra else "results"
+        assert user_error(result) == (
+            f"error: results: {location!r} is relative, but a submitted sweep runs on the cluster — give an "
+            f"absolute path on shared storage or a URI (--results s3://bucket/sweeps)")
+
+
+def test_submit_to_an_unreachable_job_server_exits_2_with_one_line(qsweep, tmp_path):
+    spec_file = write_spec(tmp_path, "nowhere")
+    result = qsweep("submit", spec_file, "--address", "http://127.0.0.1:1", "--results", tmp_path / "results",
+                    timeout=120)
+    assert user_error(result).startswith("error: cannot reach the Ray job server at http://127.0.0.1:1: ")
+
+
+def test_a_sweep_joining_the_cluster_runs_its_trials_on_several_nodes(cluster, tmp_path):
+    spec_file = write_spec(tmp_path, "spread", grid={"estimators": ["ste", "fogzo"], "bits": [2, 4]},
+                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
+    run = cluster.qsweep("run", spec_file, "--results", tmp_path / "results", "--address", cluster.address)
+    assert run.returncode == 0, explain(run)
+    rows = pq.read_table(tmp_path / "results" / "spread" / "trials.parquet").to_pylist()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    nodes = {r["node_id"] for r in rows}
+    assert len(nodes) > 1 and nodes <= cluster.worker_ids, (nodes, cluster.worker_ids)  # the head has no CPU
+    assert {r["host"] for r in rows} == {socket.gethostname()}
+    assert pq.read_table(tmp_path / "results" / "spread" / "curves").num_rows == 4 * (NUM_EVALS + 1)
+
+
+def test_submit_runs_the_sweep_as_a_ray_job_and_writes_the_parquet(cluster, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+
+    spec_file = write_spec(tmp_path, "job", grid={"estimators": ["ste"], "bits": [2, 4]},
+                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
+    results = tmp_path / "job results"  # a space: the job's entrypoint must quote the path
+    submit = cluster.qsweep("submit", spec_file, "--address", cluster.dashboard, "--results", results, "--wait")
+    assert submit.returncode == 0, explain(submit)
+    job_id = re.search(r"^job (\S+) submitted to ", submit.stdout, re.MULTILINE).group(1)
+    assert f"job {job_id} ended: SUCCEEDED" in submit.stdout
+    assert f"sweep job: 2 planned trials -> {results / 'job'}" in submit.stdout  # the job's log, echoed
+
+    info = JobSubmissionClient(cluster.dashboard).get_job_info(job_id)  # this process has the token too
+    assert info.metadata == {"qsweep_sweep": "job"} and info.status.value == "SUCCEEDED"
+
+    rows = pq.read_table(results / "job" / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+    assert {r["node_id"] for r in rows} <= cluster.worker_ids
+    assert pq.read_table(results / "job" / "curves").num_rows == 2 * (NUM_EVALS + 1)
+
+
+def test_submit_without_the_clusters_token_exits_2_with_one_line_saying_what_to_set(cluster, tmp_path):
+    spec_file = write_spec(tmp_path, "noauth")
+    no_auth = {k: v for k, v in cluster.qsweep.env.items() if k not in AUTH_VARS}
+    wrong = {**no_auth, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+    for env, reason in ((no_auth, "Authentication required"), (wrong, "Authentication failed")):
+        result = cluster.qsweep("submit", spec_file, "--address", cluster.dashboard, "--results",
+                                tmp_path / "results", env=env, timeout=120)
+        error = user_error(result)
+        assert error.startswith(f"error: the Ray job server at {cluster.dashboard} wants its token: {reason}")
+        assert "export RAY_AUTH_MODE=token" in error
+    assert not (tmp_path / "results").exists()

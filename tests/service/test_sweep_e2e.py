@@ -1,0 +1,163 @@
+"""End to end through the CLI: ``qsweep run`` on embedded Ray -> real ``run_trial`` trials -> Parquet.
+
+Each sweep runs ``qsweep`` as a subprocess with its own embedded Ray (2 CPUs, no
+dashboard), so these tests own no Ray state and leave no Ray process behind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pandas as pd
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+
+from service.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
+from service.spec import load_spec
+from tests.service.harness import explain, user_error, write_spec
+
+NUM_EVALS, STEPS = 3, 40
+ROWS_PER_TRIAL = NUM_EVALS + 1  # run_trial also reports step 0
+
+
+@pytest.fixture(scope="module")
+def sweep(module_qsweep, tmp_path_factory):
+    """2 estimators x 2 seeds of the 2-bit MLP on digits: four tiny trials, one CLI run."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    spec_file = write_spec(tmp, "e2e", grid={"estimators": ["ste", "fogzo"], "seeds": [0, 1]},
+                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
+    results = tmp / "results"
+    run = module_qsweep("run", spec_file, "--results", results, "--no-dashboard", "--num-cpus", 2)
+    assert run.returncode == 0, explain(run)
+    return spec_file, results / "e2e", run
+
+
+def test_run_writes_one_trial_row_per_trial_and_one_curve_row_per_evaluation(sweep):
+    spec_file, sweep_dir, run = sweep
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    assert f"sweep e2e: {len(planned)} planned trials -> {sweep_dir}" in run.stdout
+
+    trials = pq.read_table(sweep_dir / "trials.parquet")
+    assert trials.schema.equals(TRIALS_SCHEMA, check_metadata=True)
+    rows = {row["trial_id"]: row for row in trials.to_pylist()}
+    assert rows.keys() == planned.keys()
+    for tid, row in rows.items():
+        assert (row["status"], row["error"], row["attempts"]) == ("completed", None, 1), tid
+        assert (row["estimator"], row["seed"], row["bits"]) == (planned[tid]["estimator"], planned[tid]["seed"], 2)
+        assert row["steps"] == row["budget_steps"] == STEPS and row["schema_version"] == SCHEMA_VERSION
+        assert row["forwards"] > 0 and row["flops"] > 0 and 0 <= row["final_eval_metric"] <= 1
+        assert row["best_eval_metric"] >= row["final_eval_metric"] and row["num_params"] > 0
+        assert row["host"] and row["node_id"] and row["started_at"] <= row["finished_at"]
+        assert json.loads(row["config"]) == planned[tid]
+        assert set(json.loads(row["versions"])) >= {"qsweep", "ray", "torch", "pyarrow"}
+
+    files = sorted((sweep_dir / "curves").iterdir())
+    assert [f.name for f in files] == sorted(f"{tid}.parquet" for tid in planned)
+    for path in files:
+        assert pq.read_schema(path).equals(CURVES_SCHEMA, check_metadata=True)
+        curve = pq.read_table(path).to_pylist()
+        steps = [r["step"] for r in curve]
+        assert len(curve) == ROWS_PER_TRIAL and steps[0] == 0 and steps[-1] == STEPS, path.name
+        assert steps == sorted(set(steps))
+        assert all(r["trial_id"] == path.stem for r in curve)
+        # Cumulative costs never go down; step 0 has cost nothing yet.
+        for column in ("forwards", "backwards", "flops", "wall_s"):
+            values = [r[column] for r in curve]
+            assert values[0] == 0 and values == sorted(values), (path.name, column)
+        assert curve[-1]["forwards"] == rows[path.stem]["forwards"]
+
+
+def test_the_curves_read_as_one_table_with_pandas_pyarrow_and_duckdb(sweep):
+    _, sweep_dir, _ = sweep
+    curves_dir = sweep_dir / "curves"
+    expected = 4 * ROWS_PER_TRIAL
+
+    frame = pd.read_parquet(curves_dir)
+    assert list(frame.columns) == CURVES_SCHEMA.names and len(frame) == expected
+    assert not frame.duplicated(["trial_id", "step"]).any()
+
+    table = pds.dataset(curves_dir, format="parquet").to_table()
+    assert table.schema.equals(CURVES_SCHEMA) and table.num_rows == expected
+
+    with duckdb.connect() as db:
+        assert db.sql(f"select count(*) from read_parquet('{curves_dir}/*.parquet')").fetchall() == [(expected,)]
+        per_trial = db.sql(f"select trial_id, count(*), min(step), max(step) "
+                           f"from read_parquet('{curves_dir}/*.parquet') group by trial_id").fetchall()
+        assert sorted(r[1:] for r in per_trial) == [(ROWS_PER_TRIAL, 0, STEPS)] * 4
+        joined = db.sql(f"select count(*) from read_parquet('{curves_dir}/*.parquet') c "
+                        f"join read_parquet('{sweep_dir}/trials.parquet') t using (trial_id) "
+                        f"where t.status = 'completed'").fetchall()
+        assert joined == [(expected,)]
+
+
+def test_status_and_report_print_the_counts(sweep, module_qsweep):
+    _, sweep_dir, _ = sweep
+    status = module_qsweep("status", sweep_dir)
+    assert status.returncode == 0, explain(status)
+    assert f"e2e: 4 completed, 0 running, 0 failed, 0 pending of 4; {4 * ROWS_PER_TRIAL} curve rows" in status.stdout
+
+    report = module_qsweep("report", sweep_dir)
+    assert report.returncode == 0, explain(report)
+    assert f"sweep e2e ({sweep_dir}): 4 trials, 4 completed" in report.stdout
+    assert f"report: {sweep_dir / 'report.html'}" in report.stdout and (sweep_dir / "report.html").is_file()
+
+
+def test_run_again_on_the_same_results_exits_2_and_suggests_resume(sweep, module_qsweep, tmp_path):
+    spec_file, sweep_dir, _ = sweep
+    before = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*.parquet")}
+    again = module_qsweep("run", spec_file, "--results", sweep_dir.parent, "--no-dashboard", "--num-cpus", 2)
+    error = user_error(again)
+    assert error == (f"error: {sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
+                     f"--overwrite starts over")
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*.parquet")} == before  # untouched
+
+    for command in ("status", "resume"):  # not a sweep directory: one line, and resume starts no Ray
+        error = user_error(module_qsweep(command, tmp_path))
+        assert error == f"error: {tmp_path}: no sweep.yaml here — is this a sweep's results directory?"
+
+
+def test_a_trial_that_raises_and_one_that_diverges_fail_and_the_rest_complete(qsweep, tmp_path):
+    """The mnist trials raise DatasetError in the worker (their data_dir does not exist; the
+    spec cannot know that), nspsa at lr 50 diverges to a NaN loss (TrialDiverged); the
+    digits trials of ste and fogzo complete, and so does the sweep."""
+    spec_file = write_spec(tmp_path, "failures", grid={"estimators": ["ste", "fogzo", "nspsa"],
+                                                       "datasets": ["digits", "mnist"]},
+                           trial={"num_evals": NUM_EVALS, "data_dir": str(tmp_path / "no-such-data")},
+                           estimators={"nspsa": {"lr": 50}}, budget={"steps": STEPS}, retries=0)
+    run = qsweep("run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2)
+    assert run.returncode == 0, explain(run)
+    sweep_dir = tmp_path / "results" / "failures"
+
+    rows = {(r["estimator"], r["dataset"]): r for r in pq.read_table(sweep_dir / "trials.parquet").to_pylist()}
+    assert len(rows) == 6
+    status = {key: row["status"] for key, row in rows.items()}
+    assert status == {("ste", "digits"): "completed", ("fogzo", "digits"): "completed",
+                      ("nspsa", "digits"): "failed", ("ste", "mnist"): "failed",
+                      ("fogzo", "mnist"): "failed", ("nspsa", "mnist"): "failed"}
+    for key, row in rows.items():
+        assert row["attempts"] == 1 and row["finished_at"] is not None, key  # retries: 0
+    diverged = rows["nspsa", "digits"]["error"]
+    assert diverged.strip().splitlines()[-1].startswith("trainers.trial.TrialDiverged: nspsa: training loss became nan")
+    for estimator in ("ste", "fogzo", "nspsa"):
+        error = rows[estimator, "mnist"]["error"]
+        assert error.strip().splitlines()[-1] == (
+            f"trainers.data.base.DatasetError: mnist: data_dir {tmp_path / 'no-such-data'} is not a directory "
+            f"— expected {tmp_path / 'no-such-data' / 'MNIST' / 'raw'} inside it")
+        assert "\x1b[" not in error
+
+    curves = pd.read_parquet(sweep_dir / "curves")
+    per_trial = curves.groupby("trial_id")["step"].apply(list).to_dict()
+    for key in (("ste", "digits"), ("fogzo", "digits")):
+        assert len(per_trial[rows[key]["trial_id"]]) == ROWS_PER_TRIAL
+    assert per_trial[rows["nspsa", "digits"]["trial_id"]] == [0]  # evaluated at step 0, diverged at step 8
+    assert not any(rows[e, "mnist"]["trial_id"] in per_trial for e in ("ste", "fogzo", "nspsa"))
+
+    # The end-of-run summary names each failed trial with its exception's message.
+    for row in rows.values():
+        if row["status"] == "failed":
+            assert f"failed: {row['trial_id']}: {row['error'].strip().splitlines()[-1]}" in run.stdout
+    status = qsweep("status", sweep_dir)
+    assert status.returncode == 0, explain(status)
+    assert "failures: 2 completed, 0 running, 4 failed, 0 pending of 6" in status.stdout
