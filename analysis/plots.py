@@ -15,6 +15,8 @@ from pathlib import Path
 
 import matplotlib
 
+from analysis.tradeoff import metric_label
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import pandas as pd  # noqa: E402
@@ -90,7 +92,7 @@ def plot_curves(bands: pd.DataFrame, path: str | Path, *, title: str,
     colors = _colors(colors, bands["arm"])
     fig, axes = plt.subplots(2, len(bits), figsize=CURVES_SIZE, sharex=True, sharey="row",
                              squeeze=False, layout="constrained")
-    rows = [("eval_loss", "eval loss (cross-entropy)"), ("eval_metric", "eval accuracy")]
+    rows = [("eval_loss", "eval loss (cross-entropy)"), ("eval_metric", f"eval {metric_label(bands)}")]
     for col, b in enumerate(bits):
         panel = bands[bands["bits"] == b]
         for row, (metric, label) in enumerate(rows):

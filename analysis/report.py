@@ -75,7 +75,7 @@ def _targets(trials: pd.DataFrame, metric: str, target: float | None, reference:
             best, source = float(target), f"explicit target {float(target):g}"
         elif reference:
             source = f"no target: no completed '{reference}' trial here"
-            sign = 1 if LOWER_IS_BETTER[metric] else -1
+            sign = 1 if tradeoff.lower_is_better(metric, group) else -1
             for arm in matching_arms(group["arm"], reference):
                 value = tradeoff.reference_target(trials, arm, metric, key)
                 if not math.isnan(value) and (math.isnan(best) or sign * value < sign * best):
@@ -131,7 +131,8 @@ def _equal_compute(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
 def _pareto(trials: pd.DataFrame) -> pd.DataFrame:
     columns = [*SETTING, "arm", "seed", "trial_id", "flops", "final_eval_metric", "final_eval_loss"]
     done = trials[trials["status"] == "completed"].dropna(subset=["flops", "final_eval_metric"])
-    parts = [g[columns].assign(on_front=tradeoff.pareto_front(g["flops"], g["final_eval_metric"]))
+    parts = [g[columns].assign(on_front=tradeoff.pareto_front(
+                 g["flops"], g["final_eval_metric"], not tradeoff.lower_is_better("eval_metric", g)))
              for _, g in done.groupby(TASK)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "on_front"])
 
@@ -142,6 +143,8 @@ def curve_bands(curves: pd.DataFrame) -> pd.DataFrame:
     agg: dict[str, tuple[str, str]] = {"flops": ("flops", "median"), "seeds": ("trial_id", "nunique")}
     for m in ("eval_loss", "eval_metric"):
         agg.update({f"{m}_{s}": (m, s) for s in ("median", "min", "max")})
+    if "metric_name" in curves:
+        agg["metric_name"] = ("metric_name", "first")
     return curves.groupby([*SETTING, "arm", "step"]).agg(**agg).reset_index()
 
 

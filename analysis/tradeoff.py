@@ -16,6 +16,20 @@ import pandas as pd
 
 SETTING = ["model", "dataset", "quantizer", "bits"]
 LOWER_IS_BETTER = {"eval_loss": True, "train_loss": True, "eval_metric": False}
+
+
+def lower_is_better(metric: str, frame: pd.DataFrame | None = None) -> bool:
+    """Direction of ``metric``: ``eval_metric`` is accuracy (higher is better) unless the
+    trials say it is perplexity (language models), as their ``metric_name`` column records."""
+    if metric == "eval_metric" and frame is not None and "metric_name" in frame:
+        return bool((frame["metric_name"] == "perplexity").any())
+    return LOWER_IS_BETTER[metric]
+
+
+def metric_label(frame: pd.DataFrame) -> str:
+    """"accuracy" or "perplexity" (what eval_metric holds), for tables and axes."""
+    names = frame["metric_name"].dropna().unique() if "metric_name" in frame else []
+    return str(names[0]) if len(names) == 1 else "accuracy"
 COSTS = ["flops", "forwards", "wall_s"]
 _ARM_HYPERPARAMETERS = ["lr", "optimizer", "n", "eps", "beta_start", "beta_min", "warm_start", "perturb_bits",
                         "batch_size", "surrogate"]
@@ -52,7 +66,7 @@ def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
 
 def attach_arms(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Curves joined with each trial's arm and setting (curves carry estimator/bits only)."""
-    columns = ["sweep", "trial_id", "arm", "status", *SETTING]
+    columns = ["sweep", "trial_id", "arm", "status", *SETTING] + (["metric_name"] if "metric_name" in trials else [])
     return curves.drop(columns=[c for c in ("estimator", "bits") if c in curves]).merge(
         trials[columns], on=["sweep", "trial_id"], how="inner")
 
@@ -84,7 +98,7 @@ def first_reach(curve: pd.DataFrame, metric: str, target: float) -> pd.Series | 
     """
     curve = curve.sort_values("step")
     values = curve[metric]
-    hit = values <= target if LOWER_IS_BETTER[metric] else values >= target
+    hit = values <= target if lower_is_better(metric, curve) else values >= target
     hit = hit & values.notna()
     if not hit.any():
         return None
@@ -147,7 +161,7 @@ def reference_target(trials: pd.DataFrame, reference_arm: str, metric: str, sett
     values = trials.loc[mask, final].dropna()
     if not len(values):
         return math.nan
-    return float(values.max() if LOWER_IS_BETTER[metric] else values.min())
+    return float(values.max() if lower_is_better(metric, trials) else values.min())
 
 
 def quality_at_compute(curves: pd.DataFrame, metric: str, budget: float) -> pd.DataFrame:

@@ -24,6 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes: no wrapping
 
 ResultsOpt = Annotated[str | None, typer.Option("--results", help="override the spec's results location")]
+ScaleOpt = Annotated[str | None, typer.Option("--scale", help="a preset's scale (e.g. smoke, paper); default: its first")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")]
 
 
@@ -58,15 +59,17 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 def print_headline(sweep_dir: str) -> None:
     from analysis.summary import headline_table
+    from analysis.tradeoff import metric_label
     from service.storage import read_results
 
     trials, _ = read_results(sweep_dir)
-    if trials is None:
+    if trials.num_rows == 0:
         console.print("no trials recorded yet")
         return
     frame = trials.to_pandas()
-    table = Table(title="final eval accuracy (mean ± std over seeds)")
-    for column in ("estimator", "quantizer", "bits", "done/failed", "accuracy", "eval loss", "FLOPs"):
+    label = metric_label(frame)
+    table = Table(title=f"final eval {label} (mean ± std over seeds)")
+    for column in ("estimator", "quantizer", "bits", "done/failed", label, "eval loss", "FLOPs"):
         table.add_column(column)
     for row in headline_table(frame).itertuples():
         table.add_row(row.estimator, row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
@@ -81,9 +84,9 @@ def print_headline(sweep_dir: str) -> None:
 
 @app.command()
 @user_errors
-def validate(spec_file: Path) -> None:
+def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
     """Parse and expand a sweep spec; print the trial table (exit 2 on errors)."""
-    spec = load_spec(spec_file)
+    spec = load_spec(spec_file, scale)
     console.print(_trial_table(spec))
     for note in spec.skipped:
         console.print(f"skipped: {note}")
@@ -91,7 +94,7 @@ def validate(spec_file: Path) -> None:
 
 @app.command()
 @user_errors
-def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
+def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None, scale: ScaleOpt = None,
         overwrite: Annotated[bool, typer.Option(help="delete earlier results of this sweep first")] = False,
         dashboard: Annotated[bool, typer.Option(help="start the Ray dashboard (local Ray only)")] = True,
         dashboard_host: Annotated[str, typer.Option(help="dashboard bind address")] = "127.0.0.1",
@@ -100,7 +103,7 @@ def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
     """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
     from service.runner import connect, prepare, run_sweep
 
-    spec = load_spec(spec_file)
+    spec = load_spec(spec_file, scale)
     sweep = prepare(spec, results, overwrite)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
@@ -110,9 +113,17 @@ def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
 
 
 def _finish(sweep_dir: str) -> None:
+    """After a sweep: the small table, where the Parquet went, and the full report."""
+    from analysis.load import ResultsError
+    from analysis.report import report_command
+
     print_headline(sweep_dir)
     console.print(f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False, soft_wrap=True)
-    console.print(f"report:  qsweep report {sweep_dir}", markup=False, soft_wrap=True)
+    try:
+        html_path, _ = report_command([sweep_dir], None, "eval_loss", None, "nspsa", "fogzo")
+        console.print(f"report:  {html_path}", markup=False, soft_wrap=True)
+    except ResultsError as err:
+        console.print(f"report:  not written ({err})", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -147,12 +158,12 @@ def status(sweep_dir: str) -> None:
 @app.command()
 @user_errors
 def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job server, http://HEAD:8265")],
-           results: ResultsOpt = None,
+           results: ResultsOpt = None, scale: ScaleOpt = None,
            wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False) -> None:
     """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it."""
     from service.jobs import submit_sweep
 
-    spec = load_spec(spec_file)
+    spec = load_spec(spec_file, scale)
     job_id, status_text = submit_sweep(spec_file, spec, address, results, wait,
                                        echo=lambda text: console.print(text, markup=False, highlight=False))
     console.print(f"job {job_id} submitted to {address}", markup=False)

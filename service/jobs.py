@@ -9,11 +9,12 @@ the user can both reach: an absolute path on shared storage or a URI (``s3://...
 from __future__ import annotations
 
 import shlex
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from service.errors import SweepError
 from service.spec import SweepSpec
@@ -39,7 +40,8 @@ def submit_sweep(spec_file: Path, spec: SweepSpec, address: str, results: str | 
     except Exception as err:  # connection refused, bad URL: one line for the user
         raise SweepError(f"cannot reach the Ray job server at {address}: {str(err).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as workdir:
-        shutil.copy(spec_file, Path(workdir) / "sweep.yaml")
+        # The validated spec with its scale applied: the job runs exactly what was checked here.
+        (Path(workdir) / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         job_id = client.submit_job(
             entrypoint=f"qsweep run sweep.yaml --results {shlex.quote(location)}",
             runtime_env={"working_dir": workdir},

@@ -93,29 +93,71 @@ def load_stored_spec(sweep_dir: str) -> SweepSpec:
         raise SweepError(f"{sweep_dir}/{SPEC_FILE}: {err}") from None
 
 
+def _total(spec: SweepSpec) -> int:
+    main = len(spec.trials()) if spec.search.mode == "grid" else spec.search.num_samples
+    return main + len(spec.pretrain_trials())
+
+
 def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
     from service.progress import SweepProgress
+    from service.tuner import all_planned
 
-    planned = {t.trial_id: t.config for t in run.spec.trials()}
-    total = len(planned) if run.spec.search.mode == "grid" else run.spec.search.num_samples
+    planned = all_planned(run.spec)
     return [ParquetSink(run.sweep_dir, run.spec.name, planned, versions()),
-            SweepProgress(planned, total, live=live)]
+            SweepProgress(planned, _total(run.spec), live=live)]
+
+
+def _pretrain_missing(run: SweepRun) -> bool:
+    """Whether some pre-training checkpoint is not in ``<sweep>/stages/`` yet."""
+    from service.spec import STAGE_PREFIX
+    from service.tuner import stage_location
+
+    fs, _ = storage.resolve(run.sweep_dir)
+    for trial in run.spec.pretrain_trials():
+        location = stage_location(run.sweep_dir, STAGE_PREFIX + trial.trial_id)
+        if not storage.exists(fs, storage.resolve(location)[1]):
+            return True
+    return False
+
+
+def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) -> None:
+    """The float pre-training stage, unless its checkpoints exist; resumed if interrupted."""
+    from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner
+
+    if not run.spec.pretrain_trials() or not _pretrain_missing(run):
+        return
+    fs, path = storage.resolve(run.sweep_dir)
+    if storage.exists(fs, f"{path}/{PRETRAIN_TUNE_DIR}/tuner.pkl"):
+        tuner = restore_tuner(run.spec, run.sweep_dir, _callbacks(run, live), retry_failed, PRETRAIN_TUNE_DIR)
+    else:
+        tuner = build_tuner(run.spec, run.sweep_dir, _callbacks(run, live), pretrain=run.spec.pretrain_trials())
+    tuner.fit()
+    if _pretrain_missing(run):
+        raise SweepError(f"{run.sweep_dir}: the pre-training stage failed (see trials.parquet); "
+                         "fine-tuning trials need its checkpoint")
 
 
 def run_sweep(run: SweepRun, live: bool | None = None) -> None:
     from service.tuner import build_tuner
 
+    _run_pretrain(run, live)
     build_tuner(run.spec, run.sweep_dir, _callbacks(run, live)).fit()
 
 
 def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None = None) -> SweepRun:
-    from service.tuner import restore_tuner
+    """Finish the pre-training stage if needed, then continue (or start) the main sweep."""
+    from service.tuner import TUNE_DIR, build_tuner, restore_tuner
 
     run = SweepRun(load_stored_spec(sweep_dir), sweep_dir)
     fs, path = storage.resolve(sweep_dir)
-    if not storage.exists(fs, f"{path}/tune/tuner.pkl"):
+    main_state = storage.exists(fs, f"{path}/{TUNE_DIR}/tuner.pkl")
+    if not main_state and not run.spec.pretrain_trials():
         raise SweepError(f"{sweep_dir}: no Tune state to resume (tune/tuner.pkl missing); start it with qsweep run")
-    restore_tuner(run.spec, sweep_dir, _callbacks(run, live), retry_failed=retry_failed).fit()
+    _run_pretrain(run, live, retry_failed)
+    if main_state:
+        restore_tuner(run.spec, sweep_dir, _callbacks(run, live), retry_failed=retry_failed).fit()
+    else:
+        build_tuner(run.spec, sweep_dir, _callbacks(run, live)).fit()
     return run
 
 
@@ -125,7 +167,7 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
     trials, curves = read_results(sweep_dir)
     table = trials.to_pandas() if trials is not None else None
     seen = table["status"].value_counts().to_dict() if table is not None else {}
-    total = len(spec.trials()) if spec.search.mode == "grid" else spec.search.num_samples
+    total = _total(spec)
     counts = {s: int(seen.get(s, 0)) for s in ("completed", "running", "failed", "stopped")}
     counts["pending"] = max(total - sum(counts.values()), 0)
     return {"spec": spec, "counts": counts, "trials": table,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: trials.metric_name (accuracy or perplexity)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -50,7 +50,8 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("final_eval_loss", pa.float64()),
     pa.field("final_eval_metric", pa.float64()),
     pa.field("best_eval_loss", pa.float64()),
-    pa.field("best_eval_metric", pa.float64()),
+    pa.field("best_eval_metric", pa.float64()),  # best = max for accuracy, min for perplexity
+    pa.field("metric_name", pa.string()),  # what eval_metric is: "accuracy" or "perplexity"
     pa.field("forwards", pa.int64()),
     pa.field("backwards", pa.int64()),
     pa.field("flops", pa.float64()),

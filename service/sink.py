@@ -205,7 +205,8 @@ class ParquetSink(Callback):
         losses = [r["eval_loss"] for r in rows if r["eval_loss"] is not None and not math.isnan(r["eval_loss"])]
         metrics = [r["eval_metric"] for r in rows if r["eval_metric"] is not None and not math.isnan(r["eval_metric"])]
         row["best_eval_loss"] = min(losses, default=None)
-        row["best_eval_metric"] = max(metrics, default=None)
+        lower_is_better = row.get("metric_name") == "perplexity"
+        row["best_eval_metric"] = (min if lower_is_better else max)(metrics, default=None)
 
     def _write_curve(self, tid: str) -> None:
         curve = self._curves[tid]
@@ -265,6 +266,7 @@ class ParquetSink(Callback):
         self._write_curve(tid)
         self._progress[tid] = result.get("progress")
         row.update(status="running", host=result.get("host") or result.get("hostname") or row["host"],
+                   metric_name=result.get("metric_name") or row.get("metric_name"),
                    node_id=result.get("node_id") or row["node_id"],
                    num_params=_coerce(result.get("num_params", row["num_params"]), pa.int64()))
         self._summarize(tid)

@@ -25,14 +25,20 @@ from trainers.estimators import ESTIMATORS, estimator_config
 from trainers.models import MODELS
 from trainers.quant import QUANT_KINDS
 
+STAGE_PREFIX = "stage:"  # "stage:<trial id>" = that trial's checkpoint under <sweep>/stages/
+
 
 class SpecError(ValueError):
     """A user mistake in a sweep spec: one line, names the field."""
 
 
 _TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
-_GRID_OWNED = {"estimator", "bits", "quantizer", "model", "dataset", "seed", "steps", "flops", "estimator_options"}
-_PER_ESTIMATOR_TRIAL_KEYS = {"lr", "optimizer", "momentum", "weight_decay", "batch_size"}
+_GRID_OWNED = {"estimator", "bits", "quantizer", "model", "dataset", "seed", "steps", "flops", "estimator_options",
+               "init_from", "save_model_to"}
+# Per-estimator keys that are trial settings rather than estimator options (lr, optimizer,
+# num_evals, ...); steps/flops override the budget (the FOGZO paper runs n-SPSA for 300
+# steps and FOGZO until it matches that loss).
+_PER_ESTIMATOR_TRIAL_KEYS = (_TRIAL_FIELDS - _GRID_OWNED) | {"steps", "flops"}
 
 
 class _Strict(BaseModel):
@@ -153,6 +159,24 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1)
     retries: int = Field(default=1, ge=0)
     checkpoint_every: int = Field(default=1, ge=0, description="checkpoint every k evaluations (0 = never)")
+    pretrain: dict[str, Any] | None = Field(
+        default=None, description="optional float pre-training stage: trial settings (with steps or flops); "
+                                  "every grid trial then starts from its checkpoint")
+
+    @field_validator("pretrain")
+    @classmethod
+    def _pretrain_keys(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        if values is None:
+            return None
+        unknown = sorted(set(values) - _TRIAL_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS))}")
+        if values.get("steps") is None and values.get("flops") is None:
+            raise ValueError("set steps or flops for the pre-training stage")
+        fixed = sorted(set(values) & {"model", "init_from", "save_model_to"})
+        if fixed:
+            raise ValueError(f"{fixed[0]!r} cannot be set here: one pre-training runs per grid model")
+        return values
 
     @field_validator("name")
     @classmethod
@@ -183,9 +207,30 @@ class SweepSpec(_Strict):
 
     # --- expansion ---------------------------------------------------------------------------
 
+    def pretrain_trials(self) -> list[PlannedTrial]:
+        """One float pre-training trial per model of the grid (empty without ``pretrain``).
+
+        Defaults: STE (plain backprop on the float model), no quantization, the grid's first
+        dataset and seed 0; anything in ``pretrain`` overrides them and ``trial``.
+        """
+        if self.pretrain is None:
+            return []
+        planned = []
+        for model in self.grid.models:
+            config = {**self.trial, "estimator": "ste", "quantizer": "none", "bits": 8, "model": model,
+                      "dataset": self.grid.datasets[0], "seed": 0, "steps": None, "flops": None,
+                      "estimator_options": {}, **self.pretrain}
+            tid = "pretrain-" + trial_id(config)
+            config["save_model_to"] = STAGE_PREFIX + tid
+            planned.append(PlannedTrial(tid, config))
+        for trial in planned:
+            _check_trial(trial.config, "pretrain")
+        return planned
+
     def trials(self) -> list[PlannedTrial]:
         """Every trial of the grid (or, for Optuna, the base configs it samples around)."""
         planned, skipped = [], []
+        pretrained = dict(zip(self.grid.models, (t.trial_id for t in self.pretrain_trials())))
         g = self.grid
         for est, quantizer, bits, model, dataset, seed in itertools.product(
                 g.estimators, g.quantizers, g.bits, g.models, g.datasets, g.seeds):
@@ -201,6 +246,8 @@ class SweepSpec(_Strict):
                 options = {k: v for k, v in hp.items() if k not in _PER_ESTIMATOR_TRIAL_KEYS}
                 config.update({k: v for k, v in hp.items() if k in _PER_ESTIMATOR_TRIAL_KEYS})
                 config["estimator_options"] = options
+                if self.pretrain is not None:  # fine-tune from this model's pre-trained weights
+                    config["init_from"] = STAGE_PREFIX + pretrained[model]
                 planned.append(PlannedTrial(trial_id(config), config))
         if not planned:
             raise SpecError(f"grid: no valid trial ({'; '.join(sorted(set(skipped)))})")
@@ -251,10 +298,38 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_spec(data: Any) -> SweepSpec:
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (_deep_merge(merged[key], value)
+                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
+    return merged
+
+
+def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
+    """Resolve a preset's ``scales`` block: ``scales: {smoke: {...}, paper: {...}}`` holds
+    overrides deep-merged into the spec. Without ``scale`` the first one listed is used
+    (presets list ``smoke`` first, so the default runs in minutes on a laptop)."""
+    scales = data.get("scales")
+    if scales is None:
+        if scale is not None:
+            raise SpecError(f"--scale {scale}: this spec defines no scales")
+        return data
+    if not isinstance(scales, dict) or not scales or not all(isinstance(v, dict) for v in scales.values()):
+        raise SpecError("scales: expected a mapping of scale name -> overrides")
+    name = scale if scale is not None else next(iter(scales))
+    if name not in scales:
+        raise SpecError(f"--scale {name}: not one of {', '.join(scales)}")
+    resolved = _deep_merge({k: v for k, v in data.items() if k != "scales"}, scales[name])
+    resolved["name"] = f"{resolved.get('name', 'sweep')}-{name}" if isinstance(resolved.get("name"), str) else resolved.get("name")
+    return resolved
+
+
+def parse_spec(data: Any, scale: str | None = None) -> SweepSpec:
     """Validate a spec dict and expand it once, so every error surfaces here."""
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
+    data = apply_scale(data, scale)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
@@ -267,7 +342,7 @@ def parse_spec(data: Any) -> SweepSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def load_spec(path: str | Path, scale: str | None = None) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -275,7 +350,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_spec(data)
+    return parse_spec(data, scale)
 
 
 def resolve_trial(planned: dict[str, dict[str, Any]], config: dict[str, Any],

@@ -19,16 +19,29 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from service.spec import SweepSpec, resolve_trial
+from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
 from trainers import run_trial
 
 TUNE_DIR = "tune"  # experiment name under the sweep directory
+PRETRAIN_TUNE_DIR = "tune-pretrain"  # the float pre-training stage, when the spec has one
+STAGES_DIR = "stages"
 STATE_FILE = "state.pt"
 
 
-def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float) -> None:
+def stage_location(sweep_dir: str, value: str | None) -> str | None:
+    """``stage:<trial id>`` -> that trial's model checkpoint under ``<sweep>/stages/``."""
+    if not value or not value.startswith(STAGE_PREFIX):
+        return value
+    return f"{sweep_dir.rstrip('/')}/{STAGES_DIR}/{value.removeprefix(STAGE_PREFIX)}.pt"
+
+
+def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
+              sweep_dir: str) -> None:
     """Tune function trainable: resolve the trial, resume from a checkpoint if any, train."""
     trial_id, trial_config = resolve_trial(planned, config, tune.get_context().get_trial_id())
+    for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
+        if key in trial_config:
+            trial_config[key] = stage_location(sweep_dir, trial_config[key])
     trial_config.setdefault("threads", max(1, int(cpus)))  # one trial must not grab every core
     resume_state = None
     checkpoint = tune.get_checkpoint()
@@ -52,9 +65,9 @@ def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkp
     run_trial(trial_config, report, resume_state=resume_state, save_state=checkpoint_every > 0)
 
 
-def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]]):
+def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_dir: str):
     trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
-                                     cpus=spec.resources.cpus)
+                                     cpus=spec.resources.cpus, sweep_dir=sweep_dir)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
@@ -78,16 +91,22 @@ def param_space_and_search(spec: SweepSpec, planned_ids: list[str]) -> tuple[dic
     return space, search, spec.search.num_samples
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback]) -> tune.Tuner:
-    planned = {t.trial_id: t.config for t in spec.trials()}
-    space, search, num_samples = param_space_and_search(spec, list(planned))
+def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
+                pretrain: list[PlannedTrial] | None = None) -> tune.Tuner:
+    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid)."""
+    stage = pretrain is not None
+    planned = {t.trial_id: t.config for t in (pretrain if stage else spec.trials())}
+    if stage:
+        space, search, num_samples = {"planned_id": tune.grid_search(list(planned))}, None, 1
+    else:
+        space, search, num_samples = param_space_and_search(spec, list(planned))
     scheduler = None
-    if spec.early_stopping is not None:
+    if spec.early_stopping is not None and not stage:
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.early_stopping.grace_period,
                                   reduction_factor=spec.early_stopping.reduction_factor)
     needs_metric = search is not None or scheduler is not None
     return tune.Tuner(
-        make_trainable(spec, planned),
+        make_trainable(spec, all_planned(spec), sweep_dir),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric if needs_metric else None,
@@ -95,19 +114,24 @@ def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback])
             search_alg=search, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=sweep_dir, verbose=0,
+            name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR, storage_path=sweep_dir, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[*callbacks, TBXLoggerCallback()]),
     )
 
 
+def all_planned(spec: SweepSpec) -> dict[str, dict[str, Any]]:
+    """Every trial the sweep may run, pre-training stage included (the trainable and the
+    sink resolve Tune trials against it)."""
+    return {t.trial_id: t.config for t in [*spec.pretrain_trials(), *spec.trials()]}
+
+
 def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
-                  retry_failed: bool = False) -> tune.Tuner:
+                  retry_failed: bool = False, stage_dir: str = TUNE_DIR) -> tune.Tuner:
     """Continue an interrupted sweep: unfinished trials resume from their last checkpoint;
     trials that already failed for good stay failed unless ``retry_failed``."""
-    planned = {t.trial_id: t.config for t in spec.trials()}
-    tuner = tune.Tuner.restore(f"{sweep_dir.rstrip('/')}/{TUNE_DIR}", make_trainable(spec, planned),
+    tuner = tune.Tuner.restore(f"{sweep_dir.rstrip('/')}/{stage_dir}", make_trainable(spec, all_planned(spec), sweep_dir),
                                resume_unfinished=True, resume_errored=retry_failed)
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.

@@ -28,6 +28,8 @@ class TrialConfig:
 
     Budget: ``steps`` and/or ``flops`` (cumulative training FLOPs); training stops at the
     first one reached, so "same compute" comparisons set ``flops`` for every estimator.
+    ``init_from`` loads a float checkpoint before quantization (fine-tuning);
+    ``save_model_to`` writes the trained model's state at the end (a pre-training stage).
     """
 
     estimator: str = "ste"
@@ -52,6 +54,8 @@ class TrialConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    init_from: str | None = None
+    save_model_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

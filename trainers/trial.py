@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
 from trainers.data import BatchSampler, load_dataset
 from trainers.estimators import build_estimator
@@ -74,6 +75,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     with torch.random.fork_rng(devices=[]):  # model init is the only user of the global RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    if cfg.init_from:  # pre-trained float weights, then quantize: the QuZO fine-tuning flow
+        load_model(model, cfg.init_from)
     quantize_model(model, cfg.quant_spec()).to(device)
     model.train()
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -153,6 +156,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         counters["flops"] += result.flops
         losses.append(result.loss)
         finished = progress() >= 1.0
+        if finished and cfg.save_model_to:
+            # Before the last report: a runner may stop the trial as soon as it sees done.
+            save_model(model, cfg.save_model_to)
         if finished or progress() * cfg.num_evals >= next_eval:
             next_eval = math.floor(progress() * cfg.num_evals) + 1
             metrics = emit(done=finished)

@@ -54,7 +54,8 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
         except (OSError, pa.ArrowInvalid):  # a file is being replaced right now
             rows, curves = {}, {}
         done = {t for t, r in rows.items() if r["status"] == "completed"}
-        midway = {t for t, curve in curves.items() if t not in done and len(curve) >= 2}
+        # Past step 0 but not yet at its last evaluation: it cannot finish before the kill lands.
+        midway = {t for t, curve in curves.items() if t not in done and 2 <= len(curve) <= NUM_EVALS}
         if done and midway:
             break
         time.sleep(0.05)

@@ -13,6 +13,7 @@ of a sweep trains and is scored on identical data.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sysconfig
 from pathlib import Path
@@ -55,15 +56,21 @@ def _concatenate(files: list[Path], max_bytes: int) -> bytes:
 
 
 def read_corpus(path: str | Path | None = None, *, data_dir: str | Path | None = None,
-                max_bytes: int = 2_000_000) -> tuple[bytes, str]:
+                max_bytes: int = 2_000_000, include: str | None = None) -> tuple[bytes, str]:
     """The corpus bytes (at most ``max_bytes``) and a description of where they came from.
 
     ``path`` is a text file or a directory of .txt/.md/.py files (searched recursively);
     relative paths are resolved against ``data_dir``. None means the stdlib sources.
+    ``include`` keeps only files whose path relative to the corpus root matches the fnmatch
+    pattern (e.g. ``email/*`` — a "downstream" domain for fine-tuning a model pre-trained
+    on the whole standard library).
     """
     if path is None:
         root = Path(sysconfig.get_paths()["stdlib"])
         files, source = _files_under(root, (".py",), _STDLIB_SKIP), f"stdlib sources in {root}"
+        if include:
+            files = [f for f in files if fnmatch.fnmatch(f.relative_to(root).as_posix(), include)]
+            source += f" matching {include!r}"
     else:
         full = Path(path).expanduser()
         if not full.is_absolute() and data_dir is not None:
@@ -71,7 +78,9 @@ def read_corpus(path: str | Path | None = None, *, data_dir: str | Path | None =
         if not full.exists():
             raise DatasetError(f"{NAME}: path {str(full)!r} does not exist")
         files = [full] if full.is_file() else _files_under(full, TEXT_SUFFIXES)
-        source = str(full)
+        if include and full.is_dir():
+            files = [f for f in files if fnmatch.fnmatch(f.relative_to(full).as_posix(), include)]
+        source = str(full) + (f" matching {include!r}" if include else "")
     stream = _concatenate(files, max_bytes)
     if not stream:
         kinds = "/".join(TEXT_SUFFIXES)
@@ -99,7 +108,8 @@ def split_windows(stream: bytes, seq_len: int, n_train: int, n_test: int
 
 
 def load_text(*, data_dir: str | None = None, path: str | None = None, seq_len: int = 64,
-              n_train: int = 2048, n_test: int = 256, max_bytes: int = 2_000_000) -> DataSplits:
+              n_train: int = 2048, n_test: int = 256, max_bytes: int = 2_000_000,
+              include: str | None = None) -> DataSplits:
     """Byte-level next-token data: x = window[:-1], y = window[1:], int64 ids in 0..255.
 
     Args:
@@ -109,12 +119,13 @@ def load_text(*, data_dir: str | None = None, path: str | None = None, seq_len: 
         n_train: train windows, at seeded random offsets (they may overlap each other).
         n_test: test windows, contiguous and non-overlapping, from the held-out last 10%.
         max_bytes: read at most this many bytes of the corpus (files in sorted order).
+        include: fnmatch pattern on file paths relative to the corpus root (e.g. ``email/*``).
     """
     seq_len = positive_int(NAME, "seq_len", seq_len)
     n_train = positive_int(NAME, "n_train", n_train)
     n_test = positive_int(NAME, "n_test", n_test)
     max_bytes = positive_int(NAME, "max_bytes", max_bytes)
-    stream, _ = read_corpus(path, data_dir=data_dir, max_bytes=max_bytes)
+    stream, _ = read_corpus(path, data_dir=data_dir, max_bytes=max_bytes, include=include)
     train_starts, test_starts, _ = split_windows(stream, seq_len, n_train, n_test)
     tokens = torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).astype(np.int64))
     offsets = torch.arange(seq_len + 1)
