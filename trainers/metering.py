@@ -24,6 +24,32 @@ from trainers.estimators.base import Batch, CostModel, LossFn
 T = TypeVar("T")
 
 
+def _register_cpu_attention_flops() -> None:
+    """FlopCounterMode counts the CUDA attention kernels but not the fused CPU one, so a
+    transformer's attention FLOPs would vanish on CPU and CPU/GPU budgets would disagree."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    forward = aten._scaled_dot_product_flash_attention_for_cpu
+    backward = aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward.default in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(forward)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @fc.register_flop_formula(backward)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+try:
+    _register_cpu_attention_flops()
+except (AttributeError, RuntimeError, ValueError):  # another torch build without these ops: nothing to add
+    pass
+
+
 def measure_cost(model: nn.Module, loss_fn: LossFn, batch: Batch) -> CostModel:
     """FLOPs of one forward and one backward of ``model`` on ``batch``.
 

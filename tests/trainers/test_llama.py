@@ -287,3 +287,18 @@ def test_text_errors_are_one_line_and_say_why(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(DatasetError, match="seq_len=0"):
         load_text(seq_len=0)
+
+
+def test_attention_flops_are_counted_on_cpu():
+    """The fused CPU attention kernel has no built-in FLOP formula; metering registers one."""
+    from torch import nn
+
+    from trainers.metering import measure_cost
+    from trainers.tasks import token_loss
+
+    torch.manual_seed(0)
+    model = build_llama((64,), 256, size="tiny")
+    x = torch.randint(0, 256, (4, 64))
+    linear = sum(2 * 4 * 64 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    attention = 2 * 2 * 2 * 4 * 64 * 64 * 64  # depth x (QK^T, AV) x 2 FLOPs per MAC x B x T x T x dim
+    assert measure_cost(model, token_loss, (x, x)).forward_flops == linear + attention
