@@ -31,6 +31,7 @@ class SweepResults:
     trials: pd.DataFrame
     curves: pd.DataFrame
     spec: dict[str, Any] = field(default_factory=dict)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # gradient-quality probes; empty if none
 
 
 def _first_line(err: Exception) -> str:
@@ -48,6 +49,7 @@ def load_results(location: str) -> SweepResults:
         raise ResultsError(f"{location}: no {TRIALS_FILE} — not a qsweep results folder, or no trial started yet")
     try:
         trials, curves = storage.read_results(location)
+        diagnostics = storage.read_diagnostics(location)  # empty for sweeps without (or older than) it
     except (pa.ArrowException, OSError) as err:  # every pyarrow error, not only ArrowInvalid
         raise ResultsError(f"{location}: unreadable Parquet ({_first_line(err)})") from None
     except ValueError as err:  # schema version mismatch (named by the reader) or columns that do not cast
@@ -62,7 +64,7 @@ def load_results(location: str) -> SweepResults:
         raise ResultsError(f"{location}: {SPEC_FILE} is not a sweep spec (a YAML mapping)")
     trials_df, curves_df = trials.to_pandas(), curves.to_pandas()
     name = spec.get("name") or (trials_df["sweep"].iloc[0] if len(trials_df) else root.rstrip("/").split("/")[-1])
-    return SweepResults(location, name, trials_df, curves_df, spec)
+    return SweepResults(location, name, trials_df, curves_df, spec, diagnostics.to_pandas())
 
 
 def combine(results: list[SweepResults]) -> SweepResults:
@@ -75,4 +77,6 @@ def combine(results: list[SweepResults]) -> SweepResults:
         trials=pd.concat([r.trials for r in results], ignore_index=True),
         curves=pd.concat([r.curves for r in results], ignore_index=True),
         spec={r.name: r.spec for r in results},
+        diagnostics=pd.concat([r.diagnostics for r in results if not r.diagnostics.empty] or [pd.DataFrame()],
+                              ignore_index=True),
     )

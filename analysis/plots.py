@@ -213,3 +213,48 @@ def plot_memory(memory: pd.DataFrame, path: str | Path, *, title: str,
         _empty(ax, "no trial measured memory")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_diagnostics(rows: pd.DataFrame, path: str | Path, *, title: str,
+                     colors: dict[str, tuple] | None = None) -> Path:
+    """Gradient quality vs training step, one column per bit-width: cosine of each arm's mean
+    estimate to the reference gradient (top; STE's at the same probes dashed grey) and the
+    estimate's variance, trace of the covariance (bottom, log scale; STE has none). STE's
+    cosine at each other arm's probes (its own trajectory) is the thin dashed line in that arm's colour.
+
+    ``rows`` is one (model, dataset, quantizer)'s rows of ``report.diagnostics`` (one per
+    probe); several seeds of an arm are averaged per step.
+    """
+    bits = sorted(rows["bits"].dropna().unique()) or [None]
+    colors = _colors(colors, rows["arm"])
+    fig, axes = plt.subplots(2, len(bits), figsize=CURVES_SIZE, sharex=True, squeeze=False, layout="constrained")
+    for col, b in enumerate(bits):
+        panel = rows[rows["bits"] == b]
+        top, bottom = axes[0, col], axes[1, col]
+        for arm, line in panel.groupby("arm"):
+            is_ste = (line["estimator"] == "ste").all() if "estimator" in line else False
+            line = line.groupby("step")[["est_cosine", "est_variance", "ste_cosine"]].mean().reset_index()
+            top.plot(line["step"], line["est_cosine"], color=colors[arm], lw=1.8, marker="o", ms=3, label=arm)
+            if not is_ste:
+                top.plot(line["step"], line["ste_cosine"], color=colors[arm], lw=1.0, ls="--", alpha=0.7)
+            positive = line[line["est_variance"] > 0]
+            if len(positive):
+                bottom.plot(positive["step"], positive["est_variance"], color=colors[arm], lw=1.8, marker="o", ms=3)
+        if panel.empty:
+            _empty(top)
+            _empty(bottom)
+        if bottom.lines:
+            bottom.set_yscale("log")
+        top.set_title(f"{int(b)} bits" if b is not None else "")
+        top.axhline(0, color="black", lw=0.6)
+        bottom.set_xlabel("training step")
+        for ax in (top, bottom):
+            ax.grid(True, which="major", alpha=0.3)
+        if col == 0:
+            top.set_ylabel("cosine(mean estimate, reference)")
+            bottom.set_ylabel("variance (trace of covariance)")
+    handles = [Line2D([], [], color=c, lw=2.5, label=a) for a, c in colors.items() if a in set(rows["arm"])]
+    handles.append(Line2D([], [], color="grey", lw=1.0, ls="--", label="STE at that arm's probes"))
+    fig.legend(handles=handles, loc="outside right upper", title="arm")
+    fig.suptitle(title)
+    return _save(fig, path)

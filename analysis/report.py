@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis import diagnostics as gradient_quality
 from analysis import plots, tradeoff
 from analysis.load import ResultsError, SweepResults, combine, load_results
 from analysis.tradeoff import COSTS, LOWER_IS_BETTER, SETTING
@@ -50,6 +51,8 @@ class Report:
     memory: pd.DataFrame  # tradeoff.memory_by_arm
     failed: pd.DataFrame  # failed and stopped trials with the last line of their error
     curve_bands: pd.DataFrame  # per setting x arm x step: median / min / max over seeds
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # gradient-quality probes with arm (may be empty)
+    diagnostics_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # per setting x arm: mean cosine, SNR
     spec: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -208,6 +211,8 @@ def build_report(results: SweepResults, metric: str = "eval_loss", target: float
         pareto=_pareto(trials), memory=tradeoff.memory_by_arm(trials), failed=failed,
         curve_bands=curve_bands(curves[curves["status"] != "failed"]), spec=results.spec,
         versions=_versions(trials), notes=_notes(trials, reach, targets, metric, focus))
+    report.diagnostics = gradient_quality.by_step(results.diagnostics, trials)
+    report.diagnostics_summary = gradient_quality.summary(report.diagnostics)
     report.text = headline_text(report)
     return report
 
@@ -303,6 +308,8 @@ _FIGURES = [  # (Report table, one figure per group of, drawer, file prefix, wha
     ("headline", GROUP, plots.plot_quality_vs_bits, "quality_vs_bits", "final eval accuracy vs bit-width"),
     ("pareto", TASK, plots.plot_pareto, "pareto", "Pareto front of final accuracy vs training compute"),
     ("memory", GROUP, plots.plot_memory, "memory", "peak tensor memory per arm"),
+    ("diagnostics", GROUP, plots.plot_diagnostics, "diagnostics",
+     "gradient quality: cosine to the reference gradient and variance vs step"),
 ]
 
 
@@ -311,6 +318,8 @@ def draw_plots(report: Report, plot_dir: Path) -> list[tuple[str, Path]]:
     colors = plots.arm_colors(report.trials["arm"])
     out = []
     for table, keys, draw, prefix, what in _FIGURES:
+        if getattr(report, table).empty:  # e.g. no diagnostics in this sweep
+            continue
         for key, rows in getattr(report, table).groupby(keys):
             title = f"{' / '.join(map(str, key))}: {what}"
             out.append((title, draw(rows, plot_dir / f"{prefix}_{_slug(*key)}.png", title=title, colors=colors)))
@@ -355,6 +364,12 @@ def _html(report: Report, figures: list[tuple[str, Path]]) -> str:
             "<h2>Pareto front (final accuracy vs FLOPs)</h2>",
             _table(front),
             "<h2>Peak memory per arm</h2>", _table(memory),
+            *(["<h2>Gradient quality (diagnostics probes)</h2>",
+               "<p>Mean over probes of the cosine between each arm's mean estimate and a large-n "
+               "zeroth-order reference gradient of the smoothed quantized loss, its SNR "
+               "(||mean||² / trace of covariance), and STE's cosine at the same points.</p>",
+               _table(gradient_quality.display_summary(report.diagnostics_summary))]
+              if len(report.diagnostics_summary) else []),
             "<h2>Plots</h2>", *[_img(p, c) for c, p in figures],
             "<h2>Failed and stopped trials</h2>", _table(report.failed, "no failed or stopped trial"),
             "<h2>Sweep spec</h2>", f"<pre>{e(yaml.safe_dump(report.spec, sort_keys=False))}</pre>",

@@ -7,7 +7,9 @@ Every user mistake (bad spec, missing results, unreachable cluster) prints one l
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +40,24 @@ def user_errors(fn):
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(2) from None
     return wrapper
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def warn_if_dashboard_exposed(dashboard: bool, host: str, address: str | None) -> None:
+    """The embedded dashboard can run jobs: say so when it would listen beyond loopback."""
+    if not dashboard or address or os.environ.get("RAY_ADDRESS") or _is_loopback(host):
+        return
+    print(f"warning: --dashboard-host {host}: the Ray dashboard (and its job API, which runs code) will "
+          f"listen beyond this machine; keep the default 127.0.0.1 and reach it through an SSH tunnel "
+          f"(ssh -L 8265:127.0.0.1:8265 THIS_HOST)", file=sys.stderr)
 
 
 def _trial_table(spec: SweepSpec) -> Table:
@@ -104,6 +124,7 @@ def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None,
     from service.runner import connect, prepare, run_sweep
 
     spec = load_spec(spec_file, scale)
+    warn_if_dashboard_exposed(dashboard, dashboard_host, address)
     sweep = prepare(spec, results, overwrite)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
@@ -122,7 +143,7 @@ def _finish(sweep_dir: str) -> None:
     try:
         html_path, _ = report_command([sweep_dir], None, "eval_loss", None, "nspsa", "fogzo")
         console.print(f"report:  {html_path}", markup=False, soft_wrap=True)
-    except ResultsError as err:
+    except (ResultsError, OSError) as err:  # OSError: the results location is full or read-only
         console.print(f"report:  not written ({err})", markup=False, soft_wrap=True)
 
 
@@ -136,6 +157,7 @@ def resume(sweep_dir: str, address: AddressOpt = None,
     from service.runner import connect, load_stored_spec, resume_sweep
 
     load_stored_spec(sweep_dir)  # fail before starting Ray
+    warn_if_dashboard_exposed(dashboard, dashboard_host, address)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     resume_sweep(sweep_dir, retry_failed=retry_failed)
     _finish(sweep_dir)

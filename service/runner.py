@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import yaml
 
 from service import storage
@@ -71,8 +72,8 @@ def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False
     """Check the results location and store the validated spec beside the Parquet."""
     sweep_dir = sweep_location(results or spec.results, spec.name)
     fs, path = storage.resolve(sweep_dir)
-    existing = storage.read_parquet(fs, f"{path}/{TRIALS_FILE}")
-    if existing is not None and not overwrite:
+    existing = storage.exists(fs, f"{path}/{TRIALS_FILE}")  # readable or not: it is a sweep's
+    if existing and not overwrite:
         raise SweepError(f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
                          f"--overwrite starts over")
     if overwrite and storage.exists(fs, path):
@@ -103,8 +104,16 @@ def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
     from service.tuner import all_planned
 
     planned = all_planned(run.spec)
-    return [ParquetSink(run.sweep_dir, run.spec.name, planned, versions()),
-            SweepProgress(planned, _total(run.spec), live=live)]
+    try:
+        sink = ParquetSink(run.sweep_dir, run.spec.name, planned, versions())
+    except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated or foreign Parquet
+        raise SweepError(f"{run.sweep_dir}: cannot continue from unreadable results ({_first_line(err)})") from None
+    return [sink, SweepProgress(planned, _total(run.spec), live=live)]
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _pretrain_missing(run: SweepRun) -> bool:
@@ -144,27 +153,47 @@ def run_sweep(run: SweepRun, live: bool | None = None) -> None:
     build_tuner(run.spec, run.sweep_dir, _callbacks(run, live)).fit()
 
 
+def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
+    """Trial ids trials.parquet records as final (failed ones too unless ``retry_failed``)."""
+    fs, path = storage.resolve(sweep_dir)
+    table = storage.read_parquet(fs, f"{path}/{TRIALS_FILE}")
+    if table is None:
+        return set()
+    final = {"completed", "stopped"} | (set() if retry_failed else {"failed"})
+    return {row["trial_id"] for row in table.select(["trial_id", "status"]).to_pylist() if row["status"] in final}
+
+
 def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None = None) -> SweepRun:
-    """Finish the pre-training stage if needed, then continue (or start) the main sweep."""
+    """Finish the pre-training stage if needed, then continue (or start) the main sweep.
+
+    Without Tune's state (``tune/tuner.pkl`` missing or empty: the driver died while
+    starting, before Tune wrote it) the main sweep starts afresh from the stored spec; the
+    Parquet is kept, and trials it records as finished are not run again.
+    """
     from service.tuner import TUNE_DIR, build_tuner, restore_tuner
 
     run = SweepRun(load_stored_spec(sweep_dir), sweep_dir)
     fs, path = storage.resolve(sweep_dir)
-    main_state = storage.exists(fs, f"{path}/{TUNE_DIR}/tuner.pkl")
-    if not main_state and not run.spec.pretrain_trials():
-        raise SweepError(f"{sweep_dir}: no Tune state to resume (tune/tuner.pkl missing); start it with qsweep run")
+    info = fs.get_file_info(f"{path}/{TUNE_DIR}/tuner.pkl")
+    main_state = info.type == pafs.FileType.File and bool(info.size)
     _run_pretrain(run, live, retry_failed)
     if main_state:
         restore_tuner(run.spec, sweep_dir, _callbacks(run, live), retry_failed=retry_failed).fit()
     else:
-        build_tuner(run.spec, sweep_dir, _callbacks(run, live)).fit()
+        callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
+        skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
+        if not {t.trial_id for t in run.spec.trials()} <= skip:
+            build_tuner(run.spec, sweep_dir, callbacks, skip=skip).fit()
     return run
 
 
 def sweep_status(sweep_dir: str) -> dict[str, Any]:
     """Counts per status (pending = planned but never started) and the trials table."""
     spec = load_stored_spec(sweep_dir)
-    trials, curves = read_results(sweep_dir)
+    try:
+        trials, curves = read_results(sweep_dir)
+    except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong schema or version
+        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
     table = trials.to_pandas() if trials is not None else None
     seen = table["status"].value_counts().to_dict() if table is not None else {}
     total = _total(spec)

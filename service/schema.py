@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: trials.metric_name (accuracy or perplexity)
+# 2: trials.metric_name (accuracy or perplexity)
+# 3: the optional diagnostics table (<sweep>/diagnostics/<trial_id>.parquet, gradient-quality
+#    probes); trials and curves are unchanged, so version-2 folders are still read.
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (2, 3)  # versions whose files this qsweep reads as they are
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -86,6 +90,28 @@ CURVES_SCHEMA = pa.schema([
     pa.field("seed", pa.int64()),
 ], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "curves"})
 
+# The gradient-quality probe's figures (trainers.diagnostics.FIGURES, same order): the
+# trial's estimator ("est_") and STE ("ste_") against a large-n ZO reference gradient of the
+# smoothed quantized loss ("ref_"), and the probe's own cost (never in the training counters).
+DIAGNOSTIC_FIGURES = (
+    "est_cosine", "est_rel_bias", "est_variance", "est_snr", "est_norm",
+    "ste_cosine", "ste_rel_bias", "ste_variance", "ste_snr", "ste_norm",
+    "ref_norm", "ref_noise", "ref_n", "repeats", "probe_batch_size", "dim",
+    "probe_forwards", "probe_backwards", "probe_flops", "probe_wall_s",
+)
+
+DIAGNOSTICS_SCHEMA = pa.schema([
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("estimator", pa.string()),
+    pa.field("bits", pa.int64()),
+    pa.field("seed", pa.int64()),
+    *[pa.field(name, pa.float64()) for name in DIAGNOSTIC_FIGURES],
+], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "diagnostics"})
+
 TRIALS_FILE = "trials.parquet"
 CURVES_DIR = "curves"
+DIAGNOSTICS_DIR = "diagnostics"  # optional: only sweeps with trial.diagnostics have it
 SPEC_FILE = "sweep.yaml"  # the validated spec, stored next to the results

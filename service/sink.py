@@ -3,7 +3,8 @@
 ``<sweep_dir>/curves/<trial_id>.parquet`` holds one trial's curve and is rewritten whole at
 every evaluation; ``<sweep_dir>/trials.parquet`` holds one row per trial and is rewritten on
 every status change (and, while results stream in, at most every ``flush_every_s``). All
-writes go through ``service.storage`` and are atomic.
+writes go through ``service.storage`` and are atomic. A trial run with ``diagnostics`` also
+gets ``<sweep_dir>/diagnostics/<trial_id>.parquet`` (one row per probe), kept like its curve.
 
 Dedupe rule — the latest attempt wins, and a rewind truncates: when a trial reports a step
 at or below the last one stored, it has restarted (from scratch after a failure, or from an
@@ -37,7 +38,17 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from service import schema, storage
-from service.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
+from service.errors import SweepError
+from service.schema import (
+    CURVES_DIR,
+    CURVES_SCHEMA,
+    DIAGNOSTIC_FIGURES,
+    DIAGNOSTICS_DIR,
+    DIAGNOSTICS_SCHEMA,
+    SCHEMA_VERSION,
+    TRIALS_FILE,
+    TRIALS_SCHEMA,
+)
 from service.spec import resolve_trial
 from service.storage import join, read_results
 from trainers.config import ConfigError, TrialConfig
@@ -52,6 +63,11 @@ _CURVE_METRICS = ("forwards", "backwards", "flops", "wall_s", "train_loss", "eva
 _COST_COLUMNS = ("forwards", "backwards", "flops", "wall_s", "peak_memory_bytes")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_ERROR_CHARS = 20_000  # a Ray traceback can be long; the message is at its end
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _now() -> datetime:
@@ -129,7 +145,7 @@ class ParquetSink(Callback):
     """
 
     def __init__(self, sweep_dir: str, sweep: str, planned: dict[str, dict[str, Any]],
-                 versions: dict[str, str], flush_every_s: float = 2.0) -> None:
+                 versions: dict[str, str], flush_every_s: float = 2.0, clean_stale_temp: bool = True) -> None:
         self.sweep_dir = sweep_dir
         self.sweep = sweep
         self.planned = planned
@@ -138,13 +154,18 @@ class ParquetSink(Callback):
         self._fs, root = storage.resolve(sweep_dir)
         self._trials_path = join(root, TRIALS_FILE)
         self._curves_dir = join(root, CURVES_DIR)
+        self._diagnostics_dir = join(root, DIAGNOSTICS_DIR)
         self._rows: dict[str, dict[str, Any]] = {}  # our trial id -> TRIALS_SCHEMA row
         self._curves: dict[str, dict[int, dict[str, Any]]] = {}  # our trial id -> step -> CURVES row
+        self._diagnostics: dict[str, dict[int, dict[str, Any]]] = {}  # our trial id -> step -> DIAGNOSTICS row
         self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> (our id, config)
         self._progress: dict[str, float | None] = {}  # our trial id -> last reported progress
         self._recovering: set[str] = set()  # retries already counted by on_trial_recover
         self._dirty = False
         self._last_flush = 0.0
+        self.write_error: SweepError | None = None  # the first failed write; nothing is written after it
+        if clean_stale_temp:
+            self._remove_stale_temp_files()
         self._load()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -154,7 +175,16 @@ class ParquetSink(Callback):
                 "versions": json.loads(self.versions_json), "flush_every_s": self.flush_every_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        self.__init__(**state, clean_stale_temp=False)  # a copy: the live sink may be writing
+
+    def _remove_stale_temp_files(self) -> None:
+        """A driver killed mid-write leaves its hidden temp file (``storage._write_atomic``);
+        no reader sees it, but nothing else would ever delete it. Nothing writes this sweep
+        before its sink exists, so every temp file here now is stale."""
+        root = self._trials_path.rsplit("/", 1)[0]
+        for directory in (root, self._curves_dir, self._diagnostics_dir):
+            for path in storage.remove_stale_temp_files(self._fs, directory):
+                logger.info("removed %s, left by a writer that did not finish", path)
 
     def _load(self) -> None:
         """Pick up a previous driver's rows so a resumed sweep extends them, never duplicates."""
@@ -169,6 +199,13 @@ class ParquetSink(Callback):
             storage.check_schema_version(table, path)
             for row in table.cast(CURVES_SCHEMA).to_pylist():
                 self._curves.setdefault(row["trial_id"], {})[row["step"]] = row
+        for path in storage.list_files(self._fs, self._diagnostics_dir, ".parquet"):
+            table = storage.read_parquet(self._fs, path)
+            if table is None:
+                continue
+            storage.check_schema_version(table, path)
+            for row in table.cast(DIAGNOSTICS_SCHEMA).to_pylist():
+                self._diagnostics.setdefault(row["trial_id"], {})[row["step"]] = row | {"schema_version": SCHEMA_VERSION}
         for tid in self._rows.keys() & self._curves.keys():  # curves are written first: they win
             self._summarize(tid)
 
@@ -208,16 +245,53 @@ class ParquetSink(Callback):
         lower_is_better = row.get("metric_name") == "perplexity"
         row["best_eval_metric"] = (min if lower_is_better else max)(metrics, default=None)
 
+    def _write(self, path: str, table: pa.Table) -> bool:
+        """One atomic write; on a storage failure (disk full, read-only, gone) record it and
+        write nothing more: the files keep their last complete version, and the next
+        ``on_step_end`` stops the sweep with one line (Tune would take an exception raised
+        from a trial hook for that trial's failure, and retry or fail it)."""
+        if self.write_error is not None:
+            return False
+        try:
+            storage.write_parquet_atomic(self._fs, path, table)
+        except OSError as err:  # pyarrow's IO errors are OSErrors too
+            self.write_error = SweepError(
+                f"cannot write results to {self.sweep_dir}: {err.strerror or _first_line(err)} "
+                f"({path}); the sweep stopped — what was written before stays readable, "
+                f"`qsweep resume {self.sweep_dir}` continues once the location is writable")
+            return False
+        return True
+
     def _write_curve(self, tid: str) -> None:
         curve = self._curves[tid]
         table = pa.Table.from_pylist([curve[s] for s in sorted(curve)], schema=CURVES_SCHEMA)
-        storage.write_parquet_atomic(self._fs, join(self._curves_dir, f"{tid}.parquet"), table)
+        self._write(join(self._curves_dir, f"{tid}.parquet"), table)
+
+    def _record_diagnostics(self, tid: str, row: dict[str, Any], step: int, result: dict) -> None:
+        """The gradient-quality probe of this result, if any (``result["diagnostics"]``, or
+        Tune's flattened ``diagnostics/<figure>`` keys), under the curves' dedupe rule."""
+        probe = result.get("diagnostics")
+        if not isinstance(probe, Mapping):
+            probe = {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("diagnostics/")}
+        stored = self._diagnostics.get(tid, {})
+        stale = [s for s in stored if s >= step]  # a rewind: see the module docstring
+        if not probe and not stale:
+            return
+        for s in stale:
+            del stored[s]
+        if probe:
+            stored[step] = {name: _coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES} | {
+                "schema_version": SCHEMA_VERSION, "sweep": self.sweep, "trial_id": tid, "step": step,
+                "estimator": row["estimator"], "bits": row["bits"], "seed": row["seed"]}
+        self._diagnostics[tid] = stored
+        table = pa.Table.from_pylist([stored[s] for s in sorted(stored)], schema=DIAGNOSTICS_SCHEMA)
+        self._write(join(self._diagnostics_dir, f"{tid}.parquet"), table)
 
     def _write_trials(self) -> None:
         table = pa.Table.from_pylist([self._rows[t] for t in sorted(self._rows)], schema=TRIALS_SCHEMA)
-        storage.write_parquet_atomic(self._fs, self._trials_path, table)
-        self._dirty = False
-        self._last_flush = time.monotonic()
+        if self._write(self._trials_path, table):
+            self._dirty = False
+            self._last_flush = time.monotonic()
 
     def _maybe_flush(self) -> None:
         if self._dirty and time.monotonic() - self._last_flush >= self.flush_every_s:
@@ -234,6 +308,8 @@ class ParquetSink(Callback):
                     self._dirty = True
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self.write_error is not None:
+            raise self.write_error  # out of tuner.fit(): the CLI prints it and exits 2
         self._register(trials)
         self._maybe_flush()
 
@@ -264,6 +340,7 @@ class ParquetSink(Callback):
             "schema_version": SCHEMA_VERSION, "sweep": self.sweep, "trial_id": tid, "step": step,
             "estimator": row["estimator"], "bits": row["bits"], "seed": row["seed"]}
         self._write_curve(tid)
+        self._record_diagnostics(tid, row, step, result)
         self._progress[tid] = result.get("progress")
         row.update(status="running", host=result.get("host") or result.get("hostname") or row["host"],
                    metric_name=result.get("metric_name") or row.get("metric_name"),
@@ -310,3 +387,5 @@ class ParquetSink(Callback):
         self._register(trials)
         if self._dirty:
             self._write_trials()
+        if self.write_error is not None:
+            raise self.write_error

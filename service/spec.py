@@ -13,11 +13,20 @@ import hashlib
 import itertools
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
@@ -28,8 +37,15 @@ from trainers.quant import QUANT_KINDS
 STAGE_PREFIX = "stage:"  # "stage:<trial id>" = that trial's checkpoint under <sweep>/stages/
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
+
+
 class SpecError(ValueError):
-    """A user mistake in a sweep spec: one line, names the field."""
+    """A user mistake in a sweep spec: one line, names the field. Line breaks in the
+    message (a key or value from the file can hold any) are escaped to keep it one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).translate({ord(c): repr(c)[1:-1] for c in _LINE_BREAKS}))
 
 
 _TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
@@ -90,7 +106,7 @@ def _check_names(values: list[str], valid, kind: str) -> list[str]:
 
 class Budget(_Strict):
     steps: int | None = Field(default=None, gt=0)
-    flops: float | None = Field(default=None, gt=0)
+    flops: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_needed(self) -> Budget:
@@ -102,8 +118,8 @@ class Budget(_Strict):
 class Range(_Strict):
     """An Optuna search range: ``low``/``high`` (``log`` for a log scale) or ``choices``."""
 
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(default=None, allow_inf_nan=False)
+    high: float | None = Field(default=None, allow_inf_nan=False)
     log: bool = False
     integer: bool = False
     choices: list[Any] | None = None
@@ -138,15 +154,31 @@ class EarlyStopping(_Strict):
     """ASHA on the search metric, measured in evaluations."""
 
     grace_period: int = Field(default=2, ge=1)
-    reduction_factor: float = Field(default=3, gt=1)
+    reduction_factor: float = Field(default=3, gt=1, allow_inf_nan=False)
 
 
 class Resources(_Strict):
-    cpus: float = Field(default=1, gt=0)
-    gpus: float = Field(default=0, ge=0)
+    cpus: float = Field(default=1, gt=0, allow_inf_nan=False)
+    gpus: float = Field(default=0, ge=0, allow_inf_nan=False)
 
 
 class SweepSpec(_Strict):
+    """The whole sweep. Besides the grid and budget, two per-trial guards (top level, they
+    apply to every trial; enforced in the trainable by ``service.limits``):
+
+    ``time_limit_s``: wall-clock seconds one attempt may run, from the trainable's start
+    (data loading and checkpoint restore included). ``memory_limit_mb``: resident memory of
+    the trial's Ray worker process (RSS, read from ``/proc``; it includes that process's
+    Python, torch and Ray, roughly 300 MB on CPU, and host memory only, not GPU memory).
+    A watchdog thread samples both every ``service.limits.INTERVAL_S`` and, past a limit,
+    raises in the training thread at its next Python instruction (every evaluation also
+    checks), so the attempt fails with ``time limit of ... exceeded`` / ``memory limit of ...
+    exceeded``: recorded as a failure and retried up to ``retries`` times, from the last
+    checkpoint. Not a hard cap: memory that grows within one sampling interval, or time
+    spent inside one long native call, is only seen after it; Ray's memory monitor and the
+    OS remain the last line against a node running out of memory.
+    """
+
     name: str
     results: str = "results"
     grid: Grid
@@ -159,6 +191,14 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1)
     retries: int = Field(default=1, ge=0)
     checkpoint_every: int = Field(default=1, ge=0, description="checkpoint every k evaluations (0 = never)")
+    time_limit_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="wall-clock seconds one attempt of a trial may run (None = no limit); over it the "
+                    "attempt fails with 'time limit of ... exceeded' (retried like any failure)")
+    memory_limit_mb: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="resident memory (MB) a trial's worker process may reach (None = no limit); over it "
+                    "the attempt fails with 'memory limit of ... exceeded'")
     pretrain: dict[str, Any] | None = Field(
         default=None, description="optional float pre-training stage: trial settings (with steps or flops); "
                                   "every grid trial then starts from its checkpoint")
@@ -281,7 +321,64 @@ def trial_id(config: dict[str, Any]) -> str:
             f"{config['dataset']}-s{config['seed']}-{digest}")
 
 
+# Trial settings and estimator options are checked against their dataclasses' declared types,
+# strictly (no coercion: values stay as written, trial ids hash them). One of the wrong type
+# (momentum: "x", steps: 1.5e9, n: true) would fail its trial, and its row could not be
+# written to the typed Parquet columns.
+
+_INT_LIMIT = 2**62  # integers land in int64 columns (seed offsets are added to seeds)
+_MAX_VALUES = 100_000  # a spec is small; YAML aliases can make a tiny file expand to billions
+
+
+def _check_values(data: Any) -> None:
+    """Every integer fits the int64 Parquet columns (and torch/numpy seeds); no structure
+    contains itself (``a: &a [*a]``) and the document has at most ``_MAX_VALUES`` values
+    with YAML aliases expanded (an alias bomb), before anything walks or hashes it."""
+    count = 0
+
+    def walk(value: Any, where: str, ancestors: set[int]) -> None:
+        nonlocal count
+        count += 1
+        if count > _MAX_VALUES:
+            raise SpecError(f"spec: more than {_MAX_VALUES} values once YAML aliases are expanded")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _INT_LIMIT:
+                raise SpecError(f"{where or 'spec'}: {value} is out of range (integers must be within ±2**62)")
+        elif isinstance(value, (dict, list)):
+            if id(value) in ancestors:
+                raise SpecError(f"{where or 'spec'}: a YAML alias that contains itself")
+            ancestors.add(id(value))
+            for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+                walk(item, f"{where}.{key}" if where else str(key), ancestors)
+            ancestors.discard(id(value))
+
+    try:
+        walk(data, "", set())
+    except RecursionError:
+        raise SpecError("spec: nested too deeply") from None
+
+
+def _strict_model(config_class: type) -> type[BaseModel]:
+    hints = typing.get_type_hints(config_class)
+    return create_model(f"Strict{config_class.__name__}", __config__=ConfigDict(strict=True, extra="ignore"),
+                        **{f.name: (hints[f.name], None) for f in dataclasses.fields(config_class)})
+
+
+_TrialSettings = _strict_model(TrialConfig)
+_ESTIMATOR_OPTIONS = {name: _strict_model(cls.config_class) for name, cls in ESTIMATORS.items()}
+
+
 def _check_trial(config: dict[str, Any], where: str) -> None:
+    options = config.get("estimator_options")
+    checks = [(_TrialSettings, config, "")]
+    if config.get("estimator") in _ESTIMATOR_OPTIONS and isinstance(options, dict):
+        checks.append((_ESTIMATOR_OPTIONS[config["estimator"]], options, "estimator_options."))
+    for model, values, prefix in checks:
+        try:
+            model.model_validate(values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise SpecError(f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     try:
         TrialConfig.from_dict(config)
         estimator_config(config["estimator"], config["estimator_options"])
@@ -330,6 +427,7 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepSpec:
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
     data = apply_scale(data, scale)
+    _check_values(data)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
@@ -347,9 +445,17 @@ def load_spec(path: str | Path, scale: str | None = None) -> SweepSpec:
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)  # safe_load only: a spec is data, it never constructs objects
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
     return parse_spec(data, scale)
 
 

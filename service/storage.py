@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tempfile
 from collections.abc import Callable
 from typing import IO
@@ -19,7 +20,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from service.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
+from service.schema import (
+    CURVES_DIR,
+    CURVES_SCHEMA,
+    DIAGNOSTICS_DIR,
+    DIAGNOSTICS_SCHEMA,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    TRIALS_FILE,
+    TRIALS_SCHEMA,
+)
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -36,6 +46,29 @@ def join(*parts: str) -> str:
 
 def _is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
+
+
+# ``_write_atomic``'s temp names: "." + target name + "." + mkstemp's 8 random characters + ".tmp".
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(fs: pafs.FileSystem, directory: str) -> list[str]:
+    """Delete the temp files that a writer killed mid-write left in ``directory``; return them.
+
+    Only for a directory no one is writing to now (a sweep's driver calls it as it starts):
+    a live writer's temp file matches too. Object stores have none (one PUT per write).
+    """
+    if not _is_local(fs):
+        return []
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+        if info.type == pafs.FileType.File and _TEMP_NAME.fullmatch(info.base_name):
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue
+            removed.append(info.path)
+    return removed
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
@@ -103,7 +136,7 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[st
 def check_schema_version(table: pa.Table, where: str) -> None:
     """Refuse files written under another version of the contract instead of misreading them."""
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"?").decode()
-    if found != str(SCHEMA_VERSION):
+    if found not in {str(v) for v in READABLE_SCHEMA_VERSIONS}:
         raise ValueError(f"{where}: written with qsweep schema version {found}, "
                          f"this qsweep reads version {SCHEMA_VERSION}")
 
@@ -125,3 +158,15 @@ def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:
         parts.append(part.cast(CURVES_SCHEMA))
     curves = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
     return trials.cast(TRIALS_SCHEMA), curves
+
+
+def read_diagnostics(sweep_dir: str) -> pa.Table:
+    """The gradient-quality probes of one sweep folder (``DIAGNOSTICS_SCHEMA``); an empty
+    table when the sweep has none (diagnostics off, or a folder older than the table)."""
+    fs, root = resolve(sweep_dir)
+    parts = []
+    for path in list_files(fs, join(root, DIAGNOSTICS_DIR), ".parquet"):
+        part = pq.read_table(path, filesystem=fs)
+        check_schema_version(part, path)
+        parts.append(part.cast(DIAGNOSTICS_SCHEMA))
+    return pa.concat_tables(parts) if parts else DIAGNOSTICS_SCHEMA.empty_table()

@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from service.limits import LimitWatchdog
 from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
 from trainers import run_trial
 
@@ -36,8 +37,15 @@ def stage_location(sweep_dir: str, value: str | None) -> str | None:
 
 
 def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
-              sweep_dir: str) -> None:
-    """Tune function trainable: resolve the trial, resume from a checkpoint if any, train."""
+              sweep_dir: str, time_limit_s: float | None = None, memory_limit_mb: float | None = None) -> None:
+    """Tune function trainable: resolve the trial, resume from a checkpoint if any, train
+    (within the spec's time and memory limits, see ``service.limits``)."""
+    with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
+        _train_one(config, planned, checkpoint_every, cpus, sweep_dir, limits)
+
+
+def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
+               sweep_dir: str, limits: LimitWatchdog) -> None:
     trial_id, trial_config = resolve_trial(planned, config, tune.get_context().get_trial_id())
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
         if key in trial_config:
@@ -53,6 +61,7 @@ def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkp
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         nonlocal evaluations
+        limits.check()  # an evaluation past a limit is not reported: the attempt fails
         evaluations += 1
         payload = {**metrics, **where}
         if state is None or not (metrics["done"] or evaluations % checkpoint_every == 0):
@@ -67,7 +76,8 @@ def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkp
 
 def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_dir: str):
     trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
-                                     cpus=spec.resources.cpus, sweep_dir=sweep_dir)
+                                     cpus=spec.resources.cpus, sweep_dir=sweep_dir,
+                                     time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
@@ -92,10 +102,11 @@ def param_space_and_search(spec: SweepSpec, planned_ids: list[str]) -> tuple[dic
 
 
 def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
-                pretrain: list[PlannedTrial] | None = None) -> tune.Tuner:
-    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid)."""
+                pretrain: list[PlannedTrial] | None = None, skip: set[str] | frozenset[str] = frozenset()) -> tune.Tuner:
+    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid).
+    Planned trials in ``skip`` (already finished, grid mode) are left out."""
     stage = pretrain is not None
-    planned = {t.trial_id: t.config for t in (pretrain if stage else spec.trials())}
+    planned = {t.trial_id: t.config for t in (pretrain if stage else spec.trials()) if t.trial_id not in skip}
     if stage:
         space, search, num_samples = {"planned_id": tune.grid_search(list(planned))}, None, 1
     else:
@@ -116,9 +127,35 @@ def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
         run_config=tune.RunConfig(
             name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR, storage_path=sweep_dir, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[*callbacks, TBXLoggerCallback()]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see PruneCheckpoints
+            callbacks=[*callbacks, PruneCheckpoints(), TBXLoggerCallback()]),
     )
+
+
+class PruneCheckpoints(tune.Callback):
+    """Delete a trial's checkpoints once it has finished; keep all of them until then.
+
+    Tune's ``CheckpointConfig(num_to_keep=k)`` deletes the oldest checkpoint as soon as a
+    new one registers, but saves the experiment state that names the new one only later
+    (a forced sync at its next step at best). A driver killed in between leaves a state
+    whose checkpoint is gone, and the restored trial fails with "Could not recover from
+    checkpoint as it does not exist on storage anymore". So Tune keeps every checkpoint
+    (``num_to_keep=None``: a running trial holds up to num_evals / checkpoint_every of
+    them) and this callback removes them when the trial completes or is stopped: nothing
+    restores a finished trial (the sink treats its row as final). A failed trial keeps
+    its checkpoints for ``qsweep resume --retry-failed``.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        import pyarrow.fs as pafs
+
+        try:
+            fs, trial_dir = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            for entry in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
+                if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                    fs.delete_dir(entry.path)
+        except (OSError, RuntimeError):  # storage unreachable or the trial has no folder: keep them
+            pass
 
 
 def all_planned(spec: SweepSpec) -> dict[str, dict[str, Any]]:
@@ -135,5 +172,8 @@ def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback
                                resume_unfinished=True, resume_errored=retry_failed)
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.
-    tuner._local_tuner.get_run_config().callbacks = [*callbacks, TBXLoggerCallback()]
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = [*callbacks, PruneCheckpoints(), TBXLoggerCallback()]
+    # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.
+    run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)
     return tuner

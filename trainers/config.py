@@ -56,6 +56,7 @@ class TrialConfig:
     threads: int | None = None
     init_from: str | None = None
     save_model_to: str | None = None
+    diagnostics: Mapping[str, Any] | None = None  # gradient-quality probe (trainers.diagnostics)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -77,6 +78,10 @@ class TrialConfig:
             self.quant_spec()
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from None
+        try:
+            self.diagnostics_settings()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def quant_spec(self) -> QuantSpec:
         valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}
@@ -85,6 +90,12 @@ class TrialConfig:
             raise ConfigError(f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
         bits = 8 if self.quantizer.startswith("fp8") else self.bits
         return QuantSpec(kind=self.quantizer, bits=bits, **self.quant_options)
+
+    def diagnostics_settings(self) -> dict[str, Any] | None:
+        """The gradient-quality probe's settings with defaults, or None when it is off."""
+        from trainers.diagnostics import diagnostics_settings  # torch: imported only when asked
+
+        return diagnostics_settings(self.diagnostics)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:

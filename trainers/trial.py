@@ -21,6 +21,7 @@ from torch import nn
 from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
 from trainers.data import BatchSampler, load_dataset
+from trainers.diagnostics import probe as diagnostics_probe
 from trainers.estimators import build_estimator
 from trainers.metering import measure_cost, track_peak_memory
 from trainers.models import build_model
@@ -60,6 +61,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     evaluation), train_loss (mean since the previous evaluation), eval_loss, eval_metric
     (accuracy, or perplexity for language models; named by metric_name), peak_memory_bytes,
     num_params, progress in [0, 1], and ``done`` on the last.
+    With ``cfg.diagnostics`` every ``every``-th evaluation also carries ``diagnostics``: the
+    gradient-quality probe's flat dict of floats (``trainers.diagnostics``).
 
     With ``save_state`` the call is ``report(metrics, state=...)`` carrying everything
     needed to continue (model, optimizer, estimator RNG, batch order, counters); passing
@@ -94,6 +97,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
     num_params = sum(p.numel() for p in model.parameters())
+    diagnostics = cfg.diagnostics_settings()  # None: no gradient-quality probe
+    if diagnostics is not None:  # one fixed probe batch: the first batch_size training examples
+        probe_batch = (train_x[:diagnostics["batch_size"]], train_y[:diagnostics["batch_size"]])
     counters = {"step": 0, "forwards": 0, "backwards": 0, "flops": 0.0, "wall_s": 0.0}
     peak_memory, next_eval, losses = 0, 1, []
     if resume_state is not None:
@@ -118,6 +124,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
                    "num_params": num_params, "metric_name": task.metric_name,
                    "progress": min(progress(), 1.0), "done": done}
         losses.clear()
+        if diagnostics is not None and (next_eval - 1) % diagnostics["every"] == 0:
+            # Never touches the model, its buffers or the estimator's RNG; cost kept apart.
+            metrics["diagnostics"] = diagnostics_probe(model, estimator, loss_fn, probe_batch, progress(),
+                                                       diagnostics, cfg.seed, counters["step"], len(probe))
         if save_state:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "estimator": estimator.state_dict(), "sampler": sampler.state_dict(),

@@ -78,7 +78,8 @@ class FOGZO(Estimator):
             ]
 
         # The STE forward above already advanced any BatchNorm running stats this step.
-        grads, _ = zo_gradient(model, loss_fn, batch, plan, cfg.n, draw, cfg.chunk, update_buffers=False)
+        grads, _ = zo_gradient(model, loss_fn, batch, plan, cfg.n, draw, cfg.chunk, update_buffers=False,
+                               forward_flops=self.cost.forward_flops)
         for item, g in zip(plan, grads):
             item.param.grad = g
         return self.result(loss, forwards=1 + 2 * cfg.n, backwards=1)

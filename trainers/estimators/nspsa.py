@@ -42,7 +42,8 @@ class NSPSA(Estimator):
         cfg = self.config
         plan = perturbation_plan(model, cfg.eps_mode, cfg.eps)
         grads, loss = zo_gradient(model, loss_fn, batch, plan, cfg.n,
-                                  lambda k: sample_directions(plan, k, self.generator), cfg.chunk)
+                                  lambda k: sample_directions(plan, k, self.generator), cfg.chunk,
+                                  forward_flops=self.cost.forward_flops)
         for item, g in zip(plan, grads):
             item.param.grad = g
         # No unperturbed forward is paid for: report the mean perturbed loss.

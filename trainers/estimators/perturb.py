@@ -89,7 +89,8 @@ def _loop_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, names: list[st
     buffers = _buffer_copies(model, m) if buffers is None else buffers
     out = []
     for j in range(m):
-        state = {name: base[name] + delta[j] for name, delta in zip(names, deltas)}
+        state = {name: delta.added_to(base[name], j) if isinstance(delta, _SignedRows) else base[name] + delta[j]
+                 for name, delta in zip(names, deltas)}
         state.update({name: b[j] for name, b in buffers.items()})
         out.append(loss_fn(functional_call(model, state, (inputs,)), targets))
     return torch.stack(out)
@@ -104,13 +105,31 @@ def _attention_backends(device: torch.device) -> AbstractContextManager:
 
 _VMAP_UNSUPPORTED: set[type] = set()
 
+# On CPU, batching pays off only while a forward is so small that Python overhead dominates
+# it (the 2-layer MLP) and there are enough evaluations to amortise vmap's ~1 ms set-up. For
+# a real network one forward on a mini-batch already keeps the core busy, the m stacked
+# activations fall out of cache, and vmap turns each conv into a grouped conv: there m plain
+# forwards are 2-7x faster than the vmapped ones (measured in BENCHMARKS.md, section 1).
+CPU_VMAP_MAX_FORWARD_FLOPS = 1e7
+CPU_VMAP_MIN_EVALS = 8
+
+
+def batching_pays_off(device: torch.device, m: int, forward_flops: float | None) -> bool:
+    """Whether to evaluate m perturbed losses with vmap (True) or a loop of forwards.
+
+    Always vmap on accelerators, or when the forward's FLOPs are unknown."""
+    if forward_flops is None or device.type != "cpu":
+        return True
+    return m >= CPU_VMAP_MIN_EVALS and forward_flops <= CPU_VMAP_MAX_FORWARD_FLOPS
+
 
 def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                     deltas: list[Tensor], update_buffers: bool = True) -> Tensor:
+                     deltas: list[Tensor], update_buffers: bool = True, batched: bool = True) -> Tensor:
     """Loss at ``theta + delta_j`` for every row j of ``deltas`` (each ``[m, *shape]``).
 
-    All m evaluations are batched with ``vmap`` over ``functional_call`` (one batched
-    matmul per layer instead of m Python-level forwards).
+    With ``batched`` all m evaluations are batched with ``vmap`` over ``functional_call``
+    (one batched matmul per layer instead of m Python-level forwards); without, they run
+    in a loop (``batching_pays_off`` says which is faster).
     Models vmap cannot handle fall back to a Python loop, with a warning, once per class.
 
     Buffers (BatchNorm running statistics): BN in train mode updates its running stats in
@@ -129,7 +148,7 @@ def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list
     m = deltas[0].shape[0]
     with torch.no_grad():
         losses = None
-        if type(model) not in _VMAP_UNSUPPORTED:
+        if batched and type(model) not in _VMAP_UNSUPPORTED:
             buffers = _buffer_copies(model, m)
 
             def one(bufs: dict[str, Tensor], *delta: Tensor) -> Tensor:
@@ -154,19 +173,39 @@ def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list
 
 
 def symmetric_differences(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                          directions: list[Tensor], update_buffers: bool = True) -> tuple[Tensor, Tensor]:
+                          directions: list[Tensor], update_buffers: bool = True,
+                          batched: bool = True) -> tuple[Tensor, Tensor]:
     """For each direction v_i: ``c_i = [L(theta + eps v_i) - L(theta - eps v_i)] / 2``, and the
     2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate. Buffers take
     the stats of ``theta + eps v_1`` if ``update_buffers`` (see ``perturbed_losses``)."""
     n = directions[0].shape[0]
-    deltas = [torch.cat([item.eps * d, -item.eps * d]) for item, d in zip(plan, directions)]
-    losses = perturbed_losses(model, loss_fn, batch, plan, deltas, update_buffers)
+    if batched:
+        deltas = [torch.cat([item.eps * d, -item.eps * d]) for item, d in zip(plan, directions)]
+    else:  # the loop reads one row at a time: never materialise all 2n model-sized deltas
+        deltas = [_SignedRows(item.eps, d) for item, d in zip(plan, directions)]
+    losses = perturbed_losses(model, loss_fn, batch, plan, deltas, update_buffers, batched)
     return (losses[:n] - losses[n:]) / 2, losses
+
+
+class _SignedRows:
+    """Row j of ``cat([eps * d, -eps * d])``, computed when indexed (for the loop path)."""
+
+    def __init__(self, eps: Tensor, d: Tensor) -> None:
+        self.eps, self.d, self.n = eps, d, d.shape[0]
+        self.shape = (2 * self.n, *d.shape[1:])
+
+    def __getitem__(self, j: int) -> Tensor:
+        return self.eps * self.d[j] if j < self.n else -self.eps * self.d[j - self.n]
+
+    def added_to(self, base: Tensor, j: int) -> Tensor:
+        """``base + self[j]`` in one pass over the tensor."""
+        i, sign = (j, 1.0) if j < self.n else (j - self.n, -1.0)
+        return torch.addcmul(base, self.eps, self.d[i], value=sign)
 
 
 def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable], n: int,
                 draw: Callable[[int], list[Tensor]], chunk: int,
-                update_buffers: bool = True) -> tuple[list[Tensor], float]:
+                update_buffers: bool = True, forward_flops: float | None = None) -> tuple[list[Tensor], float]:
     """``G = (1/n) sum_i c_i v_i / eps`` per tensor, over n directions drawn ``chunk`` at a time.
 
     Chunking bounds memory at ``2 * chunk`` model copies however large n is (n-SPSA is run
@@ -175,13 +214,17 @@ def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Pert
 
     Buffers (BN running stats) advance once per call, from the first chunk, and only if
     ``update_buffers``: FOGZO passes False because its STE forward already moved them.
+    ``forward_flops`` (of one forward on ``batch``) picks vmap or a loop per chunk.
     """
     sums = [torch.zeros_like(item.param) for item in plan]
     loss_total = 0.0
     for start in range(0, n, chunk):
-        directions = draw(min(chunk, n - start))
-        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, update_buffers and start == 0)
+        k = min(chunk, n - start)
+        directions = draw(k)
+        batched = batching_pays_off(plan[0].param.device, 2 * k, forward_flops)
+        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, update_buffers and start == 0,
+                                          batched)
         loss_total += float(losses.sum())
         for acc, d in zip(sums, directions):
-            acc += (c.view(-1, *([1] * (d.dim() - 1))).to(d.dtype) * d).sum(0)
+            acc += torch.tensordot(c.to(d.dtype), d, dims=1)  # sum_i c_i d_i without a [k, *shape] temporary
     return [acc / n / item.eps for acc, item in zip(sums, plan)], loss_total / (2 * n)
