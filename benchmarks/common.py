@@ -153,23 +153,37 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def cprofile_summary(fn: Callable[[], Any], top: int = 12, sort: str = "tottime") -> str:
-    """Run ``fn`` under cProfile; the ``top`` functions by own time (``sort="tottime"``) or by
-    cumulative time (``"cumulative"``, which shows where a call tree spends it) as Markdown."""
+def cprofile_stats(fn: Callable[[], Any]) -> pstats.Stats:
+    """Run ``fn`` under cProfile (wall clock) and return its statistics."""
     profiler = cProfile.Profile()
     profiler.enable()
     fn()
     profiler.disable()
-    stats = pstats.Stats(profiler, stream=io.StringIO())
+    return pstats.Stats(profiler, stream=io.StringIO())
+
+
+def stats_table(stats: pstats.Stats, top: int = 12, sort: str = "tottime") -> str:
+    """The ``top`` functions by own time (``sort="tottime"``) or by cumulative time
+    (``"cumulative"``, which shows where a call tree spends it) as Markdown."""
     total = sum(v[2] for v in stats.stats.values()) or 1.0
     column = 2 if sort == "tottime" else 3
     rows = []
     for (filename, line, name), (_, ncalls, tottime, cumtime, _) in sorted(
             stats.stats.items(), key=lambda kv: kv[1][column], reverse=True)[:top]:
-        where = _short_path(filename)
-        rows.append([f"`{name}` ({where}:{line})", ncalls, f"{tottime * 1e3:.1f}", f"{cumtime * 1e3:.1f}",
-                     f"{100 * cumtime / total:.0f}%"])
+        rows.append([f"`{name}` ({_short_path(filename)}:{line})", ncalls, f"{tottime * 1e3:.1f}",
+                     f"{cumtime * 1e3:.1f}", f"{100 * cumtime / total:.0f}%"])
     return table(["function", "calls", "own ms", "cumulative ms", "cumulative share"], rows)
+
+
+def cprofile_summary(fn: Callable[[], Any], top: int = 12, sort: str = "tottime") -> str:
+    """Run ``fn`` under cProfile; its top functions as a Markdown table (see ``stats_table``)."""
+    return stats_table(cprofile_stats(fn), top, sort)
+
+
+def cumulative_share(stats: pstats.Stats, name: str, path_suffix: str) -> float:
+    """Share of the profiled wall time spent inside ``name`` defined in a file ending ``path_suffix``."""
+    total = sum(v[2] for v in stats.stats.values()) or 1.0
+    return sum(v[3] for (f, _, n), v in stats.stats.items() if n == name and f.endswith(path_suffix)) / total
 
 
 def _short_path(filename: str) -> str:

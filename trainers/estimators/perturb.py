@@ -109,7 +109,7 @@ _VMAP_UNSUPPORTED: set[type] = set()
 # it (the 2-layer MLP) and there are enough evaluations to amortise vmap's ~1 ms set-up. For
 # a real network one forward on a mini-batch already keeps the core busy, the m stacked
 # activations fall out of cache, and vmap turns each conv into a grouped conv: there m plain
-# forwards are 2-7x faster than the vmapped ones (measured in BENCHMARKS.md, section 1).
+# forwards are 2-3.5x faster than the vmapped ones (measured in BENCHMARKS.md, section 1).
 CPU_VMAP_MAX_FORWARD_FLOPS = 1e7
 CPU_VMAP_MIN_EVALS = 8
 
