@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import yaml
 
 from service import storage
 from service.errors import SweepError
 from service.schema import SPEC_FILE, TRIALS_FILE
 from service.sink import ParquetSink
-from service.spec import SpecError, SweepSpec, parse_spec
+from service.spec import STAGE_PREFIX, SpecError, SweepSpec, parse_spec
 from service.storage import read_results
 
 
@@ -116,32 +115,30 @@ def _first_line(err: Exception) -> str:
     return (lines[0] if lines else type(err).__name__)[:300]
 
 
-def _pretrain_missing(run: SweepRun) -> bool:
-    """Whether some pre-training checkpoint is not in ``<sweep>/stages/`` yet."""
-    from service.spec import STAGE_PREFIX
+def _pretrain_done(run: SweepRun) -> set[str]:
+    """Pre-training trials whose checkpoint is in ``<sweep>/stages/`` already."""
     from service.tuner import stage_location
 
     fs, _ = storage.resolve(run.sweep_dir)
-    for trial in run.spec.pretrain_trials():
-        location = stage_location(run.sweep_dir, STAGE_PREFIX + trial.trial_id)
-        if not storage.exists(fs, storage.resolve(location)[1]):
-            return True
-    return False
+    return {t.trial_id for t in run.spec.pretrain_trials()
+            if storage.exists(fs, storage.resolve(stage_location(run.sweep_dir, STAGE_PREFIX + t.trial_id))[1])}
 
 
 def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) -> None:
     """The float pre-training stage, unless its checkpoints exist; resumed if interrupted."""
-    from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner
+    from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner, tune_state_exists
 
-    if not run.spec.pretrain_trials() or not _pretrain_missing(run):
+    stage = run.spec.pretrain_trials()
+    done = _pretrain_done(run)
+    if len(done) == len(stage):
         return
-    fs, path = storage.resolve(run.sweep_dir)
-    if storage.exists(fs, f"{path}/{PRETRAIN_TUNE_DIR}/tuner.pkl"):
-        tuner = restore_tuner(run.spec, run.sweep_dir, _callbacks(run, live), retry_failed, PRETRAIN_TUNE_DIR)
+    callbacks = _callbacks(run, live)
+    if tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR):
+        tuner = restore_tuner(run.spec, run.sweep_dir, callbacks, retry_failed, pretrain=stage, skip=done)
     else:
-        tuner = build_tuner(run.spec, run.sweep_dir, _callbacks(run, live), pretrain=run.spec.pretrain_trials())
+        tuner = build_tuner(run.spec, run.sweep_dir, callbacks, pretrain=stage, skip=done)
     tuner.fit()
-    if _pretrain_missing(run):
+    if len(_pretrain_done(run)) < len(stage):
         raise SweepError(f"{run.sweep_dir}: the pre-training stage failed (see trials.parquet); "
                          "fine-tuning trials need its checkpoint")
 
@@ -166,24 +163,24 @@ def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
 def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None = None) -> SweepRun:
     """Finish the pre-training stage if needed, then continue (or start) the main sweep.
 
-    Without Tune's state (``tune/tuner.pkl`` missing or empty: the driver died while
-    starting, before Tune wrote it) the main sweep starts afresh from the stored spec; the
-    Parquet is kept, and trials it records as finished are not run again.
+    Without Tune's state (no ``tune/tuner.pkl``, or no experiment snapshot beside it: the
+    driver died while starting, or the disk filled before Tune saved one) the main sweep
+    starts afresh from the stored spec; the Parquet is kept, and trials it records as
+    finished are not run again.
     """
-    from service.tuner import TUNE_DIR, build_tuner, restore_tuner
+    from service.tuner import build_tuner, restore_tuner, tune_state_exists
 
+    sweep_dir = storage.absolute(sweep_dir)  # Tune reads a relative path as a URI
     run = SweepRun(load_stored_spec(sweep_dir), sweep_dir)
-    fs, path = storage.resolve(sweep_dir)
-    info = fs.get_file_info(f"{path}/{TUNE_DIR}/tuner.pkl")
-    main_state = info.type == pafs.FileType.File and bool(info.size)
     _run_pretrain(run, live, retry_failed)
-    if main_state:
-        restore_tuner(run.spec, sweep_dir, _callbacks(run, live), retry_failed=retry_failed).fit()
+    callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
+    skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
+    if {t.trial_id for t in run.spec.trials()} <= skip:
+        return run  # every planned trial is final in the Parquet: nothing to run
+    if tune_state_exists(sweep_dir):
+        restore_tuner(run.spec, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
     else:
-        callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
-        skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
-        if not {t.trial_id for t in run.spec.trials()} <= skip:
-            build_tuner(run.spec, sweep_dir, callbacks, skip=skip).fit()
+        build_tuner(run.spec, sweep_dir, callbacks, skip=skip).fit()
     return run
 
 

@@ -32,11 +32,18 @@ from service.schema import (
 )
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute (Tune and pyarrow read a relative one as a URI); a URI as is."""
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.abspath(os.path.expanduser(location))
+
+
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path (made absolute) or a filesystem URI."""
     if "://" in location:
         return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+    return pafs.LocalFileSystem(), absolute(location)
 
 
 def join(*parts: str) -> str:

@@ -101,16 +101,23 @@ def param_space_and_search(spec: SweepSpec, planned_ids: list[str]) -> tuple[dic
     return space, search, spec.search.num_samples
 
 
+def stage_space(spec: SweepSpec, pretrain: list[PlannedTrial] | None = None,
+                skip: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, Any], Any, int]:
+    """(param_space, search algorithm, num_samples) of the main sweep or, with ``pretrain``,
+    of the float pre-training stage (always a plain grid), leaving out planned trials in
+    ``skip`` (already finished; grid mode)."""
+    planned = [t.trial_id for t in (pretrain if pretrain is not None else spec.trials()) if t.trial_id not in skip]
+    if pretrain is not None:
+        return {"planned_id": tune.grid_search(planned)}, None, 1
+    return param_space_and_search(spec, planned)
+
+
 def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
                 pretrain: list[PlannedTrial] | None = None, skip: set[str] | frozenset[str] = frozenset()) -> tune.Tuner:
     """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid).
     Planned trials in ``skip`` (already finished, grid mode) are left out."""
     stage = pretrain is not None
-    planned = {t.trial_id: t.config for t in (pretrain if stage else spec.trials()) if t.trial_id not in skip}
-    if stage:
-        space, search, num_samples = {"planned_id": tune.grid_search(list(planned))}, None, 1
-    else:
-        space, search, num_samples = param_space_and_search(spec, list(planned))
+    space, search, num_samples = stage_space(spec, pretrain, skip)
     scheduler = None
     if spec.early_stopping is not None and not stage:
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.early_stopping.grace_period,
@@ -164,12 +171,48 @@ def all_planned(spec: SweepSpec) -> dict[str, dict[str, Any]]:
     return {t.trial_id: t.config for t in [*spec.pretrain_trials(), *spec.trials()]}
 
 
+def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
+    """Whether Tune saved enough of a stage's state to restore it: ``tuner.pkl`` and a
+    readable experiment snapshot (Tune restores the newest by name). A driver that died, or
+    ran out of disk, before Tune's first snapshot leaves ``tuner.pkl`` alone or a truncated
+    snapshot; restoring that makes Tune log a traceback and restart the experiment."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from service import storage
+
+    fs, path = storage.resolve(f"{sweep_dir.rstrip('/')}/{stage_dir}")
+    pickled = fs.get_file_info(f"{path}/tuner.pkl")
+    if pickled.type != pafs.FileType.File or not pickled.size:
+        return False
+    snapshots = sorted(entry.path for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                       if entry.base_name.startswith("experiment_state") and entry.base_name.endswith(".json"))
+    if not snapshots:
+        return False
+    try:
+        with fs.open_input_stream(snapshots[-1]) as stream:
+            json.loads(stream.readall())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
-                  retry_failed: bool = False, stage_dir: str = TUNE_DIR) -> tune.Tuner:
-    """Continue an interrupted sweep: unfinished trials resume from their last checkpoint;
-    trials that already failed for good stay failed unless ``retry_failed``."""
+                  retry_failed: bool = False, pretrain: list[PlannedTrial] | None = None,
+                  skip: set[str] | frozenset[str] = frozenset()) -> tune.Tuner:
+    """Continue an interrupted sweep (or with ``pretrain`` its pre-training stage):
+    unfinished trials resume from their last checkpoint; trials that already failed for
+    good stay failed unless ``retry_failed``.
+
+    The search space goes in again (without the ``skip``ped, finished trials): Tune uses it
+    only if its experiment state turns out unreadable and it restarts the experiment, which
+    must then run the planned trials, not one trial with an empty config.
+    """
+    stage_dir = PRETRAIN_TUNE_DIR if pretrain is not None else TUNE_DIR
+    space, _, _ = stage_space(spec, pretrain, skip)
     tuner = tune.Tuner.restore(f"{sweep_dir.rstrip('/')}/{stage_dir}", make_trainable(spec, all_planned(spec), sweep_dir),
-                               resume_unfinished=True, resume_errored=retry_failed)
+                               resume_unfinished=True, resume_errored=retry_failed, param_space=space)
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.
     run_config = tuner._local_tuner.get_run_config()

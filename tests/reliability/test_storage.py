@@ -20,7 +20,15 @@ import pytest
 
 from analysis.load import combine, load_results
 from service.spec import load_spec
-from tests.reliability.helpers import check_every_trial_once, read_state, temp_files
+from service.tuner import tune_state_exists
+from tests.reliability.helpers import (
+    check_every_trial_once,
+    kill_driver,
+    poll_state,
+    read_state,
+    temp_files,
+    wait_for,
+)
 from tests.service.conftest import local_qsweep
 from tests.service.harness import explain, short_tempdir, user_error, write_spec
 
@@ -43,9 +51,6 @@ def tiny_filesystem():
         shutil.rmtree(mount_point, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, seen once in CI: after a full disk the restored Tune state can hold a trial whose config "
-    "lacks planned_id, and resume crashes with KeyError in resolve_trial; under investigation"))
 def test_a_full_disk_stops_the_sweep_with_one_line_and_what_was_written_stays_valid(qsweep, tmp_path, tiny_filesystem):
     seeds = list(range(24))  # Tune's files and the Parquet of 24 trials need well over 300 KB
     spec_file = write_spec(tmp_path, "full", grid={"estimators": ["ste"], "seeds": seeds},
@@ -80,6 +85,38 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_what_was_written_stays_va
         assert final[tid] == rows[tid]
     print(f"\nfull disk: stopped with {len(completed)}/{len(planned)} completed ({statuses}); "
           f"resume completed {len(final)}/{len(planned)}")
+
+
+def test_resume_without_a_readable_tune_snapshot_starts_the_rest_afresh(qsweep, tmp_path):
+    """The disk filled (or the driver died) after Tune wrote ``tuner.pkl`` but before a whole
+    experiment snapshot: Tune cannot restore that (``tuner.pkl`` does not hold the search
+    space; restoring it used to run one trial with an empty config and crash the driver with
+    KeyError 'planned_id'). ``resume`` -- given a relative path, as users type it -- runs the
+    trials the Parquet does not record as finished, each once."""
+    spec_file = write_spec(tmp_path, "torn", grid={"estimators": ["ste", "fogzo"], "seeds": [0, 1, 2]},
+                           trial={"num_evals": NUM_EVALS}, budget={"steps": 1500}, retries=0, checkpoint_every=1)
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    sweep_dir = tmp_path / "results" / "torn"
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = qsweep.start("run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2,
+                              stdout=out, stderr=out)
+        done = wait_for(lambda: {t for t, r in poll_state(sweep_dir)[0].items() if r["status"] == "completed"},
+                        240, "a completed trial", driver, log)
+        kill_driver(driver)
+    rows_before, _ = read_state(sweep_dir)
+    assert len(done) < len(planned), "the sweep finished before the kill"
+    assert tune_state_exists(str(sweep_dir))
+    for snapshot in (sweep_dir / "tune").glob("experiment_state-*.json"):  # torn mid-write
+        snapshot.write_bytes(snapshot.read_bytes()[:100])
+    assert not tune_state_exists(str(sweep_dir))
+
+    resumed = qsweep("resume", "results/torn", "--no-dashboard", "--num-cpus", 2, timeout=400, cwd=tmp_path)
+    assert resumed.returncode == 0, explain(resumed)
+    assert "Traceback" not in resumed.stderr, explain(resumed)
+    rows = check_every_trial_once(sweep_dir, planned, NUM_EVALS, 1500)
+    for tid in done:
+        assert rows[tid] == rows_before[tid]  # finished before the kill: not run again
 
 
 def test_two_sweeps_sharing_a_results_root_run_at_once_without_mixing(qsweep, tmp_path):

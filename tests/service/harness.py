@@ -165,9 +165,10 @@ class Qsweep:
         self._sessions.append(proc.pid)
         return proc
 
-    def __call__(self, *args: Any, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def __call__(self, *args: Any, timeout: float = 300, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
         """Run to the end; returns the CompletedProcess (the test checks the exit code)."""
-        proc = self.start(*args, env=env)
+        proc = self.start(*args, env=env, cwd=cwd)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
