@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
 from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
 from trainers import run_trial
@@ -75,6 +76,7 @@ def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], check
 
 
 def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_dir: str):
+    keep_cloud_keys_out_of_runtime_env()  # Ray would log them in plain text (service.credentials)
     trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
                                      cpus=spec.resources.cpus, sweep_dir=sweep_dir,
                                      time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb)
