@@ -258,6 +258,37 @@ def test_quzo_two_roundings_are_independent_and_unbiased():
     assert abs(corr) < 0.02, f"rounding errors must be independent, corr={corr:.3f}"
 
 
+def test_quzo_with_zero_lr_returns_the_weights_exactly():
+    """The last direction's restore is folded into the update pass: with lr = 0 that pass
+    must land on theta again, bit for bit for the on-grid weights."""
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
+                           QuantSpec(kind="int", bits=4))
+    est = build_estimator("quzo", {"n": 2}, COST, 0, lr=0.0)
+    est.prepare(model)
+    before = copy.deepcopy(model.state_dict())
+    for _ in range(5):
+        est.step(model, F.cross_entropy, mlp_batch(), 0.5)
+    for (name, layer) in quantized_layers(model):
+        assert torch.equal(layer.weight.detach(), before[f"{name}.weight"]), name
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, before[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("name", ["mezo", "quzo"])
+def test_seeded_estimators_regenerate_the_noise_three_times_per_step(name, monkeypatch):
+    """+eps, -2eps, then restore and update in one pass: 3 Gaussian draws per tensor (n = 1)."""
+    model, batch = mlp(bits=8), mlp_batch()
+    est = build_estimator(name, {}, COST, 0, lr=1e-3)
+    est.prepare(model)
+    draws = []
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: draws.append(a[0]) or real_randn(*a, **k))
+    est.step(model, F.cross_entropy, batch, 0.5)
+    tensors = [tuple(p.shape) for p in model.parameters() if p.requires_grad]
+    assert sorted(map(tuple, draws)) == sorted(tensors * 3)
+
+
 def test_quzo_refuses_a_float_model():
     model = nn.Sequential(nn.Linear(4, 2))
     est = build_estimator("quzo", {}, COST, 0, lr=0.1)

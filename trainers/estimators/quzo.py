@@ -48,6 +48,16 @@ class QuZOConfig:
             raise ValueError(f"quzo: perturb_bits must be in 2..8 or null (got {self.perturb_bits})")
 
 
+def round_noise(u: Tensor, k: int, rounding_seed: int, bits: int | None, rounded: bool) -> Tensor:
+    """``Q_SR(u)`` onto a ``bits`` INT grid with abs-max scale, the coin flips replayable
+    from ``rounding_seed`` (tensor ``k``); ``u`` itself when not ``rounded``."""
+    if bits is None or not rounded:
+        return u
+    qmin, qmax = qf.int_range(bits)
+    scale = (u.abs().amax() / qmax).clamp(min=1e-12)
+    return qf.stochastic_round_int(u / scale, qmin, qmax, tensor_generator(rounding_seed, k, u.device)).mul_(scale)
+
+
 def rounded_noise(seed: int, rounding_seed: int, bits: int | None, quantized: set[int]) -> NoiseFn:
     """Replayable ``Q_SR(u)``: u from ``seed``, the rounding coin flips from ``rounding_seed``.
 
@@ -55,14 +65,9 @@ def rounded_noise(seed: int, rounding_seed: int, bits: int | None, quantized: se
     Tensors not in ``quantized`` get the unrounded u.
     """
     base = gaussian_noise(seed)
-    qmin, qmax = qf.int_range(bits) if bits is not None else (0, 0)
 
     def noise(k: int, p: nn.Parameter) -> Tensor:
-        u = base(k, p)
-        if bits is None or id(p) not in quantized:
-            return u
-        scale = (u.abs().amax() / qmax).clamp(min=1e-12)
-        return qf.stochastic_round_int(u / scale, qmin, qmax, tensor_generator(rounding_seed, k, p.device)) * scale
+        return round_noise(base(k, p), k, rounding_seed, bits, id(p) in quantized)
     return noise
 
 
@@ -84,24 +89,40 @@ class QuZO(Estimator):
         measured, loss_sum = [], 0.0
         self._bypass(layers, True)  # forward on theta + eps*u1 as-is: theta is on the grid already
         try:
-            for _ in range(cfg.n):
+            for i in range(cfg.n):
                 seed, r1, r2 = (draw_seed(self.generator) for _ in range(3))
                 u1 = rounded_noise(seed, r1, cfg.perturb_bits, quantized)
-                plus, minus = two_point_in_place(model, loss_fn, batch, params, u1, cfg.eps)
-                measured.append((rounded_noise(seed, r2, cfg.perturb_bits, quantized), (plus - minus) / (2 * cfg.eps)))
+                # The last direction stays at theta - eps*u1: the update pass below restores it.
+                plus, minus = two_point_in_place(model, loss_fn, batch, params, u1, cfg.eps, restore=i < cfg.n - 1)
+                measured.append((seed, r1, r2, (plus - minus) / (2 * cfg.eps)))
                 loss_sum += plus + minus
         finally:
             self._bypass(layers, False)
-        update_seed = draw_seed(self.generator)
-        with torch.no_grad():
-            for k, p in enumerate(params):
-                step = sum(noise(k, p) * (self.lr * mu / cfg.n) for noise, mu in measured)
-                target = p - step
-                layer = layers.get(id(p))
-                # Re-rounding also removes the float residue of the +eps/-2eps/+eps restore.
-                p.copy_(layer.weight_quantizer.round_stochastic(target, tensor_generator(update_seed, k, p.device))
-                       if layer else target)
+        self._update(params, layers, measured)
         return self.result(loss_sum / (2 * cfg.n), forwards=2 * cfg.n, backwards=0)
+
+    @torch.no_grad()
+    def _update(self, params: list[nn.Parameter], layers: dict, measured: list[tuple[int, int, int, float]]) -> None:
+        """theta <- Q_SR(theta - sum_i lr mu_i / n * u_i2), one pass over the parameters.
+
+        The same pass undoes the last direction's -eps*u1 (u1 and u2 are two roundings of one
+        Gaussian draw u, so u is drawn once for both): one noise pass fewer than restoring
+        first. Re-rounding onto the weight grid also removes the float residue of the
+        +eps/-2eps moves.
+        """
+        cfg = self.config
+        update_seed = draw_seed(self.generator)
+        for k, p in enumerate(params):
+            layer = layers.get(id(p))
+            target = p.detach().clone()
+            for i, (seed, r1, r2, mu) in enumerate(measured):
+                u = gaussian_noise(seed)(k, p)
+                rounded = layer is not None
+                target.sub_(round_noise(u, k, r2, cfg.perturb_bits, rounded), alpha=self.lr * mu / cfg.n)
+                if i == len(measured) - 1:
+                    target.add_(round_noise(u, k, r1, cfg.perturb_bits, rounded), alpha=cfg.eps)
+            p.copy_(layer.weight_quantizer.round_stochastic(target, tensor_generator(update_seed, k, p.device))
+                    if layer else target)
 
     @staticmethod
     def _bypass(layers: dict, on: bool) -> None:
