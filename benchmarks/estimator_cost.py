@@ -281,7 +281,7 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
         ste_s = statistics.median(r.fogzo.b)
         extra = (r.fogzo.median - 1) * ste_s / r.forward_s
         rows.append([c.label, fmt_s(r.forward_s), fmt_s(ste_s), r.fogzo.fmt(), f"{r.flops_ratio:.2f}", f"{extra:.2f}",
-                     r.mezo.fmt(), r.gauss_pass.fmt(), f"{2 + 4 * r.gauss_pass.median:.2f}", r.quzo.fmt(),
+                     r.mezo.fmt(), r.gauss_pass.fmt(), f"{2 + 3 * r.gauss_pass.median:.2f}", r.quzo.fmt(),
                      r.rounded_pass.fmt(), len(r.fogzo.ratios)])
         bars.append(Bar(f"§1 FOGZO n=1 / STE wall, {c.label}", r.fogzo.median, FOGZO_BAR))
         bars.append(Bar(f"§1 MeZO step / forward, {c.label}", r.mezo.median, INPLACE_BAR))
@@ -289,12 +289,13 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
     lines += ["**FOGZO, MeZO, QuZO.** Bars: FOGZO/STE wall ≤ 1.8 (cost model: (3F+B)/(F+B), printed as the "
               "FLOPs column), MeZO and QuZO step / forward ≤ 2.2. \"noise pass\" = regenerating one direction "
               "over all parameters (MeZO: Gaussian, `seeded.add_noise_`; QuZO: Gaussian + INT8 stochastic "
-              "rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 4 such passes "
-              "(+ε, −2ε, +ε, update) and 2 forwards, a QuZO step 4 rounded passes plus the stochastic rounding "
-              "of the update.", "",
+              "rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 3 such passes "
+              "(+ε, −2ε, then restore and update folded into one) and 2 forwards; a QuZO step 3 Gaussian draws, "
+              "with 2 roundings for the perturbation, 2 in the update pass (u1 to restore, u2 to move) and the "
+              "stochastic rounding of the update onto the weight grid.", "",
               table(["model", "forward", "STE step", "FOGZO n=1 / STE (wall)", "FOGZO / STE (FLOPs)",
                      "FOGZO − STE, in forwards (ideal 2)", "MeZO / forward", "MeZO noise pass / forward",
-                     "2 + 4 × pass", "QuZO / forward", "QuZO noise pass / forward", "reps"], rows), ""]
+                     "2 + 3 × pass", "QuZO / forward", "QuZO noise pass / forward", "reps"], rows), ""]
     rows = []
     for r in results:
         for n, v in r.nspsa.items():
@@ -341,7 +342,7 @@ def _findings(results: list[Measured]) -> list[str]:
         "`trainers.estimators.perturb.batching_pays_off` now keeps vmap on accelerators and for forwards of "
         "≤ 1e7 FLOPs with ≥ 8 evaluations (the MLP) and loops otherwise; the loop path no longer materialises "
         "the 2n model-sized ±εv deltas (one `addcmul` per row instead), and the estimate is accumulated with "
-        "`tensordot`. (Single timings with the old code, earlier today on this machine: ResNet-18 n-SPSA 2.1x "
+        "one in-place `addmv_` per tensor. (Single timings with the old code, earlier today on this machine: ResNet-18 n-SPSA 2.1x "
         "(n=8) and 2.8x (n=32) of 2n forwards, CNN 2.4x / 3.5x; FOGZO/STE 2.3x on ResNet-18, 3.7x on the CNN.)")
     mlp = by_model.get("mlp")
     if mlp:
@@ -351,7 +352,7 @@ def _findings(results: list[Measured]) -> list[str]:
             f"{fmt_s(mlp.forward_s)} forward and every step are Python and dispatcher overhead, so these ratios "
             "count interpreter work, not compute. FOGZO's zeroth-order half (perturbation plan, direction "
             "sampling, two `functional_call` forwards, which re-bind every parameter) costs more Python than the "
-            "STE step itself; MeZO/QuZO re-seed a generator and regenerate noise per tensor four times. The "
+            "STE step itself; MeZO/QuZO re-seed a generator and regenerate noise per tensor three times. The "
             "cProfile tables below show the split. n-SPSA, whose 2n forwards share one vmapped call, is the one "
             f"estimator here *cheaper* than its forwards ({', '.join(f'n={n}: {v.median:.2f}x' for n, v in mlp.nspsa.items())}).")
     cnn = by_model.get("cnn")
@@ -366,11 +367,11 @@ def _findings(results: list[Measured]) -> list[str]:
     if big:
         parts = ", ".join(f"{r.case.label.split(' (')[0]} {extra(r):.2f}" for r in big)
         parts = ", ".join(f"{r.case.label.split(' (')[0]} {r.mezo.median:.2f}x measured vs "
-                          f"{2 + 4 * r.gauss_pass.median:.2f}x predicted" for r in big)
+                          f"{2 + 3 * r.gauss_pass.median:.2f}x predicted" for r in big)
         out.append(
-            f"- *MeZO and QuZO are bound by the random number generator.* A MeZO step is 2 forwards plus 4 "
+            f"- *MeZO and QuZO are bound by the random number generator.* A MeZO step is 2 forwards plus 3 "
             f"regenerations of z (the seed trick that keeps memory at inference level): {parts} from "
-            "2 + 4 × (noise pass / forward). `torch.randn` costs several ns per element on one core of this "
+            "2 + 3 × (noise pass / forward). `torch.randn` costs several ns per element on one core of this "
             "CPU, while a batch-32 forward does only "
             f"{', '.join(f'{r.forward_flops / r.params:,.0f}' for r in big)} FLOPs per parameter, so each pass "
             f"costs {', '.join(f'{r.gauss_pass.median:.2f}' for r in big)} forwards. QuZO additionally draws the "
@@ -383,7 +384,7 @@ def _findings(results: list[Measured]) -> list[str]:
                           for r in big if 8 in r.nspsa)
         out.append(
             f"- *n-SPSA on the deep nets* ({parts}): per direction the step does work proportional to the "
-            "parameter count — a uniform draw and its (2u−1)·√3 transform, θ ± εv for each of the two forwards, "
+            "parameter count — a uniform draw (scaled inside `uniform_`), θ ± εv for each of the two forwards, "
             "the c·v accumulation — while the forwards do work proportional to FLOPs. After the fix it is that "
             "elementwise work (visible as `uniform_`, `mul`, `addcmul`, `sub` in the profile below) that "
             "separates the step from its 2n forwards: "

@@ -137,15 +137,24 @@ LONG_TRIAL = {"estimator": "ste", "model": "cnn", "dataset": "digits", "batch_si
 
 
 def calibrate_long_steps(target_s: float, log) -> tuple[int, float]:
-    """Steps of a CNN-on-digits STE trial that take about ``target_s`` seconds in one process."""
+    """Steps of a CNN-on-digits STE trial that take about ``target_s`` seconds in one process.
+
+    Two probe lengths: the slope is the per-step time, without the trial's fixed set-up
+    (data, model, FLOP count) that a single short probe would spread over its steps."""
     from trainers import run_trial
 
-    probe = 400
-    t0 = time.perf_counter()
-    run_trial({**LONG_TRIAL, "bits": 2, "steps": probe}, lambda metrics, **_: None)
-    per_step = (time.perf_counter() - t0) / probe
-    steps = max(probe, int(target_s / per_step))
-    log(f"  long trials: {per_step * 1e3:.2f} ms/step -> {steps} steps for ~{target_s:.0f} s")
+    def timed(steps: int) -> float:
+        t0 = time.perf_counter()
+        run_trial({**LONG_TRIAL, "bits": 2, "steps": steps}, lambda metrics, **_: None)
+        return time.perf_counter() - t0
+
+    short, long = 300, 1200
+    timed(short)  # warm-up: imports, first-call allocations
+    t_short, t_long = timed(short), timed(long)
+    per_step = max((t_long - t_short) / (long - short), 1e-6)
+    fixed = max(t_short - short * per_step, 0.0)
+    steps = max(long, int((target_s - fixed) / per_step))
+    log(f"  long trials: {per_step * 1e3:.2f} ms/step + {fixed:.1f} s set-up -> {steps} steps for ~{target_s:.0f} s")
     return steps, per_step
 
 

@@ -65,17 +65,21 @@ class FOGZO(Estimator):
         plan = perturbation_plan(model, cfg.eps_mode, cfg.eps)
         guide = [item.eps * (item.param.grad if item.param.grad is not None else torch.zeros_like(item.param))
                  for item in plan]
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in guide)).item()
-        guide = [g / norm if norm > 0 else g for g in guide]
+        norm = math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in guide))
         beta = cfg.beta(progress)
+        along = math.sqrt(beta) / norm if norm > 0 else 0.0  # the guide's 1/norm folded in
 
         def draw(k: int) -> list[torch.Tensor]:
-            signs = torch.randint(0, 2, (k,), generator=self.generator).to(plan[0].param.dtype) * 2 - 1
+            # v_j = sqrt(1 - beta) u_j + sqrt(beta) s_j g / ||g||, built in place on the noise
+            # block (each pass over a model-sized tensor costs; see BENCHMARKS.md, section 1).
+            signs = (torch.randint(0, 2, (k,), generator=self.generator) * 2 - 1).tolist()
             noise = sample_directions(plan, k, self.generator)
-            return [
-                math.sqrt(beta) * signs.view(k, *([1] * g.dim())) * g + math.sqrt(1 - beta) * u
-                for g, u in zip(guide, noise)
-            ]
+            for g, u in zip(guide, noise):
+                if beta > 0:
+                    u.mul_(math.sqrt(1 - beta))
+                for j in range(k):
+                    u[j].add_(g, alpha=along * signs[j])
+            return noise
 
         # The STE forward above already advanced any BatchNorm running stats this step.
         grads, _ = zo_gradient(model, loss_fn, batch, plan, cfg.n, draw, cfg.chunk, update_buffers=False,

@@ -173,16 +173,20 @@ def surrogate_grad(x: Tensor, surrogate: str, qmin: int, qmax: int) -> Tensor:
 
 def sample_unit_noise(kind: str, shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
                       dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
-    """Zero-mean, unit-variance noise of the given shape (uniform, triangular, logistic, gaussian)."""
+    """Zero-mean, unit-variance noise of the given shape (uniform, triangular, logistic, gaussian).
+
+    Transforms work in place on the draw: for a model-sized [n, *shape] block every extra
+    pass over memory shows up in n-SPSA's step time (BENCHMARKS.md, section 1)."""
     if kind == "gaussian":
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     if kind == "uniform":
-        return (2 * u - 1) * math.sqrt(3)
+        root3 = math.sqrt(3)
+        return torch.empty(shape, dtype=dtype, device=device).uniform_(-root3, root3, generator=generator)
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     if kind == "triangular":
         v = torch.rand(shape, generator=generator, dtype=dtype, device=device)
-        return (u + v - 1) * math.sqrt(6)
+        return u.add_(v).sub_(1).mul_(math.sqrt(6))
     if kind == "logistic":
-        u = u.clamp(1e-7, 1 - 1e-7)
-        return torch.log(u / (1 - u)) * (math.sqrt(3) / math.pi)
+        u = u.clamp_(1e-7, 1 - 1e-7)
+        return torch.log(u / (1 - u)).mul_(math.sqrt(3) / math.pi)
     raise ValueError(f"unknown noise kind {kind!r}; valid: gaussian, uniform, triangular, logistic")
