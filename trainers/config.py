@@ -82,6 +82,24 @@ class TrialConfig:
             self.diagnostics_settings()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        self._check_component_options()
+
+    def _check_component_options(self) -> None:
+        """Unknown model / dataset option names fail here, when the spec is read, not inside
+        a trial hours later."""
+        from trainers.data.registry import DATASETS, dataset_options
+        from trainers.models.registry import MODELS, model_options
+
+        for kind, name, options, registry, valid_for in (
+                ("model", self.model, self.model_options, MODELS, model_options),
+                ("dataset", self.dataset, self.dataset_options, DATASETS, dataset_options)):
+            if name not in registry:
+                raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
+            valid = valid_for(name)
+            unknown = sorted(set(options) - set(valid))
+            if unknown:
+                raise ConfigError(f"{kind}_options: {name} has no option(s) {', '.join(unknown)}; "
+                                  f"valid: {', '.join(valid) or 'none'}")
 
     def quant_spec(self) -> QuantSpec:
         valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}

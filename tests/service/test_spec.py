@@ -116,3 +116,14 @@ def test_validate_cli_prints_the_table_and_exits_2_on_errors(tmp_path):
     broken.write_text("name: [unclosed\n")
     out = _qsweep("validate", str(broken))
     assert out.returncode == 2 and "not valid YAML" in out.stderr
+
+
+@pytest.mark.parametrize("section,option,message", [
+    ("model_options", {"hiden": 3}, "model_options: mlp has no option(s) hiden; valid: hidden, bias"),
+    ("dataset_options", {"foo": 1}, "dataset_options: digits has no option(s) foo; valid: none"),
+])
+def test_unknown_model_or_dataset_options_fail_when_the_spec_is_read(section, option, message):
+    """Not inside a trial hours later: the spec names the bad option and what is valid."""
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "x", "grid": {"estimators": ["ste"]}, "budget": {"steps": 5}, "trial": {section: option}})
+    assert str(err.value).endswith(message) and "\n" not in str(err.value)
