@@ -268,9 +268,10 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
               [[sweep["trials"], sweep["completed"], f"{sweep['rows']:,} ({sweep['expected_rows']:,})",
                 sweep["duplicates"], f"{sweep['wall_s']:.1f}", f"{sweep['rows_per_s']:.0f}",
                 f"{sweep['sink_s']:.1f}", f"{sweep['sink_s'] / sweep['wall_s']:.0%}"]]), "",
-        "In a real sweep the rows per second are set by how fast tiny trials go through Ray (seconds of "
-        "scheduling and worker overhead per trial, §4), not by the sink: the sink's own hooks are the share "
-        "of the driver's time in the last column. Its capacity, measured without Ray in the way:", "",
+        "In a real sweep of tiny trials the rows per second are set by how fast trials go through Ray (a "
+        "few tenths of a second of scheduling and worker overhead per trial, §4), not by the sink: the "
+        "sink's own hooks take the share of the driver's time in the last column, and the driver waits on "
+        "Ray most of the rest. Its capacity, measured without Ray in the way:", "",
         "**Parquet sink alone** (`service.sink.ParquetSink`) driven directly through its Tune hooks with stub "
         "`Trial` objects, two trials reporting interleaved as in a 2-CPU sweep; local disk. Every result "
         "rewrites that trial's whole curve file (atomic temp + fsync + rename) and, at most every 2 s, "
