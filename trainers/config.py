@@ -89,17 +89,15 @@ class TrialConfig:
         a trial hours later."""
         from trainers.data.registry import DATASETS, dataset_options
         from trainers.models.registry import MODELS, model_options
+        from trainers.options import check_option_names
 
         for kind, name, options, registry, valid_for in (
                 ("model", self.model, self.model_options, MODELS, model_options),
                 ("dataset", self.dataset, self.dataset_options, DATASETS, dataset_options)):
-            if name not in registry:
-                raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
-            valid = valid_for(name)
-            unknown = sorted(set(options) - set(valid))
-            if unknown:
-                raise ConfigError(f"{kind}_options: {name} has no option(s) {', '.join(unknown)}; "
-                                  f"valid: {', '.join(valid) or 'none'}")
+            try:
+                check_option_names(kind, name, options, registry, valid_for)
+            except ValueError as err:
+                raise ConfigError(f"{kind}_options: {err}" if name in registry else str(err)) from None
 
     def quant_spec(self) -> QuantSpec:
         valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}

@@ -119,8 +119,8 @@ def test_validate_cli_prints_the_table_and_exits_2_on_errors(tmp_path):
 
 
 @pytest.mark.parametrize("section,option,message", [
-    ("model_options", {"hiden": 3}, "model_options: mlp has no option(s) hiden; valid: hidden, bias"),
-    ("dataset_options", {"foo": 1}, "dataset_options: digits has no option(s) foo; valid: none"),
+    ("model_options", {"hiden": 3}, "model_options: mlp: unknown option(s) hiden; valid options: hidden, bias"),
+    ("dataset_options", {"foo": 1}, "dataset_options: digits: unknown option(s) foo; valid options: (none)"),
 ])
 def test_unknown_model_or_dataset_options_fail_when_the_spec_is_read(section, option, message):
     """Not inside a trial hours later: the spec names the bad option and what is valid."""

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..options import check_option_names
 from .base import DatasetError, DataSplits
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits_splits
@@ -44,11 +45,5 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
     seeds so every trial of a sweep trains and is scored on identical data.
     """
     del seed  # see docstring: data must not vary between trials
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    valid = dataset_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
-                           f"{', '.join(valid) or '(none)'}")
+    check_option_names("dataset", name, options, DATASETS, dataset_options, DatasetError)
     return DATASETS[name](data_dir=data_dir, **options)

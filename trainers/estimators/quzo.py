@@ -54,7 +54,8 @@ def round_noise(u: Tensor, k: int, rounding_seed: int, bits: int | None, rounded
     if bits is None or not rounded:
         return u
     qmin, qmax = qf.int_range(bits)
-    scale = (u.abs().amax() / qmax).clamp(min=1e-12)
+    low, high = torch.aminmax(u)  # abs-max without an |u| temporary
+    scale = (torch.maximum(-low, high) / qmax).clamp(min=1e-12)
     return qf.stochastic_round_int(u / scale, qmin, qmax, tensor_generator(rounding_seed, k, u.device)).mul_(scale)
 
 

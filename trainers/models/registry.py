@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..options import check_option_names
 from .cnn import build_cnn
 from .llama import build_llama
 from .mlp import build_mlp
@@ -51,13 +52,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
     on Linear projections, so `quantize_model` swaps every weight layer. The global
     RNG is not seeded here: seeding is the trial's job.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
-    valid = model_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: "
-                         f"{', '.join(valid)}")
+    check_option_names("model", name, options, MODELS, model_options)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"{name}: num_classes={num_classes!r} must be a positive integer")
     input_shape = tuple(int(s) for s in input_shape)

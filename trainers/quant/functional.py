@@ -53,12 +53,12 @@ def stochastic_round_int(x: Tensor, qmin: int, qmax: int, generator: torch.Gener
         x = x.clamp(-1, 1)
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return torch.where(noise < (x + 1) / 2, torch.ones_like(x), -torch.ones_like(x))
-    # In place on its own temporaries (same values): three tensor-sized buffers instead of
-    # seven, which is what kept QuZO's step above inference memory (BENCHMARKS.md, section 2).
-    x = x.clamp(qmin, qmax)
-    floor = torch.floor(x)
+    # floor(x + U[0, 1)) rounds up with probability frac(x): stochastic rounding in three
+    # in-place passes on two tensor-sized buffers (QuZO runs it four times a step, so every
+    # pass and temporary shows in its step time and memory; BENCHMARKS.md, sections 1-2).
+    y = x.clamp(qmin, qmax)
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return floor.add_(noise.lt_(x.sub_(floor))).clamp_(qmin, qmax)
+    return y.add_(noise).floor_().clamp_(qmin, qmax)
 
 
 def fp8_max(fmt: str) -> float:
