@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.service.harness import kill_session, session_pids
+from tests.service.harness import kill_session, read_state, session_pids  # noqa: F401 (re-exported)
 
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # service.storage._write_atomic's temp files
 
@@ -33,18 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def read_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """(trial rows by id, curve rows by trial id) as the files are now; missing files read empty.
-    Raises OSError / ArrowInvalid while a file is being replaced (callers polling retry)."""
-    trials_file = sweep_dir / "trials.parquet"
-    rows = {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()} if trials_file.exists() else {}
-    curves = {}
-    if (sweep_dir / "curves").is_dir():
-        for path in (sweep_dir / "curves").glob("*.parquet"):  # glob skips the writer's hidden temp files
-            curves[path.stem] = pq.read_table(path).to_pylist()
-    return rows, curves
 
 
 def poll_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -188,3 +189,15 @@ class Qsweep:
 def explain(result: subprocess.CompletedProcess) -> str:
     """Assertion message: the tail of what a command printed."""
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+
+
+def read_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """(trial rows by id, curve rows by trial id) as the files are now; missing files read empty.
+    Raises OSError / ArrowInvalid while a file is being replaced (callers polling retry)."""
+    trials_file = sweep_dir / "trials.parquet"
+    rows = {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()} if trials_file.exists() else {}
+    curves = {}
+    if (sweep_dir / "curves").is_dir():
+        for path in (sweep_dir / "curves").glob("*.parquet"):  # glob skips the writer's hidden temp files
+            curves[path.stem] = pq.read_table(path).to_pylist()
+    return rows, curves

@@ -16,22 +16,11 @@ import pyarrow.parquet as pq
 import torch
 
 from service.spec import load_spec
-from tests.service.harness import explain, kill_session, session_pids, write_spec
+from tests.service.harness import explain, kill_session, read_state, session_pids, write_spec
 from trainers import run_trial
 
 NUM_EVALS = 3
 STEPS = 1500  # ~1 s of training per ste trial and ~3-4 s per fogzo trial on one core
-
-
-def read_state(sweep_dir) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """(trial rows by id, curve rows by trial id) as the files are now; missing files read empty."""
-    trials_file = sweep_dir / "trials.parquet"
-    rows = {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()} if trials_file.exists() else {}
-    curves = {}
-    if (sweep_dir / "curves").is_dir():
-        for path in (sweep_dir / "curves").glob("*.parquet"):  # glob skips the writer's hidden temp files
-            curves[path.stem] = pq.read_table(path).to_pylist()
-    return rows, curves
 
 
 def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qsweep, tmp_path):
