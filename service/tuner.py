@@ -8,17 +8,20 @@ lives in ``<results>/<sweep>/tune`` next to the Parquet, which is what ``resume`
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from service import storage
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
 from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
@@ -156,8 +159,6 @@ class PruneCheckpoints(tune.Callback):
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        import pyarrow.fs as pafs
-
         try:
             fs, trial_dir = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             for entry in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
@@ -178,12 +179,6 @@ def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
     readable experiment snapshot (Tune restores the newest by name). A driver that died, or
     ran out of disk, before Tune's first snapshot leaves ``tuner.pkl`` alone or a truncated
     snapshot; restoring that makes Tune log a traceback and restart the experiment."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from service import storage
-
     fs, path = storage.resolve(f"{sweep_dir.rstrip('/')}/{stage_dir}")
     pickled = fs.get_file_info(f"{path}/tuner.pkl")
     if pickled.type != pafs.FileType.File or not pickled.size:

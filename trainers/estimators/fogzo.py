@@ -65,7 +65,8 @@ class FOGZO(Estimator):
         plan = perturbation_plan(model, cfg.eps_mode, cfg.eps)
         guide = [item.eps * (item.param.grad if item.param.grad is not None else torch.zeros_like(item.param))
                  for item in plan]
-        norm = math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in guide))
+        # One host sync for the whole norm (not one per tensor: on a GPU each float() waits).
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in guide])))
         beta = cfg.beta(progress)
         along = math.sqrt(beta) / norm if norm > 0 else 0.0  # the guide's 1/norm folded in
 
