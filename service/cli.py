@@ -1,7 +1,9 @@
 """``qsweep``: validate, run, submit, status, resume and report sweeps.
 
-Every user mistake (bad spec, missing results, unreachable cluster) prints one line
-``error: ...`` and exits 2; tracebacks are for bugs.
+Every user mistake (bad spec, missing results, unreachable cluster, a results location
+that cannot be written) prints one line ``error: ...`` naming the operation and the path
+or address, and exits 2. Anything unexpected prints one line too, naming the exception and
+where its full traceback was written (``service.crashlog``), and exits 1.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from service import crashlog
 from service.errors import SweepError
-from service.spec import SpecError, SweepSpec, load_spec
+from service.spec import SpecError, SweepSpec, load_spec, load_spec_text
+from service.storage import StorageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distributed sweeps of gradient estimators x bit-widths for quantized training.")
@@ -31,14 +36,19 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="join this Ray
 
 
 def user_errors(fn):
-    """Turn user mistakes into one line on stderr and exit code 2."""
+    """User mistakes: one line on stderr, exit 2. Bugs: one line plus a traceback file, exit 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (SpecError, SweepError, FileNotFoundError, ConnectionError) as err:
+        except (SpecError, SweepError, StorageError, ConnectionError) as err:
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as err:  # noqa: BLE001 - the last line of defence: never a bare errno
+            print(crashlog.one_line(fn.__name__, err), file=sys.stderr)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -112,20 +122,36 @@ def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
         console.print(f"skipped: {note}")
 
 
+def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) -> SweepSpec:
+    """The spec from a file, or (a submitted job) from an environment variable."""
+    if spec_env:
+        text = os.environ.get(spec_env)
+        if text is None:
+            raise SpecError(f"--spec-from-env {spec_env}: no such environment variable")
+        return load_spec_text(text, f"${spec_env}", scale)
+    if spec_file is None:
+        raise SpecError("give a sweep spec file: qsweep run SPEC.yaml")
+    return load_spec(spec_file, scale)
+
+
 @app.command()
 @user_errors
-def run(spec_file: Path, results: ResultsOpt = None, address: AddressOpt = None, scale: ScaleOpt = None,
+def run(spec_file: Annotated[Path | None, typer.Argument(help="the sweep spec (YAML)")] = None,
+        results: ResultsOpt = None, address: AddressOpt = None, scale: ScaleOpt = None,
         overwrite: Annotated[bool, typer.Option(help="delete earlier results of this sweep first")] = False,
         dashboard: Annotated[bool, typer.Option(help="start the Ray dashboard (local Ray only)")] = True,
         dashboard_host: Annotated[str, typer.Option(help="dashboard bind address")] = "127.0.0.1",
         dashboard_port: int = 8265,
-        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (default: all)")] = None) -> None:
+        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (default: all)")] = None,
+        spec_from_env: Annotated[str | None, typer.Option(hidden=True, help="read the spec from this "
+                                                          "environment variable (qsweep submit's jobs)")] = None) -> None:
     """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
     from service.runner import connect, prepare, run_sweep
 
-    spec = load_spec(spec_file, scale)
+    spec = _spec_from(spec_file, spec_from_env, scale)
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
     sweep = prepare(spec, results, overwrite)
+    crashlog.remember_sweep_dir(sweep.sweep_dir)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
                   markup=False, soft_wrap=True)
@@ -156,6 +182,7 @@ def resume(sweep_dir: str, address: AddressOpt = None,
     """Continue an interrupted sweep: no lost and no duplicate rows."""
     from service.runner import connect, load_stored_spec, resume_sweep
 
+    crashlog.remember_sweep_dir(sweep_dir)
     load_stored_spec(sweep_dir)  # fail before starting Ray
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
@@ -169,6 +196,7 @@ def status(sweep_dir: str) -> None:
     """Trials done / running / failed / pending, from the Parquet."""
     from service.runner import sweep_status
 
+    crashlog.remember_sweep_dir(sweep_dir)
     info = sweep_status(sweep_dir)
     c = info["counts"]
     console.print(f"{info['spec'].name}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
@@ -186,7 +214,7 @@ def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job s
     from service.jobs import submit_sweep
 
     spec = load_spec(spec_file, scale)
-    job_id, status_text = submit_sweep(spec_file, spec, address, results, wait,
+    job_id, status_text = submit_sweep(spec, address, results, wait,
                                        echo=lambda text: console.print(text, markup=False, highlight=False))
     console.print(f"job {job_id} submitted to {address}", markup=False)
     console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
@@ -209,6 +237,7 @@ def report(results: Annotated[list[str], typer.Argument(help="one or more sweep 
     from analysis.load import ResultsError
     from analysis.report import report_command
 
+    crashlog.remember_sweep_dir(results[0])
     try:
         html_path, text = report_command(results, out, metric, target, reference, focus)
     except ResultsError as err:

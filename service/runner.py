@@ -76,7 +76,7 @@ def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False
         raise SweepError(f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
                          f"--overwrite starts over")
     if overwrite and storage.exists(fs, path):
-        fs.delete_dir(path)
+        storage.delete_dir(fs, path)
     storage.write_text_atomic(fs, f"{path}/{SPEC_FILE}",
                               yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     return SweepRun(spec, sweep_dir)

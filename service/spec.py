@@ -450,12 +450,17 @@ def load_spec(path: str | Path, scale: str | None = None) -> SweepSpec:
         raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
+    return load_spec_text(text, str(path), scale)
+
+
+def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepSpec:
+    """A spec from YAML text; ``origin`` (a file name, an environment variable) names it in errors."""
     try:
         data = yaml.safe_load(text)  # safe_load only: a spec is data, it never constructs objects
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise SpecError(f"{origin}: not valid YAML ({str(err).splitlines()[0]})") from None
     except RecursionError:
-        raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
+        raise SpecError(f"{origin}: not valid YAML (nested too deeply)") from None
     return parse_spec(data, scale)
 
 

@@ -9,11 +9,12 @@ visible only once it completes, so there one ``open_output_stream`` write is eno
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import pyarrow as pa
@@ -30,6 +31,32 @@ from service.schema import (
     TRIALS_FILE,
     TRIALS_SCHEMA,
 )
+
+
+class StorageError(OSError):
+    """An I/O error that names what was being done and where: ``writing /r/x.parquet: No space
+    left on device``. Still an ``OSError`` (errno, strerror and filename kept), so callers that
+    tolerate I/O failures keep doing so; the user never sees a bare ``[Errno 2] ...``."""
+
+    def __init__(self, errno: int | None, reason: str, operation: str, path: str) -> None:
+        super().__init__(errno, reason, path)
+        self.operation = operation
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.filename}: {self.strerror}"
+
+
+@contextlib.contextmanager
+def naming(operation: str, path: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` inside as a ``StorageError`` naming ``operation`` and ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        text = str(err).strip()
+        reason = err.strerror or (text.splitlines()[0] if text else type(err).__name__)
+        raise StorageError(err.errno, reason, operation, path) from err
 
 
 def absolute(location: str) -> str:
@@ -79,6 +106,11 @@ def remove_stale_temp_files(fs: pafs.FileSystem, directory: str) -> list[str]:
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    with naming("writing", path):
+        _write_atomic_unnamed(fs, path, write)
+
+
+def _write_atomic_unnamed(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
     parent = posixpath.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
@@ -111,22 +143,30 @@ def write_text_atomic(fs: pafs.FileSystem, path: str, text: str) -> None:
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    with naming("checking", path):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def delete_dir(fs: pafs.FileSystem, path: str) -> None:
+    with naming("deleting", path):
+        fs.delete_dir(path)
 
 
 def read_parquet(fs: pafs.FileSystem, path: str) -> pa.Table | None:
     """The table at ``path``, or None if there is no such file."""
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    return pq.read_table(path, filesystem=fs)
+    with naming("reading", path):
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        return pq.read_table(path, filesystem=fs)
 
 
 def read_text(fs: pafs.FileSystem, path: str) -> str | None:
     """The text file at ``path``, or None if there is no such file."""
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.readall().decode()
+    with naming("reading", path):
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            return f.readall().decode()
 
 
 def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[str]:
@@ -135,7 +175,8 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[st
     Hidden (``.``) and ``_``-prefixed names are skipped, as pyarrow.dataset does, so an
     in-flight temp file is never mistaken for a result.
     """
-    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    with naming("listing", directory):
+        infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
     return sorted(info.path for info in infos if info.type == pafs.FileType.File
                   and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_")))
 

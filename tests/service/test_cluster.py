@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray.cluster_utils import Cluster
 
+from tests.nodes import local_cluster, wait_for_nodes
 from tests.service.harness import (
     AUTH_VARS,
     VENV_BIN,
@@ -33,6 +35,7 @@ from tests.service.harness import (
     cli_env,
     explain,
     loopback_ray,
+    qsweep_command,
     refresh_ray_auth_config,
     user_error,
     write_spec,
@@ -86,10 +89,10 @@ def cluster():
             "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port()})
         cli = None
         try:
-            # One session directory serves every node here; give each node its own runtime-env
-            # directory, as separate machines have, or a worker node unpacks a job's
-            # working_dir over the one the job's driver runs in (deleting its cwd).
-            workers = [cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}") for i in (1, 2)]
+            # One session directory serves every node here, runtime-env folder included, as when
+            # README.md's `ray start` commands run on one machine: a submitted job must not
+            # depend on a package in it (Ray deletes one when the node's last worker using it exits).
+            workers = [cluster.add_node(num_cpus=1) for _ in (1, 2)]
             cluster.wait_for_nodes()
             dashboard = f"http://127.0.0.1:{dashboard_port}"
             wait_for_http(f"{dashboard}/api/version")
@@ -163,3 +166,70 @@ def test_submit_without_the_clusters_token_exits_2_with_one_line_saying_what_to_
         assert error.startswith(f"error: the Ray job server at {cluster.dashboard} wants its token: {reason}")
         assert "export RAY_AUTH_MODE=token" in error
     assert not (tmp_path / "results").exists()
+
+
+def test_submit_on_a_cluster_started_by_hand_as_the_readme_says_succeeds_exactly_once(tmp_path):
+    """README.md's "By hand" commands on one machine (a network namespace of the test's own):
+    a head with ``--num-cpus 0`` and token auth, one worker started as the README writes it
+    (on one host it joins the head's temp folder) and one with a folder of its own, each node a
+    ``ray start --block`` with distinct agent ports. Trial workers come and go for 12 trials;
+    the job must end SUCCEEDED with every row exactly once (it ended FAILED with a bare
+    ``[Errno 2]`` when the driver ran inside a working_dir package that Ray deleted)."""
+    with local_cluster(tmp_path) as nodes:
+        head = nodes.node_env({})
+        nodes.start(["ray", "start", "--head", "--port", "6379", "--dashboard-host", "127.0.0.1", "--num-cpus", "0",
+                     "--node-ip-address", "127.0.0.1", "--block"], head)
+        wait_for_nodes(nodes, 1, "8265")  # the head is up before the workers join
+        for i, own in ((1, False), (2, True)):
+            nodes.start(["ray", "start", "--address", "127.0.0.1:6379", "--num-cpus", "1", "--block",
+                         "--node-ip-address", "127.0.0.1", "--dashboard-agent-listen-port", str(52400 + i),
+                         "--metrics-export-port", str(8090 + i), "--runtime-env-agent-port", str(52410 + i)],
+                        nodes.node_env({}), own_temp_dir=own)
+        info = wait_for_nodes(nodes, 3, "8265")
+        workers = {n["id"] for n in info["nodes"] if not n["head"]}
+        assert info["unauthenticated"] == 401 and len(workers) == 2
+
+        spec_file = write_spec(tmp_path, "byhand", grid={"estimators": ["ste", "nspsa"], "bits": [2, 4, 8],
+                                                        "seeds": [0, 1]},
+                               trial={"num_evals": 2}, budget={"steps": 40})
+        results = tmp_path / "results"
+        submit = nodes.run([*qsweep_command(), "submit", str(spec_file), "--address", "http://127.0.0.1:8265",
+                            "--results", str(results), "--wait"], timeout=600)
+        assert submit.returncode == 0, explain(submit) + nodes.log_tail()
+        assert re.search(r"^job \S+ ended: SUCCEEDED$", submit.stdout, re.MULTILINE), submit.stdout[-3000:]
+        assert "[Errno" not in submit.stdout + submit.stderr
+
+        rows = pq.read_table(results / "byhand" / "trials.parquet").to_pylist()
+        assert len(rows) == 12 and len({r["trial_id"] for r in rows}) == 12
+        assert {r["status"] for r in rows} == {"completed"} and {r["attempts"] for r in rows} == {1}
+        assert {r["node_id"] for r in rows} <= workers  # the head has no CPU
+        curves = pq.read_table(results / "byhand" / "curves").select(["trial_id", "step"]).to_pylist()
+        assert len(curves) == 12 * 3 == len({(c["trial_id"], c["step"]) for c in curves})
+
+
+def test_submit_when_the_heads_job_agent_is_missing_exits_2_with_one_line_saying_what_to_check(tmp_path):
+    """The head's dashboard agent cannot bind its port (taken, as by a second node on one
+    host with the default port): the job server answers 500 "No available agent". After a
+    short bounded retry, one line and exit 2 — not a 40-line traceback."""
+    with local_cluster(tmp_path) as nodes:
+        taken = nodes.start([sys.executable, "-c", PORT_HOLDER, "52365"], nodes.node_env({}), own_temp_dir=False)
+        nodes.start(["ray", "start", "--head", "--port", "6379", "--dashboard-host", "127.0.0.1", "--num-cpus", "1",
+                     "--node-ip-address", "127.0.0.1", "--block"], nodes.node_env({}))
+        wait_for_nodes(nodes, 1, "8265")
+        spec_file = write_spec(tmp_path, "noagent")
+        env = {**nodes.client_env, "QSWEEP_SUBMIT_AGENT_WAIT_S": "3"}
+        started = time.monotonic()
+        submit = nodes.run([*qsweep_command(), "submit", str(spec_file), "--address", "http://127.0.0.1:8265",
+                            "--results", str(tmp_path / "results")], timeout=300, env=env)
+        assert taken.poll() is None  # the port stayed taken throughout
+        error = user_error(submit)
+        assert error.startswith("error: the Ray job server at http://127.0.0.1:8265 has no job agent available "
+                                "to run the job (retried for 3 s): "), error
+        assert "dashboard_agent.log" in error and "--dashboard-agent-listen-port" in error
+        assert time.monotonic() - started < 120
+
+
+PORT_HOLDER = """
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(100000)
+"""
