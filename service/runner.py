@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +56,30 @@ def connect(address: str | None, dashboard: bool = True, dashboard_host: str = "
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=False)
+        target = address or os.environ["RAY_ADDRESS"]
+        check_reachable(target)
+        try:
+            ray.init(address=address or None, log_to_driver=False)
+        except ConnectionError as err:
+            raise SweepError(f"joining the Ray cluster at {target} failed: {_first_line(err)}") from None
         return
     ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
              dashboard_port=dashboard_port, log_to_driver=False)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, where ``ray.init`` would retry for minutes."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise SweepError(f"--address {address}: expected HOST:PORT, auto or ray://HOST:PORT") from None
+    except OSError as err:
+        raise SweepError(f"cannot reach the Ray cluster at {address}: {err.strerror or _first_line(err)} "
+                         f"(is `ray start --head` running there, and is the GCS port open?)") from None
 
 
 @dataclass

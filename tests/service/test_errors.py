@@ -8,6 +8,7 @@ sweep's directory when the command has one), and exit 1.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -67,3 +68,11 @@ def test_without_a_sweep_directory_the_traceback_goes_to_the_temp_directory(tmp_
 ])
 def test_describe_gives_the_type_the_message_and_the_path_when_there_is_one(err, expected):
     assert crashlog.describe(err).startswith(expected + " in ")
+
+
+def test_run_against_an_unreachable_cluster_names_the_address_within_seconds(qsweep, tmp_path):
+    spec_file = write_spec(tmp_path, "nowhere")
+    started = time.monotonic()
+    result = qsweep("run", spec_file, "--results", tmp_path / "results", "--address", "127.0.0.1:1", timeout=120)
+    assert user_error(result).startswith("error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused")
+    assert time.monotonic() - started < 60  # ray.init alone retries for minutes
