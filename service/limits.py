@@ -7,7 +7,9 @@ samples the attempt's wall-clock time and the worker process's resident memory e
 the ``with`` block turns it into ``TrialLimitExceeded`` naming the limit. ``check()``,
 called at every evaluation, raises the same error synchronously, so a limit is enforced
 even where the asynchronous one cannot land. Ray Tune records the exception as the
-trial's failure (and retries it like any other, up to the spec's ``retries``).
+trial's failure and retries it up to the spec's ``retries``: unlike a divergence, going
+over a limit depends on the node and the worker process, and a retry resumes from the last
+checkpoint (``service.failures``).
 """
 
 from __future__ import annotations

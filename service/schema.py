@@ -12,8 +12,10 @@ import pyarrow as pa
 # 2: trials.metric_name (accuracy or perplexity)
 # 3: the optional diagnostics table (<sweep>/diagnostics/<trial_id>.parquet, gradient-quality
 #    probes); trials and curves are unchanged, so version-2 folders are still read.
-SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (2, 3)  # versions whose files this qsweep reads as they are
+# 4: trials.error is the failure's one-line reason, and the new trials.error_traceback holds
+#    the traceback (before, error held both); ``upgrade_trials`` reads version 2-3 tables.
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (2, 3, 4)  # versions whose files this qsweep reads (``upgrade_trials``)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -41,7 +43,8 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("sweep", pa.string(), nullable=False),
     pa.field("trial_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
+    pa.field("error", pa.string()),  # one line: "nspsa: training loss became inf at step 205", "worker died: ..."
+    pa.field("error_traceback", pa.string()),  # the failure as Ray Tune recorded it, traceback included
     pa.field("estimator", pa.string()),
     pa.field("bits", pa.int64()),
     pa.field("quantizer", pa.string()),
@@ -70,6 +73,25 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
     pa.field("config", pa.string()),  # the full trial config as JSON
 ], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"})
+
+
+def _last_line(text: str | None) -> str | None:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def upgrade_trials(table: pa.Table) -> pa.Table:
+    """A trials table of an older readable version in this version's columns (a current one
+    as it is). Before version 4, ``error`` held the whole text Tune recorded: it moves to
+    ``error_traceback``, and ``error`` becomes its last line, the exception's message."""
+    names = table.column_names
+    if "error_traceback" in names or "error" not in names:
+        return table  # current, or a table the cast to TRIALS_SCHEMA refuses anyway
+    index = names.index("error")
+    full = table.column("error").to_pylist()
+    table = table.set_column(index, "error", pa.array([_last_line(t) for t in full], pa.string()))
+    return table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
+
 
 CURVES_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32(), nullable=False),

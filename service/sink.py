@@ -18,6 +18,11 @@ curve always ends at the run that produced the trial's final numbers.
 
 A trial recorded as ``completed`` is final: later events for it (a resumed Tune re-reporting
 it) are ignored, so resuming never rewrites finished results.
+
+A failed trial's ``error`` is one line (``service.failures``: the exception's message, or
+``worker died: ...`` for an infrastructure fault) and ``error_traceback`` the whole text
+Tune recorded. The result a trainable reports just before a deterministic failure
+(``failures.FAILURE_KEY``) is no evaluation: it names the failure and adds no curve row.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import pyarrow as pa
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from service import schema, storage
+from service import failures, schema, storage
 from service.errors import SweepError
 from service.schema import (
     CURVES_DIR,
@@ -161,6 +166,7 @@ class ParquetSink(Callback):
         self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> (our id, config)
         self._progress: dict[str, float | None] = {}  # our trial id -> last reported progress
         self._recovering: set[str] = set()  # retries already counted by on_trial_recover
+        self._failing: dict[str, tuple[str, str | None]] = {}  # our trial id -> (reason, traceback) reported
         self._dirty = False
         self._last_flush = 0.0
         self.write_error: SweepError | None = None  # the first failed write; nothing is written after it
@@ -191,6 +197,7 @@ class ParquetSink(Callback):
         trials = storage.read_parquet(self._fs, self._trials_path)
         if trials is not None:
             storage.check_schema_version(trials, self._trials_path)
+            trials = schema.upgrade_trials(trials)
             self._rows = {row["trial_id"]: row for row in trials.cast(TRIALS_SCHEMA).to_pylist()}
         for path in storage.list_files(self._fs, self._curves_dir, ".parquet"):
             table = storage.read_parquet(self._fs, path)
@@ -318,6 +325,7 @@ class ParquetSink(Callback):
         tid, row = self._row(trial)
         if row["status"] == "completed":
             return
+        self._failing.pop(tid, None)
         if tid in self._recovering:
             self._recovering.discard(tid)
         else:  # a first start, or a restart by a resumed driver: one more attempt
@@ -329,6 +337,11 @@ class ParquetSink(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
         tid, row = self._row(trial)
+        if failures.FAILURE_KEY in result and row["status"] != "completed":
+            self._failing[tid] = (str(result[failures.FAILURE_KEY]), result.get(failures.TRACEBACK_KEY))
+            row["error"], row["error_traceback"] = self._failing[tid]
+            self._dirty = True
+            return  # the exception follows (on_trial_error); nothing to add to the curve
         step = result.get("step", result.get("training_iteration"))
         if row["status"] == "completed" or step is None:
             return
@@ -360,9 +373,14 @@ class ParquetSink(Callback):
         tid, row = self._row(trial)
         if row["status"] == "completed":
             return
+        if tid in self._failing:  # stopped (by ASHA) on the result that reported its failure
+            reason, text = self._failing[tid]
+            row.update(status="failed", error=reason, error_traceback=text, finished_at=_now())
+            self._write_trials()
+            return
         progress = self._progress.get(tid)
         row.update(status="completed" if progress is None or progress >= 1.0 - 1e-9 else "stopped",
-                   error=None, finished_at=_now())
+                   error=None, error_traceback=None, finished_at=_now())
         self._write_trials()
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -371,7 +389,9 @@ class ParquetSink(Callback):
         if row["status"] == "completed":
             return
         row["attempts"] = (row["attempts"] or 0) + 1
-        row["error"] = trial_error_text(trial) or row["error"]
+        text = trial_error_text(trial)
+        row["error"] = failures.summarize(text) or row["error"]
+        row["error_traceback"] = text or row["error_traceback"]
         self._recovering.add(tid)
         self._write_trials()
 
@@ -379,8 +399,11 @@ class ParquetSink(Callback):
         tid, row = self._row(trial)
         if row["status"] == "completed":
             return
-        error = trial_error_text(trial) or row["error"] or "trial failed; Ray Tune recorded no error text"
-        row.update(status="failed", error=error, finished_at=_now())
+        text = trial_error_text(trial)
+        reason, reported = self._failing.pop(tid, (None, None))
+        error = reason or failures.summarize(text) or row["error"] or "trial failed; Ray Tune recorded no error"
+        row.update(status="failed", error=error, error_traceback=text or reported or row["error_traceback"],
+                   finished_at=_now())
         self._write_trials()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:

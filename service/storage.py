@@ -30,6 +30,7 @@ from service.schema import (
     SCHEMA_VERSION,
     TRIALS_FILE,
     TRIALS_SCHEMA,
+    upgrade_trials,
 )
 
 
@@ -199,6 +200,7 @@ def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:
     if trials is None:
         trials = TRIALS_SCHEMA.empty_table()
     check_schema_version(trials, join(root, TRIALS_FILE))
+    trials = upgrade_trials(trials)  # a version 2-3 table in this version's columns
     parts = []
     for path in list_files(fs, join(root, CURVES_DIR), ".parquet"):
         part = pq.read_table(path, filesystem=fs)

@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from service import storage
+from service import failures, storage
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
 from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
@@ -41,11 +41,20 @@ def stage_location(sweep_dir: str, value: str | None) -> str | None:
 
 
 def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
-              sweep_dir: str, time_limit_s: float | None = None, memory_limit_mb: float | None = None) -> None:
+              sweep_dir: str, time_limit_s: float | None = None, memory_limit_mb: float | None = None,
+              metric: str | None = None) -> None:
     """Tune function trainable: resolve the trial, resume from a checkpoint if any, train
-    (within the spec's time and memory limits, see ``service.limits``)."""
-    with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
-        _train_one(config, planned, checkpoint_every, cpus, sweep_dir, limits)
+    (within the spec's time and memory limits, see ``service.limits``). A deterministic
+    failure (a divergence, a configuration error) is reported before it is raised, so Tune
+    does not retry it (``service.failures``)."""
+    try:
+        with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
+            _train_one(config, planned, checkpoint_every, cpus, sweep_dir, limits)
+    except Exception as err:
+        if not failures.is_deterministic(err):
+            raise
+        tune.report(failures.failure_result(err, metric))
+        raise
 
 
 def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
@@ -82,7 +91,8 @@ def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_di
     keep_cloud_keys_out_of_runtime_env()  # Ray would log them in plain text (service.credentials)
     trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
                                      cpus=spec.resources.cpus, sweep_dir=sweep_dir,
-                                     time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb)
+                                     time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
+                                     metric=spec.search.metric)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
@@ -140,7 +150,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
             name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR, storage_path=sweep_dir, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see PruneCheckpoints
-            callbacks=[*callbacks, PruneCheckpoints(), TBXLoggerCallback()]),
+            callbacks=[*callbacks, PruneCheckpoints(), failures.FailOnce(spec.retries), TBXLoggerCallback()]),
     )
 
 
@@ -213,7 +223,7 @@ def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.
     run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [*callbacks, PruneCheckpoints(), TBXLoggerCallback()]
+    run_config.callbacks = [*callbacks, PruneCheckpoints(), failures.FailOnce(spec.retries), TBXLoggerCallback()]
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.
     run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)
     return tuner

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,8 +22,9 @@ from tests.analysis.test_tradeoff import curve_rows, trial_row, write_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ERROR = ("Traceback (most recent call last):\n  File \"trainers/trial.py\", line 140, in run_trial\n"
-         "    raise TrialDiverged(step, loss)\ntrainers.trial.TrialDiverged: loss became nan at step 40\n")
+ERROR = "fogzo: training loss became nan at step 40"
+TRACEBACK = ("Traceback (most recent call last):\n  File \"trainers/trial.py\", line 140, in run_trial\n"
+             "    raise TrialDiverged(step, loss)\ntrainers.trial.TrialDiverged: fogzo: training loss became nan at step 40\n")
 SPEC = "name: e2e\ngrid:\n  estimators: [ste, nspsa, fogzo, mezo]\n  bits: [2, 4]\n  seeds: [0, 1]\n"
 # How fast each estimator's eval loss falls with compute, and where it levels off.
 SPEEDS = {"ste": (40.0, 0.2), "fogzo": (25.0, 0.3), "nspsa": (4.0, 0.6), "mezo": (0.5, 2.0)}
@@ -45,6 +47,7 @@ def realistic_sweep(root: Path, running: bool = False) -> str:
                 n = 4 if failed or is_running else 11
                 status = "failed" if failed else "running" if is_running else "completed"
                 trial = trial_row("e2e", estimator, bits, seed, status=status, error=ERROR if failed else None,
+                                  error_traceback=TRACEBACK if failed else None,
                                   flops=flops[n - 1], final_eval_loss=None if n < 11 else losses[-1],
                                   final_eval_metric=None if n < 11 else accs[-1], peak_memory_bytes=MEMORY[estimator],
                                   wall_s=flops[n - 1] / 1.5e8)
@@ -85,8 +88,8 @@ def test_report_html_embeds_every_plot(written: tuple[Path, str]) -> None:
 def test_report_tables_spec_versions_and_failures(written: tuple[Path, str]) -> None:
     html_path, _ = written
     page = html_path.read_text()
-    assert "fogzo-int4-s1" in page and "trainers.trial.TrialDiverged: loss became nan at step 40" in page
-    assert "most recent call last" not in page  # the error's last line, not the traceback
+    assert "fogzo-int4-s1" in page and f"<td>{ERROR}</td>" in page
+    assert "most recent call last" not in page  # the one-line error, not the traceback
     assert "estimators:" in page and "2.13.0+cpu" in page  # the sweep spec and the trials' versions
     assert "not reached (0/2)" in page  # mezo never gets to eval loss 1.0
     assert "still running" not in page
@@ -107,6 +110,22 @@ def test_reach_ratio_is_what_the_curves_say(tmp_path: Path) -> None:
     assert ratio == reach.loc[(4, "nspsa"), "flops"] / reach.loc[(4, "fogzo"), "flops"] > 1
     assert reach.loc[(4, "fogzo"), "trials"] == 2  # the diverged seed counts as a trial
     assert list(report.failed["trial_id"]) == ["fogzo-int4-s1"]
+
+
+def test_a_version_3_folder_reports_the_last_line_of_its_error(tmp_path: Path) -> None:
+    """Before schema version 4 ``error`` held the whole traceback and there was no ``error_traceback``."""
+    folder = realistic_sweep(tmp_path)
+    path = Path(folder, "trials.parquet")
+    table = pq.read_table(path)
+    index = table.schema.get_field_index("error")
+    errors = [TRACEBACK if e else None for e in table["error"].to_pylist()]
+    table = table.drop_columns(["error_traceback"]).set_column(index, "error", pa.array(errors, pa.string()))
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"3"}), path)
+    results = load_results(folder)
+    failed = results.trials[results.trials["status"] == "failed"]
+    assert failed["error"].tolist() == [f"trainers.trial.TrialDiverged: {ERROR}"]
+    assert failed["error_traceback"].tolist() == [TRACEBACK]
+    assert build_report(results).failed["error"].tolist() == [f"trainers.trial.TrialDiverged: {ERROR}"]
 
 
 def test_reference_target_is_reference_worst_seed_final(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Bad trials in one real sweep: an exception, a NaN loss, a trial over its time limit and one
-over its memory limit each end as a ``failed`` row with its reason, after ``retries + 1``
-attempts; their siblings complete untouched. Plus the limit watchdog on its own."""
+over its memory limit each end as a ``failed`` row with its one-line reason; the exception and
+the NaN loss after one attempt (deterministic: ``service.failures``), the limits after
+``retries + 1``; their siblings complete untouched. Plus the limit watchdog on its own."""
 
 from __future__ import annotations
 
@@ -45,16 +46,22 @@ def test_each_bad_trial_fails_with_its_reason_after_its_retries_and_the_siblings
 
     for row in by_estimator["ste"]:  # siblings: untouched by the failures around them
         assert (row["status"], row["error"], row["attempts"], row["steps"]) == ("completed", None, 1, 40), row
-    expected = {
-        "nspsa": "ValueError: mlp: option hidden=-1 must be a positive integer",
-        "mezo": "TrialDiverged: mezo: training loss became nan at step 2",
-        "quzo": f"TrialLimitExceeded: time limit of {TIME_LIMIT_S} s exceeded",
-        "fogzo": f"TrialLimitExceeded: memory limit of {MEMORY_LIMIT_MB} MB exceeded",
+    expected = {  # estimator: (attempts, the one-line error, the exception line of the traceback)
+        "nspsa": (1, "ValueError: mlp: option hidden=-1 must be a positive integer",
+                  "ValueError: mlp: option hidden=-1 must be a positive integer"),
+        "mezo": (1, "mezo: training loss became nan at step 2",
+                 "trainers.trial.TrialDiverged: mezo: training loss became nan at step 2"),
+        "quzo": (2, f"time limit of {TIME_LIMIT_S} s exceeded (ran ",
+                 f"service.limits.TrialLimitExceeded: time limit of {TIME_LIMIT_S} s exceeded"),
+        "fogzo": (2, f"memory limit of {MEMORY_LIMIT_MB} MB exceeded (worker process resident memory ",
+                  f"service.limits.TrialLimitExceeded: memory limit of {MEMORY_LIMIT_MB} MB exceeded"),
     }
-    for estimator, reason in expected.items():
+    for estimator, (attempts, error, exception) in expected.items():
         (row,) = by_estimator[estimator]
-        assert row["status"] == "failed" and row["attempts"] == 2, (estimator, row["status"], row["attempts"])
-        assert reason in row["error"], (estimator, row["error"][-2000:])
+        assert row["status"] == "failed" and row["attempts"] == attempts, (estimator, row["status"], row["attempts"])
+        assert row["error"].startswith(error) and "\n" not in row["error"], (estimator, row["error"])
+        assert row["error_traceback"].rstrip().splitlines()[-1].startswith(exception), (
+            estimator, row["error_traceback"][-2000:])
         assert row["finished_at"] is not None
     # The time-limited trial ran its two attempts for about the limit each, not for its budget.
     assert elapsed < 300, elapsed
@@ -62,8 +69,9 @@ def test_each_bad_trial_fails_with_its_reason_after_its_retries_and_the_siblings
     status = qsweep("status", tmp_path / "results" / "bad")
     assert status.returncode == 0, explain(status)
     assert "bad: 2 completed, 0 running, 4 failed, 0 pending of 6" in status.stdout
-    for reason in expected.values():  # the CLI shows each failure's reason (its last line)
-        assert reason.split(": ", 1)[1][:30] in status.stdout, (reason, status.stdout)
+    for tid, row in rows.items():  # the CLI shows each failure's one-line reason
+        if row["status"] == "failed":
+            assert f"failed: {tid}: {row['error']}" in status.stdout, (row["error"], status.stdout)
 
 
 def test_the_watchdog_interrupts_a_busy_python_loop_at_its_time_limit():

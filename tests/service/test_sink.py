@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 
 import service.storage
+from service.failures import FAILURE_KEY, TRACEBACK_KEY
 from service.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
 from service.sink import ParquetSink, read_results
 from service.spec import parse_spec
@@ -132,8 +134,10 @@ def test_a_trial_that_raises_is_failed_with_its_message_and_the_rest_complete(sw
     statuses = {c["seed"]: trials[t]["status"] for t, c in planned.items()}
     assert statuses == {0: "completed", 1: "completed", 13: "failed"}
     failed = trials[next(t for t, c in planned.items() if c["seed"] == 13)]
-    assert failed["error"].endswith("ValueError: boom: seed 13 diverged at step 20")
-    assert "\x1b[" not in failed["error"] and "Failure #" not in failed["error"]
+    assert failed["error"] == "ValueError: boom: seed 13 diverged at step 20"  # one line
+    assert failed["error_traceback"].startswith("ray::ImplicitFunc.train()")  # and what Tune recorded
+    assert failed["error_traceback"].endswith("ValueError: boom: seed 13 diverged at step 20")
+    assert "\x1b[" not in failed["error_traceback"] and "Failure #" not in failed["error_traceback"]
     assert failed["finished_at"] is not None and failed["steps"] == EVERY
 
 
@@ -145,7 +149,7 @@ def test_retries_count_attempts_and_keep_one_row_per_step_from_the_latest_attemp
     trials, curves = read_results(str(tmp_path / "results" / "retry"))
     for tid, config in planned.items():
         row = by_id(trials)[tid]
-        assert (row["status"], row["attempts"], row["error"]) == ("completed", 2, None)
+        assert (row["status"], row["attempts"], row["error"], row["error_traceback"]) == ("completed", 2, None, None)
         curve = curves.filter(pa.compute.equal(curves["trial_id"], tid)).to_pylist()
         assert [r["step"] for r in curve] == [0, 10, 20, 30, 40]
         # Seed 0 restarted from scratch; seed 1 resumed from its step-10 checkpoint, so only
@@ -215,6 +219,49 @@ def test_a_trial_stopped_before_its_budget_is_stopped(tmp_path):
     sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result={**metrics_local(10), "done": True})
     sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
     assert read_results(str(tmp_path / "asha"))[0]["status"].to_pylist() == ["stopped"]
+
+
+def test_a_reported_failure_adds_no_curve_row_and_ends_the_trial_failed_even_if_stopped(tmp_path):
+    """The trainable's failure result (``service.failures``) is no evaluation; if a scheduler
+    stops the trial on it, Tune calls on_trial_complete, and the trial is still failed."""
+    planned = planned_trials("fail", [0])
+    trial = Trial("trainable", config={"planned_id": next(iter(planned))}, trial_id="t0", stub=True)
+    sink = ParquetSink(str(tmp_path / "fail"), "fail", planned, VERSIONS)
+    sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=metrics_local(0))
+    sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result={
+        FAILURE_KEY: "fogzo: training loss became inf at step 7", TRACEBACK_KEY: "Traceback ...\nTrialDiverged: ...",
+        "eval_loss": float("nan"), "training_iteration": 2})
+    sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
+    trials, curves = read_results(str(tmp_path / "fail"))
+    (row,) = trials.to_pylist()
+    assert (row["status"], row["attempts"], row["error"]) == ("failed", 1, "fogzo: training loss became inf at step 7")
+    assert row["error_traceback"] == "Traceback ...\nTrialDiverged: ..."
+    assert curves["step"].to_pylist() == [0]
+
+
+def test_a_version_3_folder_loads_and_is_continued_in_the_current_version(sweep, tmp_path):
+    """Before version 4, ``error`` held the whole traceback: it moves to ``error_traceback``
+    and ``error`` becomes its last line, for readers and for a resumed sink alike."""
+    sweep_dir, planned, _ = sweep
+    old_dir = tmp_path / "basic"
+    shutil.copytree(sweep_dir, old_dir)
+    current = pq.read_table(old_dir / "trials.parquet")
+    text = "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom\n"
+    errors = [text if e is not None else None for e in current["error"].to_pylist()]
+    v3 = current.drop_columns(["error_traceback"]).set_column(current.schema.get_field_index("error"), "error",
+                                                               pa.array(errors, pa.string()))
+    pq.write_table(v3.replace_schema_metadata({**v3.schema.metadata, b"qsweep_schema_version": b"3"}),
+                   old_dir / "trials.parquet")
+    upgraded = read_results(str(old_dir))[0]
+    ParquetSink(str(old_dir), "basic", planned, VERSIONS)._write_trials()  # as a resumed driver does
+    rewritten = pq.read_table(old_dir / "trials.parquet")
+    for loaded in (upgraded, rewritten):
+        assert loaded.schema.equals(TRIALS_SCHEMA)
+        failed = [r for r in loaded.to_pylist() if r["status"] == "failed"]
+        assert [(r["error"], r["error_traceback"]) for r in failed] == [("ValueError: boom", text)]
+        assert all(r["error"] is r["error_traceback"] is None for r in loaded.to_pylist() if r["status"] == "completed")
+    assert pq.read_schema(old_dir / "trials.parquet").metadata[b"qsweep_schema_version"] == str(SCHEMA_VERSION).encode()
 
 
 def test_writes_leave_no_temp_files_and_a_failed_write_keeps_the_old_file(sweep, tmp_path, monkeypatch):
