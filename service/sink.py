@@ -115,9 +115,10 @@ def trial_error_text(trial: Trial) -> str | None:
     In Ray 2.60 ``Trial.handle_error`` appends ``Failure # k (occurred at ...)`` and
     ``str(exc)`` to ``trial.error_file`` on the driver just before ``on_trial_error`` /
     ``on_trial_recover`` run, so that local file is read first; ``get_error`` (the synced
-    copy in storage) and ``get_pickled_error`` are fallbacks. None if Tune has nothing.
+    copy in storage) is the fallback. Never ``get_pickled_error``: it unpickles a file from
+    the results location. None if Tune has nothing.
     """
-    readers = (lambda: Path(trial.error_file).read_text(errors="replace"), trial.get_error, trial.get_pickled_error)
+    readers = (lambda: Path(trial.error_file).read_text(errors="replace"), trial.get_error)
     text = None
     for read in readers:
         try:

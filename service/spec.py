@@ -30,7 +30,7 @@ from pydantic import (
 
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
-from trainers.estimators import ESTIMATORS, estimator_config
+from trainers.estimators import ESTIMATORS, default_eps, default_lr, estimator_config
 from trainers.models import MODELS
 from trainers.quant import QUANT_KINDS
 
@@ -260,6 +260,7 @@ class SweepSpec(_Strict):
             config = {**self.trial, "estimator": "ste", "quantizer": "none", "bits": 8, "model": model,
                       "dataset": self.grid.datasets[0], "seed": 0, "steps": None, "flops": None,
                       "estimator_options": {}, **self.pretrain}
+            _fill_defaults(config)
             tid = "pretrain-" + trial_id(config)
             config["save_model_to"] = STAGE_PREFIX + tid
             planned.append(PlannedTrial(tid, config))
@@ -288,6 +289,7 @@ class SweepSpec(_Strict):
                 config["estimator_options"] = options
                 if self.pretrain is not None:  # fine-tune from this model's pre-trained weights
                     config["init_from"] = STAGE_PREFIX + pretrained[model]
+                _fill_defaults(config)
                 planned.append(PlannedTrial(trial_id(config), config))
         if not planned:
             raise SpecError(f"grid: no valid trial ({'; '.join(sorted(set(skipped)))})")
@@ -305,6 +307,25 @@ class SweepSpec(_Strict):
 class PlannedTrial:
     trial_id: str
     config: dict[str, Any]
+
+
+def _fill_defaults(config: dict[str, Any]) -> None:
+    """Write the estimator's default lr and eps into a trial config that leaves them out, so
+    the config, its Parquet row and ``qsweep validate`` show the values the trial runs with
+    (and its id changes if a default does). A value the spec gives always wins; a malformed
+    optimizer or estimator is left for ``_check_trial`` to report."""
+    estimator, optimizer = config.get("estimator"), config.get("optimizer", "sgd")
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        return
+    if config.get("lr") is None and isinstance(optimizer, str):
+        try:
+            config["lr"] = default_lr(estimator, optimizer)
+        except ValueError:
+            pass  # an unknown optimizer: TrialConfig names it
+    options = config.get("estimator_options")
+    eps = default_eps(estimator)
+    if eps is not None and isinstance(options, dict) and "eps" not in options:
+        config["estimator_options"] = {**options, "eps": eps}
 
 
 def _expand_lists(hp: dict[str, Any]) -> list[dict[str, Any]]:

@@ -30,6 +30,8 @@ class TrialConfig:
     first one reached, so "same compute" comparisons set ``flops`` for every estimator.
     ``init_from`` loads a float checkpoint before quantization (fine-tuning);
     ``save_model_to`` writes the trained model's state at the end (a pre-training stage).
+    ``lr`` left None becomes the estimator's default for the optimizer, so after construction
+    it is always the value the trial runs with (and the value its results record).
     """
 
     estimator: str = "ste"
@@ -43,7 +45,7 @@ class TrialConfig:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float | None = None  # None: the estimator's own default for this optimizer (resolved below)
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -72,6 +74,8 @@ class TrialConfig:
         for name in ("batch_size", "num_evals", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", self._default_lr())
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0, got {self.lr}")
         try:
@@ -83,6 +87,15 @@ class TrialConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self._check_component_options()
+
+    def _default_lr(self) -> float:
+        """No shared lr fits every estimator (n-SPSA diverged at STE's), so each has its own."""
+        from trainers.estimators import default_lr  # torch: imported only when needed
+
+        try:
+            return default_lr(self.estimator, self.optimizer)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def _check_component_options(self) -> None:
         """Unknown model / dataset option names fail here, when the spec is read, not inside

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default=defaults.dataset)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--optimizer", default=defaults.optimizer)
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--lr", type=float, default=None, help="default: the estimator's own (see README)")
     p.add_argument("--momentum", type=float, default=defaults.momentum)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--steps", type=int, default=None, help=f"step budget (default {defaults.steps} if no --flops)")

@@ -25,6 +25,7 @@ from service.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
 from service.sink import ParquetSink, read_results
 from service.spec import parse_spec
 from service.storage import list_files, read_parquet, resolve, write_parquet_atomic
+from trainers.estimators import default_eps, default_lr
 
 STEPS, EVERY = 40, 10  # five evaluations per trial: steps 0, 10, 20, 30, 40
 VERSIONS = {"qsweep": "test", "ray": ray.__version__}
@@ -119,7 +120,8 @@ def test_rows_are_trials_times_evaluations_with_the_contract_schema(sweep):
     assert ok["schema_version"] == SCHEMA_VERSION and ok["sweep"] == "basic"
     assert (ok["estimator"], ok["bits"], ok["quantizer"], ok["model"], ok["dataset"]) == ("fogzo", 2, "int", "mlp", "digits")
     # Effective values: n from the spec, the rest from the TrialConfig / FOGZOConfig defaults.
-    assert (ok["n"], ok["eps"], ok["beta_min"], ok["lr"], ok["optimizer"], ok["batch_size"]) == (2, 1e-3, 0.999, 0.05, "sgd", 64)
+    assert (ok["n"], ok["eps"], ok["beta_min"], ok["lr"], ok["optimizer"], ok["batch_size"]) == (
+        2, default_eps("fogzo"), 0.999, default_lr("fogzo"), "sgd", 64)
     assert ok["perturb_bits"] is None and ok["surrogate"] == "identity" and ok["budget_steps"] == STEPS
     assert (ok["steps"], ok["forwards"], ok["backwards"], ok["flops"], ok["wall_s"]) == (40, 120, 40, 4e4, 1040)
     assert ok["final_eval_loss"] == ok["best_eval_loss"] == 1 / 41 and ok["best_eval_metric"] == 1.0

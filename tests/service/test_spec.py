@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from service.spec import SpecError, load_spec, parse_spec, resolve_trial
+from trainers.estimators import default_eps, default_lr
 
 BASE = {
     "name": "t",
@@ -36,8 +37,8 @@ def test_per_estimator_hyperparameters_and_lists_as_extra_axes():
     fogzo = [t.config for t in trials if t.config["estimator"] == "fogzo"]
     assert len(fogzo) == 2 * 2 * 2
     assert {c["lr"] for c in fogzo} == {0.1, 0.01}
-    assert all(c["estimator_options"] == {"n": 2, "beta_min": 0.99} for c in fogzo)
-    assert all("lr" not in t.config for t in trials if t.config["estimator"] == "ste")
+    assert all(c["estimator_options"] == {"n": 2, "beta_min": 0.99, "eps": default_eps("fogzo")} for c in fogzo)
+    assert all(t.config["lr"] == default_lr("ste") for t in trials if t.config["estimator"] == "ste")
 
 
 def test_flops_budget_reaches_every_trial_and_fp8_ignores_the_bits_axis():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,6 +36,23 @@ def estimator_config(name: str, options: dict[str, Any] | None = None) -> Any:
     return config_class(**options)
 
 
+def default_lr(name: str, optimizer: str = "sgd") -> float:
+    """The lr a trial that sets none runs at: the estimator's ``default_lr``, one per optimizer
+    where the estimator uses one (SGD with momentum and Adam want steps ~20x apart)."""
+    lrs = estimator_class(name).config_class.default_lr
+    if isinstance(lrs, Mapping):
+        if optimizer not in lrs:
+            raise ValueError(f"{name}: no default lr for optimizer {optimizer!r}; valid: {', '.join(lrs)}")
+        return lrs[optimizer]
+    return lrs
+
+
+def default_eps(name: str) -> float | None:
+    """The estimator's default perturbation ``eps`` (None for STE, which has none)."""
+    fields = {f.name: f for f in dataclasses.fields(estimator_class(name).config_class)}
+    return fields["eps"].default if "eps" in fields else None
+
+
 def build_estimator(name: str, options: dict[str, Any] | None, cost: CostModel, seed: int, lr: float) -> Estimator:
     """The estimator ``name`` with its own generator seeded from the trial seed."""
     generator = torch.Generator().manual_seed(seed)
@@ -42,6 +60,7 @@ def build_estimator(name: str, options: dict[str, Any] | None, cost: CostModel, 
 
 
 __all__ = [
-    "ESTIMATORS", "CostModel", "Estimator", "StepResult", "build_estimator", "estimator_class", "estimator_config",
+    "ESTIMATORS", "CostModel", "Estimator", "StepResult", "build_estimator", "default_eps", "default_lr",
+    "estimator_class", "estimator_config",
     "FOGZOConfig", "MeZOConfig", "NSPSAConfig", "QuZOConfig", "STEConfig",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from trainers.estimators.perturb import EPS_MODES, perturbation_plan, sample_dir
 @dataclass(frozen=True)
 class FOGZOConfig:
     """``warm_start`` is the fraction of the budget run as plain STE before FOGZO starts."""
+
+    # lr when a trial sets none, per optimizer (as STE's: the guide dominates the direction).
+    default_lr: ClassVar[dict[str, float]] = {"sgd": 0.02, "adam": 1e-3}
 
     n: int = 1
     beta_start: float = 1.0

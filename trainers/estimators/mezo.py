@@ -8,6 +8,7 @@ and update together: theta += (eps - lr * (L+ - L-) / (2 eps)) * z. No optimizer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -24,8 +25,14 @@ from trainers.estimators.seeded import add_noise_, gaussian_noise, two_point_in_
 
 @dataclass(frozen=True)
 class MeZOConfig:
+    """``eps`` is larger than the paper's 1e-3 (float fine-tuning): on low-bit weights a rounding
+    flip inside the +-eps probe, divided by 2 eps, made steps explode (README, "Default learning
+    rates"); 0.03 is a fraction of a 2-bit grid step of the MLP."""
+
+    default_lr: ClassVar[float] = 2e-3  # lr when a trial sets none (no optimizer: in place)
+
     n: int = 1
-    eps: float = 1e-3
+    eps: float = 0.03
 
     def __post_init__(self) -> None:
         if self.n < 1:
