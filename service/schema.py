@@ -14,8 +14,13 @@ import pyarrow as pa
 #    probes); trials and curves are unchanged, so version-2 folders are still read.
 # 4: trials.error is the failure's one-line reason, and the new trials.error_traceback holds
 #    the traceback (before, error held both); ``upgrade_trials`` reads version 2-3 tables.
-SCHEMA_VERSION = 4
-READABLE_SCHEMA_VERSIONS = (2, 3, 4)  # versions whose files this qsweep reads (``upgrade_trials``)
+# 5: trials gain the faithful-settings columns (issue 15): FOGZO's zo_params / zo_max_bits /
+#    kappa, qfo's grad_bits, lr_schedule / warmup, the quantizer's scale mode and first_last,
+#    and what the trial measured once its model existed: d_zo, noise_to_guide, layer_bits
+#    (beta_min holds the effective value when the spec says ``auto``). Older tables read
+#    with these columns null (``upgrade_trials``).
+SCHEMA_VERSION = 5
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5)  # versions whose files this qsweep reads (``upgrade_trials``)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -34,8 +39,23 @@ HYPERPARAMETER_FIELDS: list[pa.Field] = [
     pa.field("warm_start", pa.float64()),
     pa.field("perturb_bits", pa.int64()),
     pa.field("surrogate", pa.string()),
+    pa.field("zo_params", pa.string()),  # fogzo: which tensors get the ZO mix (quantized | all)
+    pa.field("zo_max_bits", pa.int64()),  # fogzo: "quantized" means weights of at most this many bits
+    pa.field("kappa", pa.float64()),  # fogzo: 1 - beta_min = kappa / d_zo with beta_min: auto
+    pa.field("grad_bits", pa.int64()),  # qfo: bits of the quantized gradient
+    pa.field("lr_schedule", pa.string()),  # constant | linear | cosine
+    pa.field("warmup", pa.float64()),  # fraction of the budget with a linear lr warm-up
+    pa.field("scale", pa.string()),  # quantizer scale: fixed (frozen at the start) | dynamic
+    pa.field("first_last", pa.string()),  # first/last layer precision: same | 8bit | float
     pa.field("budget_steps", pa.int64()),
     pa.field("budget_flops", pa.float64()),
+]
+
+# What a trial measures once its model exists (reported by run_trial, recorded in the row).
+MEASURED_SETTING_FIELDS: list[pa.Field] = [
+    pa.field("d_zo", pa.int64()),  # elements the zeroth-order part perturbs
+    pa.field("noise_to_guide", pa.float64()),  # fogzo: sqrt((1 - beta_min) * d_zo)
+    pa.field("layer_bits", pa.string()),  # JSON: layer -> its weight precision (first/last overrides visible)
 ]
 
 TRIALS_SCHEMA = pa.schema([
@@ -52,6 +72,7 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("dataset", pa.string()),
     pa.field("seed", pa.int64()),
     *HYPERPARAMETER_FIELDS,
+    *MEASURED_SETTING_FIELDS,
     pa.field("steps", pa.int64()),
     pa.field("final_train_loss", pa.float64()),
     pa.field("final_eval_loss", pa.float64()),
@@ -83,14 +104,19 @@ def _last_line(text: str | None) -> str | None:
 def upgrade_trials(table: pa.Table) -> pa.Table:
     """A trials table of an older readable version in this version's columns (a current one
     as it is). Before version 4, ``error`` held the whole text Tune recorded: it moves to
-    ``error_traceback``, and ``error`` becomes its last line, the exception's message."""
+    ``error_traceback``, and ``error`` becomes its last line, the exception's message.
+    Columns added since (version 5's settings) are null: the older sweep did not record them."""
     names = table.column_names
-    if "error_traceback" in names or "error" not in names:
+    if "error" in names and "error_traceback" not in names:
+        index = names.index("error")
+        full = table.column("error").to_pylist()
+        table = table.set_column(index, "error", pa.array([_last_line(t) for t in full], pa.string()))
+        table = table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
+    if set(table.column_names) >= set(TRIALS_SCHEMA.names) or not set(table.column_names) <= set(TRIALS_SCHEMA.names):
         return table  # current, or a table the cast to TRIALS_SCHEMA refuses anyway
-    index = names.index("error")
-    full = table.column("error").to_pylist()
-    table = table.set_column(index, "error", pa.array([_last_line(t) for t in full], pa.string()))
-    return table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in TRIALS_SCHEMA]
+    return pa.Table.from_arrays(columns, names=TRIALS_SCHEMA.names).replace_schema_metadata(table.schema.metadata)
 
 
 CURVES_SCHEMA = pa.schema([

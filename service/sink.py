@@ -101,12 +101,39 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
         surrogate = None if cfg.quantizer == "none" else cfg.quant_spec().surrogate
     except (ConfigError, ValueError, TypeError):
         return cols
-    cols.update(estimator=cfg.estimator, bits=cfg.quant_spec().bits, quantizer=cfg.quantizer, model=cfg.model,
+    quant = cfg.quant_spec()
+    cols.update(estimator=cfg.estimator, bits=quant.bits, quantizer=cfg.quantizer, model=cfg.model,
                 dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
                 weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, surrogate=surrogate,
-                budget_steps=cfg.steps, budget_flops=cfg.flops)
-    cols.update({f.name: options[f.name] for f in schema.HYPERPARAMETER_FIELDS if f.name in options})
+                budget_steps=cfg.steps, budget_flops=cfg.flops, lr_schedule=getattr(cfg, "lr_schedule", None),
+                warmup=getattr(cfg, "warmup", None),
+                scale=None if cfg.quantizer == "none" else getattr(quant, "scale", None),
+                first_last=None if cfg.quantizer == "none" else quant.first_last)
+    for f in schema.HYPERPARAMETER_FIELDS:
+        if f.name in options:  # a symbolic value (beta_min: auto) waits for the trial's measured one
+            cols[f.name] = options[f.name] if _fits(options[f.name], f.type) else None
     return cols
+
+
+def _fits(value: Any, type_: pa.DataType) -> bool:
+    """Whether ``value`` can go in a column of ``type_`` as it is."""
+    if value is None or pa.types.is_string(type_):
+        return value is None or isinstance(value, str)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Settings a trial measures once its model exists, and the row column each one fills; the
+# effective beta_min replaces a symbolic ``auto`` (a number given in the spec stays as it is).
+_MEASURED = {f.name: f.type for f in schema.MEASURED_SETTING_FIELDS} | {"beta_min": pa.float64()}
+
+
+def measured_settings(row: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured-settings columns a result carries (``d_zo``, ``noise_to_guide``, ...)."""
+    found = {name: _coerce(result[name], type_) for name, type_ in _MEASURED.items()
+             if result.get(name) is not None}
+    if "beta_min" in found and row.get("beta_min") is not None:
+        del found["beta_min"]  # the spec's own number
+    return found
 
 
 def trial_error_text(trial: Trial) -> str | None:
@@ -356,6 +383,7 @@ class ParquetSink(Callback):
         self._write_curve(tid)
         self._record_diagnostics(tid, row, step, result)
         self._progress[tid] = result.get("progress")
+        row.update(measured_settings(row, result))
         row.update(status="running", host=result.get("host") or result.get("hostname") or row["host"],
                    metric_name=result.get("metric_name") or row.get("metric_name"),
                    node_id=result.get("node_id") or row["node_id"],
