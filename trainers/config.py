@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainers.quant import QuantSpec
+from trainers.schedule import check_schedule
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("cpu", "cuda", "auto")
@@ -32,6 +33,8 @@ class TrialConfig:
     ``save_model_to`` writes the trained model's state at the end (a pre-training stage).
     ``lr`` left None becomes the estimator's default for the optimizer, so after construction
     it is always the value the trial runs with (and the value its results record).
+    ``lr_schedule`` (constant, linear, cosine) and ``warmup`` (a fraction of the budget) shape
+    the lr over the same budget progress as FOGZO's beta (``trainers.schedule``).
     """
 
     estimator: str = "ste"
@@ -46,6 +49,8 @@ class TrialConfig:
     data_dir: str | None = None
     optimizer: str = "sgd"
     lr: float | None = None  # None: the estimator's own default for this optimizer (resolved below)
+    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at the end of the budget)
+    warmup: float = 0.0  # fraction of the budget with a linear warm-up from 0 to lr
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -78,6 +83,10 @@ class TrialConfig:
             object.__setattr__(self, "lr", self._default_lr())
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0, got {self.lr}")
+        try:
+            check_schedule(self.lr_schedule, self.warmup)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         try:
             self.quant_spec()
         except (TypeError, ValueError) as err:

@@ -25,7 +25,8 @@ from trainers.diagnostics import probe as diagnostics_probe
 from trainers.estimators import build_estimator
 from trainers.metering import measure_cost, track_peak_memory
 from trainers.models import build_model
-from trainers.quant import quantize_model
+from trainers.quant import precision_summary, quantize_model
+from trainers.schedule import lr_at
 from trainers.tasks import TASKS
 
 Report = Callable[..., None]
@@ -60,7 +61,11 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     Metrics: step, forwards, backwards, flops (cumulative), wall_s (training time, not
     evaluation), train_loss (mean since the previous evaluation), eval_loss, eval_metric
     (accuracy, or perplexity for language models; named by metric_name), peak_memory_bytes,
-    num_params, progress in [0, 1], and ``done`` on the last.
+    num_params, progress in [0, 1], ``current_lr`` (the lr of the last step, after
+    ``lr_schedule`` / ``warmup``; at step 0 the first step's), the estimator's ``describe()``
+    figures when it has that method, and ``done`` on the last. The first report of each call
+    also carries ``layer_bits``: every layer's effective precision as short JSON
+    (``trainers.quant.precision_summary``).
     With ``cfg.diagnostics`` every ``every``-th evaluation also carries ``diagnostics``: the
     gradient-quality probe's flat dict of floats (``trainers.diagnostics``).
 
@@ -78,7 +83,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     with torch.random.fork_rng(devices=[]):  # model init is the only user of the global RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
-    if cfg.init_from:  # pre-trained float weights, then quantize: the QuZO fine-tuning flow
+    if cfg.init_from:  # pre-trained float weights, then quantize (a fixed scale is taken from them)
         load_model(model, cfg.init_from)
     quantize_model(model, cfg.quant_spec()).to(device)
     model.train()
@@ -117,12 +122,30 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         by_flops = counters["flops"] / cfg.flops if cfg.flops else 0.0
         return max(by_steps, by_flops)
 
+    def set_lr() -> float:
+        """The scheduled lr for the coming step, written where the update reads it."""
+        lr = lr_at(cfg.lr, cfg.lr_schedule, cfg.warmup, progress())
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        if estimator.updates_in_place:  # MeZO, QuZO: no optimizer, they read their own lr
+            estimator.lr = lr
+        return lr
+
+    current_lr = lr_at(cfg.lr, cfg.lr_schedule, cfg.warmup, progress())
+    layer_bits = precision_summary(model)  # reported once per call: first / last / exclude overrides
+
     def emit(done: bool) -> dict[str, Any]:
+        nonlocal layer_bits
         eval_loss, eval_metric = task.evaluate(model, test_x, test_y, cfg.eval_batch_size)
-        metrics = {**counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        describe = getattr(estimator, "describe", None)
+        metrics = {**(describe() if describe is not None else {}),  # never overrides the keys below
+                   **counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
                    "eval_loss": eval_loss, "eval_metric": eval_metric, "peak_memory_bytes": peak_memory,
                    "num_params": num_params, "metric_name": task.metric_name,
-                   "progress": min(progress(), 1.0), "done": done}
+                   "progress": min(progress(), 1.0), "current_lr": current_lr, "done": done}
+        if layer_bits is not None:
+            metrics["layer_bits"], layer_bits = layer_bits, None
         losses.clear()
         if diagnostics is not None and (next_eval - 1) % diagnostics["every"] == 0:
             # Never touches the model, its buffers or the estimator's RNG; cost kept apart.
@@ -145,6 +168,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         if data.augment is not None:
             inputs = data.augment(inputs, augment_gen)
         batch = (inputs, train_y[idx])
+        current_lr = set_lr()  # from progress, which the counters restore: a resume replays it
 
         def train_step(batch=batch):
             result = estimator.step(model, loss_fn, batch, progress())

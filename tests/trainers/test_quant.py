@@ -1,5 +1,6 @@
 """Quantizers: grid membership, level counts, surrogate gradients, LSQ, FP8, stochastic rounding."""
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,8 @@ from trainers.quant import (
     LSQQuantizer,
     QuantLinear,
     QuantSpec,
+    layer_precisions,
+    precision_summary,
     quantize_model,
     quantized_layers,
     snap_to_grid,
@@ -191,7 +194,73 @@ def test_snap_to_grid_makes_quantization_idempotent(kind):
     (dict(surrogate="relu"), "surrogate"),
     (dict(first_last="fp16"), "first_last"),
     (dict(kind="lsq", bits=1), "lsq"),
+    (dict(scale="static"), "quant.scale 'static' is not one of dynamic, fixed"),
+    (dict(kind="lsq", bits=4, scale="fixed"), "LSQ learns its step; scale: fixed does not apply"),
 ])
 def test_quant_spec_rejects_bad_values_with_a_clear_message(bad, match):
     with pytest.raises(ValueError, match=match):
         QuantSpec(**bad)
+
+
+def _mlp(kind, bits, scale, seed=0, per_channel=False):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    return quantize_model(model, QuantSpec(kind=kind, bits=bits, per_channel=per_channel, scale=scale))
+
+
+def _scales(model):
+    return {name: layer.weight_quantizer.scale(layer.weight).detach().clone()
+            for name, layer in quantized_layers(model)}
+
+
+def _train(model, steps=5):
+    """A few STE steps with a large lr: every weight moves."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    gen = _gen(7)
+    for _ in range(steps):
+        x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 4, (32,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("kind,bits,per_channel", [("int", 2, False), ("int", 8, True), ("int", 1, False),
+                                                   ("fp8_e4m3", 8, False)])
+def test_fixed_scale_stays_put_while_the_weights_train_and_dynamic_follows_them(kind, bits, per_channel):
+    dynamic_start = _scales(_mlp(kind, bits, "dynamic", per_channel=per_channel))
+    for scale in ("fixed", "dynamic"):
+        model = _mlp(kind, bits, scale, per_channel=per_channel)
+        weights = [p.detach().clone() for p in model.parameters()]
+        before = _scales(model)
+        _train(model)
+        after = _scales(model)
+        assert all(not torch.equal(w, p) for w, p in zip(weights, model.parameters())), "weights must move"
+        for name in before:  # both modes start from the scale of the starting weights
+            assert torch.equal(before[name], dynamic_start[name])
+        if scale == "fixed":
+            assert all(torch.equal(before[n], after[n]) for n in before)
+        else:
+            assert all(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_fixed_scale_travels_in_the_state_dict():
+    trained = _mlp("int", 2, "fixed", seed=0)
+    _train(trained)
+    other = _mlp("int", 2, "fixed", seed=1)  # other starting weights: another frozen scale
+    assert any(not torch.equal(a, b) for a, b in zip(_scales(trained).values(), _scales(other).values()))
+    other.load_state_dict(trained.state_dict())  # strict: the buffer exists before loading
+    for name, value in _scales(trained).items():
+        assert torch.equal(_scales(other)[name], value)
+    assert not any(k.endswith("frozen_scale") for k in _mlp("int", 2, "dynamic").state_dict())
+
+
+def test_layer_precisions_show_first_last_exclude_and_activation_overrides():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    quantize_model(model, QuantSpec(kind="int", bits=2, act_bits=4, first_last="8bit", exclude=("2",)))
+    assert layer_precisions(model) == {"0": "int8/a4", "1": "int2/a4", "2": "float", "3": "int8/a4"}
+    assert json.loads(precision_summary(model)) == {"*": "int8/a4", "1": "int2/a4", "2": "float"}
+    for kind, label in (("fp8_e5m2", "fp8_e5m2"), ("lsq", "lsq3"), ("none", "float")):
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        quantize_model(model, QuantSpec(kind=kind, bits=3))
+        assert layer_precisions(model) == {"0": label, "2": label}
+        assert json.loads(precision_summary(model)) == {"*": label}

@@ -7,6 +7,8 @@ estimators, optimizers, ``state_dict`` and torchvision-style models work unchang
 from __future__ import annotations
 
 import fnmatch
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,7 @@ from trainers.quant.quantizers import (
 
 QUANT_KINDS = ("none", "int", "lsq", "fp8_e4m3", "fp8_e5m2")
 FIRST_LAST_MODES = ("same", "8bit", "float")
+SCALE_MODES = ("dynamic", "fixed")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class QuantSpec:
         act_bits: quantize every quantized layer's input to this many bits (None = float).
         first_last: keep the first and last layer at the same precision, 8-bit int, or float.
         exclude: fnmatch patterns of module names to leave in float.
+        scale: ``dynamic`` recomputes each weight scale from the weights at every forward;
+            ``fixed`` computes it once from the starting weights (after ``init_from``) and
+            freezes it, the setting of FOGZO's largest gains. Activation scales stay dynamic.
     """
 
     kind: str = "int"
@@ -48,6 +54,7 @@ class QuantSpec:
     act_bits: int | None = None
     first_last: str = "same"
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    scale: str = "dynamic"
 
     def __post_init__(self) -> None:
         if self.kind not in QUANT_KINDS:
@@ -62,6 +69,10 @@ class QuantSpec:
             qf.int_range(self.act_bits)
         if self.first_last not in FIRST_LAST_MODES:
             raise ValueError(f"quant.first_last {self.first_last!r} is not one of {', '.join(FIRST_LAST_MODES)}")
+        if self.scale not in SCALE_MODES:
+            raise ValueError(f"quant.scale {self.scale!r} is not one of {', '.join(SCALE_MODES)}")
+        if self.scale == "fixed" and self.kind == "lsq":
+            raise ValueError("quant.scale: LSQ learns its step; scale: fixed does not apply")
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     @property
@@ -119,7 +130,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``model`` for its fake-quant twin (in place).
 
     Returns the same model object. Layers matching ``spec.exclude`` stay float; the first
-    and last swappable layers follow ``spec.first_last``.
+    and last swappable layers follow ``spec.first_last``. With ``spec.scale == "fixed"`` each
+    weight scale is frozen here from the current weights (a buffer, so a resumed trial's
+    ``load_state_dict`` finds it and restores the saved value): load pre-trained weights first.
     """
     if not spec.is_quantized:
         return model
@@ -134,13 +147,44 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
         if name in ends and spec.first_last == "8bit" and spec.kind in ("int", "lsq"):
             bits = 8
         act_q = ActQuantizer(spec.act_bits) if spec.act_bits is not None else None
-        _swap(layer, make_weight_quantizer(spec, layer.weight, bits), act_q)
+        weight_q = make_weight_quantizer(spec, layer.weight, bits)
+        if spec.scale == "fixed":
+            weight_q.freeze(layer.weight)
+        _swap(layer, weight_q, act_q)
     return model
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
     """(name, layer) for every quantized layer, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _QuantMixin)]
+
+
+def layer_precisions(model: nn.Module) -> dict[str, str]:
+    """Effective precision of every Linear/Conv layer, by module name: ``int2``, ``lsq4``,
+    ``fp8_e4m3`` or ``float``, plus ``/a4`` when its input is quantized. Makes the
+    ``first_last`` / ``exclude`` overrides visible in the results."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _QuantMixin):
+            q = m.weight_quantizer
+            if isinstance(q, FP8Quantizer):
+                label = q.fmt
+            else:
+                label = f"{'lsq' if isinstance(q, LSQQuantizer) else 'int'}{q.bits}"
+            out[name] = label + (f"/a{m.act_quantizer.bits}" if m.act_quantizer is not None else "")
+        elif type(m) in _SWAPS:
+            out[name] = "float"
+    return out
+
+
+def precision_summary(model: nn.Module) -> str:
+    """``layer_precisions`` as short JSON: the most common precision under ``"*"`` and only
+    the layers that differ by name, e.g. ``{"*": "int2", "0": "int8", "fc": "float"}``."""
+    precisions = layer_precisions(model)
+    if not precisions:
+        return "{}"
+    common = Counter(precisions.values()).most_common(1)[0][0]
+    return json.dumps({"*": common, **{k: v for k, v in precisions.items() if v != common}})
 
 
 def snap_to_grid(model: nn.Module) -> None:
