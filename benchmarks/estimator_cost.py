@@ -199,7 +199,7 @@ def measure(case: Case, quick: bool, log) -> Measured:
                 _loop_losses(base, classification_loss, batch, names, values, deltas)
 
         def batched(deltas=deltas):
-            perturbed_losses(base, classification_loss, batch, plan, deltas, update_buffers=False, batched=True)
+            perturbed_losses(base, classification_loss, batch, plan, deltas, batched=True)
         cheap = case.model in ("mlp", "cnn")
         out.vmap[n] = _ratio(looped, batched, case.reps if cheap else case.heavy_reps, warmup=1 if cheap else 0)
         log(f"  {case.label}: loop/vmap n={n} {out.vmap[n].fmt()}")

@@ -103,14 +103,14 @@ def reference_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, 
                        eps_mode: str = "alpha", eps: float = 1e-3, chunk: int = 256,
                        forward_flops: float | None = None) -> tuple[Tensor, float]:
     """Large-n two-sided ZO estimate of the smoothed loss's gradient (flat) and its relative
-    noise. Buffers are never updated. Spends ``2n`` forwards."""
+    noise. Eval-mode forwards: buffers are never updated. Spends ``2n`` forwards."""
     plan = perturbation_plan(model, eps_mode, eps)
     parts = max(1, min(REFERENCE_CHUNKS, n))
     sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
     means = []
     for size in sizes:
         grads, _ = zo_gradient(model, loss_fn, batch, plan, size, lambda k: sample_directions(plan, k, generator),
-                               min(chunk, size), update_buffers=False, forward_flops=forward_flops)
+                               min(chunk, size), forward_flops=forward_flops)
         means.append(flatten(grads) * size)
     reference = torch.stack(means).sum(0) / n
     if parts > 1:  # chunk means, weighted by size: variance of the mean ~ var of chunk means / parts

@@ -86,8 +86,8 @@ def test_fogzo_between_ste_and_nspsa():
     model, loss_fn, batch = digits_problem()
     common = {"n": 8, "eps_mode": "alpha"}
     ste = build_estimator("ste", {}, COST, 1, 0.1)
-    fogzo1 = build_estimator("fogzo", {**common, "beta_start": 1.0, "beta_min": 1.0}, COST, 1, 0.1)
-    fogzo0 = build_estimator("fogzo", {**common, "beta_start": 0.0, "beta_min": 0.0}, COST, 1, 0.1)
+    fogzo1 = build_estimator("fogzo", {**common, "beta_start": 1.0, "beta_min": 1.0, "zo_params": "all"}, COST, 1, 0.1)
+    fogzo0 = build_estimator("fogzo", {**common, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"}, COST, 1, 0.1)
     nspsa = build_estimator("nspsa", common, COST, 1, 0.1)
     ref_n, repeats = 1000, 60
     s = run_probe(ste, model, loss_fn, batch, 2, ref_n)

@@ -141,8 +141,8 @@ def test_nspsa_batched_matches_python_loop():
 
 def test_fogzo_beta_one_follows_ste_direction_exactly():
     model = Quadratic()  # float model: the STE gradient is the true gradient
-    g = estimates("fogzo", {"beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed"}, model, quad_batch(),
-                  quad_loss, 1)
+    g = estimates("fogzo", {"beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed", "zo_params": "all"}, model,
+                  quad_batch(), quad_loss, 1)
     assert torch.allclose(g[0], model.true_grad(), rtol=1e-3, atol=1e-4)
 
 
@@ -156,7 +156,7 @@ def test_fogzo_beta_one_aligns_with_ste_on_a_quantized_net():
 def test_fogzo_beta_zero_matches_nspsa_statistically():
     model = Quadratic()
     opts = {"n": 1, "eps_mode": "fixed"}
-    fog = estimates("fogzo", {**opts, "beta_start": 0.0, "beta_min": 0.0}, model, quad_batch(), quad_loss, 3000)
+    fog = estimates("fogzo", {**opts, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"}, model, quad_batch(), quad_loss, 3000)
     spsa = estimates("nspsa", opts, model, quad_batch(), quad_loss, 3000, seed=1)
     truth = model.true_grad()
     assert cosine(fog.mean(0), truth) > 0.98 and cosine(spsa.mean(0), truth) > 0.98
@@ -168,7 +168,7 @@ def test_fogzo_beta_zero_matches_nspsa_statistically():
 def test_fogzo_guidance_reduces_variance_versus_nspsa():
     model = Quadratic(d=40)
     opts = {"n": 1, "eps_mode": "fixed"}
-    fog = estimates("fogzo", {**opts, "beta_start": 0.9, "beta_min": 0.9}, model, quad_batch(), quad_loss, 500)
+    fog = estimates("fogzo", {**opts, "beta_start": 0.9, "beta_min": 0.9, "zo_params": "all"}, model, quad_batch(), quad_loss, 500)
     spsa = estimates("nspsa", opts, model, quad_batch(), quad_loss, 500)
     truth = model.true_grad()
     assert ((fog - truth) ** 2).sum(1).mean() < ((spsa - truth) ** 2).sum(1).mean()

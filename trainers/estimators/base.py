@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,6 +61,11 @@ class Estimator(ABC):
     def prepare(self, model: nn.Module) -> None:
         """Called once before training (QuZO snaps its weights onto the grid here)."""
 
+    def describe(self) -> dict[str, float | int]:
+        """Settings that exist only once the model is known (after ``prepare``), for the
+        trial's reports: e.g. FOGZO's ``d_zo`` and its effective ``beta_min`` under ``auto``."""
+        return {}
+
     @abstractmethod
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         """One step on ``batch``; ``progress`` in [0, 1] is the fraction of the budget used."""
@@ -85,6 +91,23 @@ def first_order_loss(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
     loss = loss_fn(model(inputs), targets)
     loss.backward()
     return loss.detach()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with every module in ``eval()``, then give each module back its own mode.
+
+    Perturbed (zeroth-order) forwards run here, as MeZO's reference code does: BatchNorm
+    reads its running statistics and never writes them, dropout is off, so the 2n losses of
+    a step differ only by their perturbations (estimators.md).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def draw_seed(generator: torch.Generator) -> int:

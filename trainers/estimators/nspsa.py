@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from trainers.estimators.base import Batch, Estimator, LossFn, StepResult
+from trainers.estimators.base import Batch, Estimator, LossFn, StepResult, trainable_parameters
 from trainers.estimators.perturb import EPS_MODES, perturbation_plan, sample_directions, zo_gradient
 
 
@@ -42,6 +42,15 @@ class NSPSAConfig:
 class NSPSA(Estimator):
     name = "nspsa"
     config_class = NSPSAConfig
+
+    _d_zo: int | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        self._d_zo = sum(p.numel() for _, p in trainable_parameters(model))
+
+    def describe(self) -> dict[str, float | int]:
+        """``d_zo``: every trainable element is perturbed."""
+        return {} if self._d_zo is None else {"d_zo": self._d_zo}
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         cfg = self.config

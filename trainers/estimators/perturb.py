@@ -1,12 +1,15 @@
 """Shared machinery of the zeroth-order estimators: per-tensor smoothing scales, direction
-sampling, and batched evaluation of many perturbed losses with ``torch.func.vmap``
-(BatchNorm models included: each evaluation runs on its own copy of the buffers).
+sampling, and batched evaluation of many perturbed losses with ``torch.func.vmap``.
+
+Every perturbed forward runs in ``eval()`` mode (``base.eval_mode``): BatchNorm uses its
+running statistics read-only and dropout is off, so the buffers need no per-evaluation
+copies and the 2n losses of a step differ only by their perturbations.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -15,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainers.estimators.base import Batch, LossFn, trainable_parameters
+from trainers.estimators.base import Batch, LossFn, eval_mode, trainable_parameters
 from trainers.quant import functional as qf
 from trainers.quant.layers import quantized_layers
 
@@ -32,8 +35,9 @@ class Perturbable:
     noise_kind: str
 
 
-def perturbation_plan(model: nn.Module, eps_mode: str, eps: float) -> list[Perturbable]:
-    """Per-tensor perturbation scales.
+def perturbation_plan(model: nn.Module, eps_mode: str, eps: float,
+                      only: Collection[str] | None = None) -> list[Perturbable]:
+    """Per-tensor perturbation scales (of the trainable tensors named in ``only``, if given).
 
     ``alpha``: a quantized weight is perturbed by ``alpha_l * eps_bar * u`` with ``alpha_l``
     its grid step and ``u`` unit-variance noise matched to the STE surrogate (the table in
@@ -43,7 +47,7 @@ def perturbation_plan(model: nn.Module, eps_mode: str, eps: float) -> list[Pertu
     if eps_mode not in EPS_MODES:
         raise ValueError(f"eps_mode {eps_mode!r} is not one of {', '.join(EPS_MODES)}")
     quantized = {f"{name}.weight" if name else "weight": layer for name, layer in quantized_layers(model)}
-    params = trainable_parameters(model)
+    params = [(name, p) for name, p in trainable_parameters(model) if only is None or name in only]
     scales: dict[str, Tensor] = {}
     for name, p in params:
         layer = quantized.get(name)
@@ -72,35 +76,26 @@ def sample_directions(plan: list[Perturbable], n: int, generator: torch.Generato
     ]
 
 
-def _buffer_copies(model: nn.Module, m: int) -> dict[str, Tensor]:
-    """``[m, *shape]``: a private copy of every buffer (BN running stats) per evaluation."""
-    return {name: b.detach().unsqueeze(0).repeat(m, *([1] * b.dim())) for name, b in model.named_buffers()}
-
-
 def _loop_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, names: list[str], base: dict[str, Tensor],
-                 deltas: list[Tensor], buffers: dict[str, Tensor] | None = None) -> Tensor:
-    """The reference (and fallback) evaluation: one forward per row of ``deltas``.
+                 deltas: list[Tensor]) -> Tensor:
+    """The reference (and fallback) evaluation: one eval-mode forward per row of ``deltas``.
 
-    Row j runs on its own buffer copy ``buffers[name][j]`` exactly as under vmap; with
-    ``buffers=None`` fresh copies are made and discarded, so the model is never mutated.
-    Each forward is the model's own, with every parameter's (and buffer's) ``.data``
-    pointed at the perturbed tensor and pointed back afterwards: exact, and without
-    ``functional_call``'s re-binding, which costs more than a small model's whole forward.
+    Each forward is the model's own, with every parameter's ``.data`` pointed at the
+    perturbed tensor and pointed back afterwards: exact, and without ``functional_call``'s
+    re-binding, which costs more than a small model's whole forward.
     """
     inputs, targets = batch
     m = deltas[0].shape[0]
-    buffers = _buffer_copies(model, m) if buffers is None else buffers
     slots = {name: model.get_parameter(name) for name in names}
-    slots.update({name: model.get_buffer(name) for name in buffers})
     originals = {name: t.data for name, t in slots.items()}
     out = []
     try:
-        for j in range(m):
-            for name, delta in zip(names, deltas):
-                slots[name].data = delta.added_to(base[name], j) if isinstance(delta, _SignedRows) else base[name] + delta[j]
-            for name, b in buffers.items():
-                slots[name].data = b[j]
-            out.append(loss_fn(model(inputs), targets))
+        with torch.no_grad(), eval_mode(model):
+            for j in range(m):
+                for name, delta in zip(names, deltas):
+                    slots[name].data = (delta.added_to(base[name], j) if isinstance(delta, _SignedRows)
+                                        else base[name] + delta[j])
+                out.append(loss_fn(model(inputs), targets))
     finally:
         for name, t in slots.items():
             t.data = originals[name]
@@ -135,7 +130,7 @@ def batching_pays_off(device: torch.device, m: int, forward_flops: float | None)
 
 
 def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                     deltas: list[Tensor], update_buffers: bool = True, batched: bool = True) -> Tensor:
+                     deltas: list[Tensor], batched: bool = True) -> Tensor:
     """Loss at ``theta + delta_j`` for every row j of ``deltas`` (each ``[m, *shape]``).
 
     With ``batched`` all m evaluations are batched with ``vmap`` over ``functional_call``
@@ -143,58 +138,40 @@ def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list
     in a loop (``batching_pays_off`` says which is faster).
     Models vmap cannot handle fall back to a Python loop, with a warning, once per class.
 
-    Buffers (BatchNorm running statistics): BN in train mode updates its running stats in
-    place, which vmap cannot do on an unbatched tensor and which would move the stats m
-    times per step. So every evaluation gets its own copy of the buffers (batched along
-    the vmap dimension), the model's buffers are untouched during the evaluations, and
-    afterwards, if ``update_buffers``, the copy of the FIRST evaluation (theta + delta_0)
-    is written back: the stats advance once per step, from a forward at a point one
-    smoothing radius from theta, as they would after one ordinary training forward.
-    (Averaging all m copies would be the other choice; it mixes +delta and -delta, but
-    the running stats are an EMA of noisy batch statistics anyway.)
+    All m forwards run in eval mode: BatchNorm reads the model's own running statistics
+    (shared, unbatched, never written) and dropout is off; the model's train/eval mode is
+    restored afterwards. Only a step's clean forward (FOGZO's STE pass) moves the stats.
     """
     names = [item.name for item in plan]
     base = {item.name: item.param.detach() for item in plan}
     inputs, targets = batch
-    m = deltas[0].shape[0]
-    with torch.no_grad():
-        losses = None
+    with torch.no_grad(), eval_mode(model):
         if batched and type(model) not in _VMAP_UNSUPPORTED:
-            buffers = _buffer_copies(model, m)
 
-            def one(bufs: dict[str, Tensor], *delta: Tensor) -> Tensor:
+            def one(*delta: Tensor) -> Tensor:
                 state = {name: base[name] + d for name, d in zip(names, delta)}
-                state.update(bufs)  # BN updates these per-copy tensors in place
                 return loss_fn(functional_call(model, state, (inputs,)), targets)
 
             try:
                 with _attention_backends(inputs.device):
-                    losses = vmap(one)(buffers, *deltas)
+                    return vmap(one)(*deltas)
             except (RuntimeError, NotImplementedError) as err:
                 _VMAP_UNSUPPORTED.add(type(model))
                 warnings.warn(f"vmap failed for {type(model).__name__} ({err}); evaluating directions in a loop",
                               stacklevel=2)
-        if losses is None:
-            buffers = _buffer_copies(model, m)  # a failed vmap may have touched the copies
-            losses = _loop_losses(model, loss_fn, batch, names, base, deltas, buffers)
-        if update_buffers:
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name][0])
-    return losses
+        return _loop_losses(model, loss_fn, batch, names, base, deltas)
 
 
 def symmetric_differences(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                          directions: list[Tensor], update_buffers: bool = True,
-                          batched: bool = True) -> tuple[Tensor, Tensor]:
+                          directions: list[Tensor], batched: bool = True) -> tuple[Tensor, Tensor]:
     """For each direction v_i: ``c_i = [L(theta + eps v_i) - L(theta - eps v_i)] / 2``, and the
-    2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate. Buffers take
-    the stats of ``theta + eps v_1`` if ``update_buffers`` (see ``perturbed_losses``)."""
+    2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate."""
     n = directions[0].shape[0]
     if batched:
         deltas = [torch.cat([item.eps * d, -item.eps * d]) for item, d in zip(plan, directions)]
     else:  # the loop reads one row at a time: never materialise all 2n model-sized deltas
         deltas = [_SignedRows(item.eps, d) for item, d in zip(plan, directions)]
-    losses = perturbed_losses(model, loss_fn, batch, plan, deltas, update_buffers, batched)
+    losses = perturbed_losses(model, loss_fn, batch, plan, deltas, batched)
     return (losses[:n] - losses[n:]) / 2, losses
 
 
@@ -216,15 +193,13 @@ class _SignedRows:
 
 def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable], n: int,
                 draw: Callable[[int], list[Tensor]], chunk: int,
-                update_buffers: bool = True, forward_flops: float | None = None) -> tuple[list[Tensor], float]:
+                forward_flops: float | None = None) -> tuple[list[Tensor], float]:
     """``G = (1/n) sum_i c_i v_i / eps`` per tensor, over n directions drawn ``chunk`` at a time.
 
     Chunking bounds memory at ``2 * chunk`` model copies however large n is (n-SPSA is run
     with n up to d); within a chunk the 2k forwards are one vmapped call. Returns the
-    per-tensor estimates and the mean of the 2n perturbed losses.
-
-    Buffers (BN running stats) advance once per call, from the first chunk, and only if
-    ``update_buffers``: FOGZO passes False because its STE forward already moved them.
+    per-tensor estimates and the mean of the 2n perturbed losses. The forwards run in eval
+    mode (``perturbed_losses``): BatchNorm statistics never move here.
     ``forward_flops`` (of one forward on ``batch``) picks vmap or a loop per chunk.
     """
     sums = [torch.zeros_like(item.param) for item in plan]
@@ -233,8 +208,7 @@ def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Pert
         k = min(chunk, n - start)
         directions = draw(k)
         batched = batching_pays_off(plan[0].param.device, 2 * k, forward_flops)
-        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, update_buffers and start == 0,
-                                          batched)
+        c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, batched)
         loss_total += float(losses.sum())
         weights = c.to(directions[0].dtype) / n
         for acc, d in zip(sums, directions):

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from trainers.estimators.base import eval_mode
+
 NoiseFn = Callable[[int, nn.Parameter], Tensor]
 
 
@@ -42,13 +44,15 @@ def two_point_in_place(model: nn.Module, loss_fn, batch, params: Sequence[nn.Par
                        noise: NoiseFn, eps: float, restore: bool = True) -> tuple[float, float]:
     """L(theta + eps z) and L(theta - eps z), restoring theta afterwards (up to float rounding).
 
-    ``restore=False`` leaves theta at theta - eps z, so a caller about to move along the
-    same z anyway folds the restore into its update: one noise pass fewer (see MeZO).
+    Both forwards run in eval mode (BatchNorm statistics read-only, dropout off; see
+    ``base.eval_mode``). ``restore=False`` leaves theta at theta - eps z, so a caller about
+    to move along the same z anyway folds the restore into its update: one noise pass fewer.
     """
     add_noise_(params, noise, eps)
-    plus = loss_at(model, loss_fn, batch)
-    add_noise_(params, noise, -2 * eps)
-    minus = loss_at(model, loss_fn, batch)
+    with eval_mode(model):
+        plus = loss_at(model, loss_fn, batch)
+        add_noise_(params, noise, -2 * eps)
+        minus = loss_at(model, loss_fn, batch)
     if restore:
         add_noise_(params, noise, eps)
     return plus, minus
