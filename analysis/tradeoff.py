@@ -32,7 +32,8 @@ def metric_label(frame: pd.DataFrame) -> str:
     return str(names[0]) if len(names) == 1 else "accuracy"
 COSTS = ["flops", "forwards", "wall_s"]
 _ARM_HYPERPARAMETERS = ["lr", "optimizer", "n", "eps", "beta_start", "beta_min", "warm_start", "perturb_bits",
-                        "batch_size", "surrogate"]
+                        "batch_size", "surrogate", "zo_params", "kappa", "grad_bits", "lr_schedule", "warmup", "scale",
+                        "first_last"]
 
 
 def _format_value(value: object) -> str:

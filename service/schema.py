@@ -96,6 +96,10 @@ TRIALS_SCHEMA = pa.schema([
 ], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"})
 
 
+ADDED_IN_VERSION_5 = ("zo_params", "zo_max_bits", "kappa", "grad_bits", "lr_schedule", "warmup", "scale",
+                      "first_last", *(f.name for f in MEASURED_SETTING_FIELDS))
+
+
 def _last_line(text: str | None) -> str | None:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else None
@@ -112,8 +116,12 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
         full = table.column("error").to_pylist()
         table = table.set_column(index, "error", pa.array([_last_line(t) for t in full], pa.string()))
         table = table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
-    if set(table.column_names) >= set(TRIALS_SCHEMA.names) or not set(table.column_names) <= set(TRIALS_SCHEMA.names):
-        return table  # current, or a table the cast to TRIALS_SCHEMA refuses anyway
+    found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"0").decode()
+    if not found.isdigit() or int(found) >= 5:
+        return table
+    missing = [name for name in ADDED_IN_VERSION_5 if name not in table.column_names]
+    if not missing or set(table.column_names) | set(missing) != set(TRIALS_SCHEMA.names):
+        return table  # nothing to add, or a table the cast to TRIALS_SCHEMA refuses anyway
     columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                for f in TRIALS_SCHEMA]
     return pa.Table.from_arrays(columns, names=TRIALS_SCHEMA.names).replace_schema_metadata(table.schema.metadata)
