@@ -1,6 +1,7 @@
 """The paper presets in examples/: every scale validates; the smoke scales of the MLP, the
-small-LLaMA and the QuZO fine-tuning presets run end to end; QuZO keeps its weights on the
-INT8 / INT4 / FP8 grid through fine-tuning from a pre-trained float model."""
+small-LLaMA and the QuZO fine-tuning presets run end to end; QuZO and quantized first-order
+(qfo) keep their weights on the INT8 / INT4 / FP8 grid through fine-tuning from a
+pre-trained float model."""
 
 from pathlib import Path
 
@@ -59,14 +60,30 @@ def test_llama_w2a2_preset_smoke_run(qsweep, tmp_path):
     assert all(r["metric_name"] == "perplexity" and r["final_eval_metric"] < 256 for r in rows)
 
 
-@pytest.mark.slow  # ~1-1.5 min: pre-training plus nine fine-tuning trials
-def test_quzo_finetune_preset_runs_pretraining_then_all_three_methods(qsweep, tmp_path):
+def test_quzo_finetune_preset_compares_the_papers_arms_with_3_seeds():
+    """QuZO vs MeZO vs quantized first-order (qfo) vs STE + Adam (the fp32-master reference),
+    INT8 / INT4 (FP8 too at paper scale), 3 seeds per arm, the authors' QuZO settings."""
+    for scale, formats in (("smoke", {("int", 8), ("int", 4)}),
+                           ("paper", {("int", 8), ("int", 4), ("fp8_e4m3", 8)})):
+        configs = [t.config for t in load_spec("examples/quzo_finetune.yaml", scale).trials()]
+        arms = {}
+        for c in configs:
+            arms.setdefault((c["estimator"], c["quantizer"], c["bits"]), set()).add(c["seed"])
+        assert set(arms) == {(e, q, b) for e in ("quzo", "mezo", "qfo", "ste") for q, b in formats}, scale
+        assert all(len(seeds) >= 3 for seeds in arms.values()), arms
+        quzo = [c for c in configs if c["estimator"] == "quzo"]
+        assert all(c["estimator_options"]["perturb_bits"] == 4 and c["estimator_options"]["eps"] == 1e-3
+                   and c["lr_schedule"] == "linear" for c in quzo)
+
+
+@pytest.mark.slow  # ~2-3 min: pre-training plus 24 fine-tuning trials
+def test_quzo_finetune_preset_runs_pretraining_then_all_four_methods(qsweep, tmp_path):
     rows, sweep_dir = _run_preset(qsweep, "quzo_finetune", tmp_path)
     pretrain = [r for r in rows if r["trial_id"].startswith("pretrain-")]
     finetune = [r for r in rows if not r["trial_id"].startswith("pretrain-")]
     assert len(pretrain) == 1 and list((sweep_dir / "stages").glob("*.pt"))
-    assert {r["estimator"] for r in finetune} == {"quzo", "mezo", "ste"}
-    assert {(r["quantizer"], r["bits"]) for r in finetune} == {("int", 8), ("int", 4), ("fp8_e4m3", 8)}
+    assert {r["estimator"] for r in finetune} == {"quzo", "mezo", "qfo", "ste"}
+    assert {(r["quantizer"], r["bits"]) for r in finetune} == {("int", 8), ("int", 4)}
     assert all(r["peak_memory_bytes"] > 0 for r in finetune)
     # Fine-tuning starts from the pre-trained model: its first evaluation is already far
     # better than a random model's (perplexity ~256 for bytes).
@@ -74,12 +91,13 @@ def test_quzo_finetune_preset_runs_pretraining_then_all_three_methods(qsweep, tm
     assert all(first[r["trial_id"]]["eval_metric"] < 100 for r in finetune)
 
 
+@pytest.mark.parametrize("estimator,lr", [("quzo", 0.05), ("qfo", 0.1)])
 @pytest.mark.parametrize("quantizer,bits", [("int", 8), ("int", 4), ("fp8_e4m3", 8)])
-def test_quzo_finetuning_keeps_weights_on_the_grid(tmp_path, quantizer, bits):
+def test_quzo_finetuning_keeps_weights_on_the_grid(tmp_path, quantizer, bits, estimator, lr):
     base = {"model": "mlp", "dataset": "digits", "num_evals": 1, "threads": 1}
     run_trial({**base, "quantizer": "none", "estimator": "ste", "optimizer": "adam", "lr": 0.01, "steps": 60,
                "save_model_to": str(tmp_path / "pre.pt")}, lambda m: None)
-    run_trial({**base, "quantizer": quantizer, "bits": bits, "estimator": "quzo", "lr": 0.05, "steps": 30,
+    run_trial({**base, "quantizer": quantizer, "bits": bits, "estimator": estimator, "lr": lr, "steps": 30,
                "init_from": str(tmp_path / "pre.pt"), "save_model_to": str(tmp_path / "tuned.pt")}, lambda m: None)
     pre, tuned = torch.load(tmp_path / "pre.pt"), torch.load(tmp_path / "tuned.pt")
     for layer in ("1", "3"):  # the two Linear layers of the MLP

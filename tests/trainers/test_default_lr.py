@@ -49,14 +49,14 @@ def test_defaults_live_on_the_estimator_and_an_explicit_lr_wins(name):
     assert TrialConfig.from_dict({"estimator": name}).lr == default_lr(name) > 0
     assert TrialConfig.from_dict({"estimator": name, "lr": 0.123}).lr == 0.123
     eps = default_eps(name)
-    assert eps == (estimator_config(name).eps if name != "ste" else None)
+    assert eps == getattr(estimator_config(name), "eps", None)  # STE and qfo have none
 
 
 def test_first_order_optimizers_get_their_own_default():
     for name in ("ste", "nspsa", "fogzo"):
         adam = TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr
         assert adam == default_lr(name, "adam") != default_lr(name, "sgd")
-    for name in ("mezo", "quzo"):  # in place: no optimizer, one default
+    for name in ("mezo", "quzo", "qfo"):  # in place: no optimizer, one default
         assert TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr == default_lr(name)
 
 

@@ -88,8 +88,9 @@ def test_same_seed_gives_the_same_step(name):
 def test_cost_accounting_matches_the_table(name, n):
     expected = {  # (forwards, backwards) per step, estimators.md
         "ste": (1, 1), "nspsa": (2 * n, 0), "fogzo": (1 + 2 * n, 1), "mezo": (2 * n, 0), "quzo": (2 * n, 0),
+        "qfo": (1, 1),
     }[name]
-    options = {} if name == "ste" else {"n": n}
+    options = {} if name in ("ste", "qfo") else {"n": n}
     model = mlp()
     est = build_estimator(name, options, COST, 0, lr=0.0)
     est.prepare(model)
@@ -99,7 +100,7 @@ def test_cost_accounting_matches_the_table(name, n):
 
 
 def test_registry_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="valid: ste, nspsa, fogzo, mezo, quzo"):
+    with pytest.raises(ValueError, match="valid: ste, nspsa, fogzo, mezo, quzo, qfo"):
         build_estimator("adam", {}, COST, 0, 0.1)
     with pytest.raises(ValueError, match="unknown option.*betta"):
         estimator_config("fogzo", {"betta": 0.5})

@@ -202,7 +202,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DATASETS, "text", load_text)
 
 
-LR = {"ste": 3e-3, "fogzo": 3e-3, "nspsa": 1e-4, "mezo": 1e-4, "quzo": 1e-4}
+LR = {"ste": 3e-3, "fogzo": 3e-3, "nspsa": 1e-4, "mezo": 1e-4, "quzo": 1e-4, "qfo": 1e-3}
 SMALL_TEXT = {"seq_len": 32, "n_train": 64, "n_test": 8, "max_bytes": 50_000}
 
 

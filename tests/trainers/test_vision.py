@@ -36,7 +36,7 @@ from trainers.quant import (
 )
 
 SMOKE = {"resnet18": {"width": 4}, "resnet50": {"width": 4}, "deit_tiny": {"depth": 1}, "deit_small": {"depth": 1}}
-ESTIMATOR_LR = {"ste": 0.05, "fogzo": 0.05, "nspsa": 1e-3, "mezo": 1e-3, "quzo": 1e-3}
+ESTIMATOR_LR = {"ste": 0.05, "fogzo": 0.05, "nspsa": 1e-3, "mezo": 1e-3, "quzo": 1e-3, "qfo": 0.05}
 
 
 @pytest.fixture(scope="module", autouse=True)

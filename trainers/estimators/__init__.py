@@ -12,10 +12,11 @@ from trainers.estimators.base import CostModel, Estimator, StepResult
 from trainers.estimators.fogzo import FOGZO, FOGZOConfig
 from trainers.estimators.mezo import MeZO, MeZOConfig
 from trainers.estimators.nspsa import NSPSA, NSPSAConfig
+from trainers.estimators.qfo import QFO, QFOConfig
 from trainers.estimators.quzo import QuZO, QuZOConfig
 from trainers.estimators.ste import STE, STEConfig
 
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (STE, NSPSA, FOGZO, MeZO, QuZO)}
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (STE, NSPSA, FOGZO, MeZO, QuZO, QFO)}
 
 
 def estimator_class(name: str) -> type[Estimator]:
@@ -62,5 +63,5 @@ def build_estimator(name: str, options: dict[str, Any] | None, cost: CostModel, 
 __all__ = [
     "ESTIMATORS", "CostModel", "Estimator", "StepResult", "build_estimator", "default_eps", "default_lr",
     "estimator_class", "estimator_config",
-    "FOGZOConfig", "MeZOConfig", "NSPSAConfig", "QuZOConfig", "STEConfig",
+    "FOGZOConfig", "MeZOConfig", "NSPSAConfig", "QFOConfig", "QuZOConfig", "STEConfig",
 ]

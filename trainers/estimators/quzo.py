@@ -40,7 +40,7 @@ class QuZOConfig:
 
     n: int = 1
     eps: float = 1e-3
-    perturb_bits: int | None = 8
+    perturb_bits: int | None = 4  # the authors' scripts (estimators.md, QuZO)
 
     def __post_init__(self) -> None:
         if self.n < 1:
