@@ -61,6 +61,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_NEEDS_A_GRID = ("quzo", "qfo")  # estimators whose weights live on the quantizer's grid
+
 _REGISTRIES = {"estimators": (ESTIMATORS, "estimator"), "quantizers": (QUANT_KINDS, "quantizer"),
                "models": (MODELS, "model"), "datasets": (DATASETS, "dataset")}
 
@@ -275,8 +277,8 @@ class SweepSpec(_Strict):
         g = self.grid
         for est, quantizer, bits, model, dataset, seed in itertools.product(
                 g.estimators, g.quantizers, g.bits, g.models, g.datasets, g.seeds):
-            if est == "quzo" and quantizer == "none":
-                skipped.append("quzo x quantizer none (QuZO needs a quantized grid)")
+            if est in _NEEDS_A_GRID and quantizer == "none":
+                skipped.append(f"{est} x quantizer none ({est} keeps its weights on a quantized grid)")
                 continue
             if quantizer.startswith("fp8") and bits != g.bits[0]:
                 continue  # FP8 is 8-bit whatever the bits axis says: one trial, not one per bit

@@ -177,8 +177,11 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
             return result
 
         started = time.perf_counter()
-        if counters["step"] == 0:  # peak memory of one full step, optimizer state included
-            result, peak_memory = track_peak_memory(train_step, [m for m in (model, optimizer) if m], device)
+        if counters["step"] < 2:
+            # Peak memory over the first two steps: Adam-like optimizers create their state
+            # inside the first step, so only from the second is it live through the backward.
+            result, peak = track_peak_memory(train_step, [m for m in (model, optimizer) if m], device)
+            peak_memory = max(peak_memory, peak)
         else:
             result = train_step()
         counters["wall_s"] += time.perf_counter() - started
