@@ -64,6 +64,14 @@ def write_spec(directory: Path, name: str, **fields: Any) -> Path:
     return path
 
 
+def straight_through_costs(config: dict[str, Any], steps: int) -> tuple[int, int]:
+    """(forwards, backwards) a trial of ``write_spec``'s STE or FOGZO (n = 1) ends with when
+    it runs straight through: a resumed trial must end with exactly these. FOGZO's ZO mix
+    covers weights of at most 4 bits; at 8 bits nothing is covered and a step is plain STE."""
+    mixed = config["estimator"] == "fogzo" and config["bits"] <= 4
+    return (3 if mixed else 1) * steps, steps
+
+
 def refresh_ray_auth_config() -> None:
     """Make this process's Ray re-read RAY_AUTH_MODE and the token (it caches both)."""
     from ray._raylet import AuthenticationTokenLoader, Config
