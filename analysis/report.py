@@ -22,8 +22,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis import bootstrap, plots, tradeoff
+from analysis import claims as paper_claims
 from analysis import diagnostics as gradient_quality
-from analysis import plots, tradeoff
 from analysis.load import ResultsError, SweepResults, combine, load_results
 from analysis.tradeoff import COSTS, LOWER_IS_BETTER, SETTING
 
@@ -53,6 +54,7 @@ class Report:
     curve_bands: pd.DataFrame  # per setting x arm x step: median / min / max over seeds
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # gradient-quality probes with arm (may be empty)
     diagnostics_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # per setting x arm: mean cosine, SNR
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.claims.evaluate: the papers' claims found here
     spec: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -120,7 +122,7 @@ def _equal_compute(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     metrics = list(dict.fromkeys(["eval_metric", "eval_loss", metric]))
     agg: dict[str, tuple[str, str]] = {"trials": ("trial_id", "size"), "flops_at_eval": ("flops", "mean")}
     for m in metrics:
-        agg.update({f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std")})
+        agg.update({f"{m}_{s}": (m, s) for s in ("median", "min", "max")})
     rows = []
     for _, c in curves[curves["status"] == "completed"].groupby(SETTING):
         budget = tradeoff.common_budget(c)
@@ -213,14 +215,17 @@ def build_report(results: SweepResults, metric: str = "eval_loss", target: float
         versions=_versions(trials), notes=_notes(trials, reach, targets, metric, focus))
     report.diagnostics = gradient_quality.by_step(results.diagnostics, trials)
     report.diagnostics_summary = gradient_quality.summary(report.diagnostics)
+    report.claims = paper_claims.evaluate(trials, curves, paper_claims.specs_by_sweep(results.spec, trials))
     report.text = headline_text(report)
     return report
 
 
 # ------------------------------------------------------------------ text and HTML formatting
 
-def _pm(mean: float, std: float) -> str:
-    return "—" if pd.isna(mean) else f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
+def _spread(table: pd.DataFrame, prefix: str) -> list[str]:
+    """``median [min–max]`` over seeds from a table's ``<prefix>_median/_min/_max`` columns."""
+    return [bootstrap.fmt_spread(m, lo, hi) for m, lo, hi in
+            zip(table[f"{prefix}_median"], table[f"{prefix}_min"], table[f"{prefix}_max"])]
 
 
 def _num(value: float) -> str:
@@ -238,13 +243,19 @@ def _where(row: Any, varying: list[str]) -> str:
 
 
 def display_headline(report: Report) -> pd.DataFrame:
-    """The headline table for people: final accuracy and loss as mean ± std over seeds."""
-    h = report.headline
+    """The headline table for people: final quality and loss as median [min–max] over seeds;
+    "vs best" marks, per setting, the best arm and those whose range overlaps it (within noise)."""
+    h, label = report.headline, tradeoff.metric_label(report.trials)
+    flags, t = pd.Series("", index=h.index), report.trials
+    for key, g in h.groupby(SETTING):  # accuracy up, perplexity down: per setting, as its trials say
+        lower = tradeoff.lower_is_better("eval_metric", t[(t[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)])
+        flags[g.index] = bootstrap.noise_flags(g["final_metric_median"], g["final_metric_min"],
+                                               g["final_metric_max"], lower)
     return pd.DataFrame({**{c: h[c] for c in _varying(h)}, "arm": h["arm"],
                          "done/trials": h["completed"].astype(str) + "/" + h["trials"].astype(str),
                          **({"failed": h["failed"]} if h["failed"].any() else {}),
-                         "final accuracy": [_pm(m, s) for m, s in zip(h["final_metric_mean"], h["final_metric_std"])],
-                         "final eval loss": [_pm(m, s) for m, s in zip(h["final_loss_mean"], h["final_loss_std"])],
+                         f"final {label}": _spread(h, "final_metric"), "vs best": flags,
+                         "final eval loss": _spread(h, "final_loss"),
                          "FLOPs": h["flops_mean"].map(_num), "wall s": h["wall_s_mean"].map(_num)})
 
 
@@ -296,7 +307,8 @@ def headline_text(report: Report) -> str:
     return "\n".join([
         _status_line(report), *report.notes, "", display_headline(report).to_string(index=False), "",
         f"compute to reach the target {report.metric} ({'; '.join(sorted(set(t['source'])))}{values}):",
-        *([f"  {s}" for s in ratio_sentences(report)] or ["  (no ratio: no focus arm or no target)"])])
+        *([f"  {s}" for s in ratio_sentences(report)] or ["  (no ratio: no focus arm or no target)"]),
+        *([paper_claims.summary_line(report.claims)] if len(report.claims) else [])])
 
 
 def _slug(*parts: Any) -> str:
@@ -346,8 +358,8 @@ def _html(report: Report, figures: list[tuple[str, Path]]) -> str:
     equal = pd.DataFrame({
         **{c: eq[c] for c in [*SETTING, "arm", "trials"]}, "budget FLOPs": eq["budget_flops"].map(_num),
         "FLOPs at last eval in budget": eq["flops_at_eval"].map(_num),
-        "accuracy": [_pm(m, s) for m, s in zip(eq["eval_metric_mean"], eq["eval_metric_std"])],
-        "eval loss": [_pm(m, s) for m, s in zip(eq["eval_loss_mean"], eq["eval_loss_std"])]}) if len(eq) else eq
+        tradeoff.metric_label(report.trials): _spread(eq, "eval_metric"),
+        "eval loss": _spread(eq, "eval_loss")}) if len(eq) else eq
     m, front = report.memory, report.pareto[report.pareto["on_front"].astype(bool)]
     memory = m[[*SETTING, "arm"]].assign(**{f"peak memory ({k})": [
         f"{b / plots.byte_unit(b)[1]:.3g} {plots.byte_unit(b)[0]}" for b in m[f"peak_memory_{k}"]] for k in ("mean", "max")})
@@ -357,7 +369,10 @@ def _html(report: Report, figures: list[tuple[str, Path]]) -> str:
     versions = pd.DataFrame(list(report.versions.items()), columns=["package", "version"])
     body = [f"<h1>qsweep report: {e(report.name)}</h1><p>{e(_status_line(report))}</p>",
             *[f'<p class="note">{e(n)}</p>' for n in report.notes],
-            "<h2>Headline</h2>", _table(display_headline(report)),
+            "<h2>Headline</h2><p>Median [min–max] over seeds; \"within noise\": the arm's range overlaps "
+            "the best arm's.</p>", _table(display_headline(report)),
+            *(["<h2>Claims</h2>", f"<p>{e(paper_claims.RULE)}</p>", _table(paper_claims.display(report.claims))]
+              if len(report.claims) else []),
             f"<h2>Compute to target ({e(report.metric)})</h2><ul>",
             *[f"<li>{e(s)}</li>" for s in ratio_sentences(report)], "</ul>", _table(display_reach(report)),
             "<h2>Quality at equal compute</h2>", _table(equal),
@@ -389,10 +404,11 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
 
 
 def report_command(locations: list[str], out: str | None, metric: str = "eval_loss", target: float | None = None,
-                   reference: str | None = "nspsa", focus: str = "fogzo") -> tuple[Path, str]:
+                   reference: str | None = "nspsa", focus: str = "fogzo", claims: bool = False) -> tuple[Path, str]:
     """``qsweep report``: load and combine ``locations``, write the report (to ``out``, else the
     first results folder; ``./<name>-report`` for a remote one) and return ``(report.html,
-    headline text)``. Bad input of any kind is one ``ResultsError``."""
+    headline text)``, with the papers' claims appended when ``claims``. Bad input of any kind
+    is one ``ResultsError``."""
     if not locations:
         raise ResultsError("no results folder given")
     results = combine([load_results(location) for location in locations])
@@ -400,4 +416,5 @@ def report_command(locations: list[str], out: str | None, metric: str = "eval_lo
         raise ResultsError(f"{results.location}: the same trials appear twice (one sweep given twice?)")
     report = build_report(results, metric, target, reference, focus)
     out_dir = out or (locations[0] if "://" not in locations[0] else f"{_slug(report.name)}-report")
-    return write_report(report, out_dir), report.text
+    text = report.text + ("\n\n" + paper_claims.text(report.claims) if claims else "")
+    return write_report(report, out_dir), text

@@ -73,8 +73,9 @@ def attach_arms(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def final_quality(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per setting x arm over completed trials: final and best eval metric and loss (mean, std),
-    mean compute, wall time and peak memory; failed trials are counted, not averaged."""
+    """Per setting x arm over completed trials: final and best eval metric and loss (mean, std;
+    the finals also median, min and max over seeds), mean compute, wall time and peak memory;
+    failed trials are counted, not averaged."""
     keys = [*SETTING, "arm"]
     done = trials[trials["status"] == "completed"]
     counts = trials.groupby(keys).agg(trials=("trial_id", "size"),
@@ -84,6 +85,8 @@ def final_quality(trials: pd.DataFrame) -> pd.DataFrame:
         final_metric_mean=("final_eval_metric", "mean"), final_metric_std=("final_eval_metric", "std"),
         best_metric_mean=("best_eval_metric", "mean"), best_metric_std=("best_eval_metric", "std"),
         final_loss_mean=("final_eval_loss", "mean"), final_loss_std=("final_eval_loss", "std"),
+        **{f"final_{name}_{stat}": (column, stat) for name, column in (("metric", "final_eval_metric"),
+           ("loss", "final_eval_loss")) for stat in ("median", "min", "max")},
         flops_mean=("flops", "mean"), wall_s_mean=("wall_s", "mean"),
         peak_memory_mean=("peak_memory_bytes", "mean"))
     table = counts.join(stats, how="left").reset_index()
@@ -165,11 +168,12 @@ def reference_target(trials: pd.DataFrame, reference_arm: str, metric: str, sett
     return float(values.max() if lower_is_better(metric, trials) else values.min())
 
 
-def quality_at_compute(curves: pd.DataFrame, metric: str, budget: float) -> pd.DataFrame:
-    """Per trial: ``metric`` at the last evaluation with cumulative FLOPs <= ``budget``."""
-    eligible = curves[curves["flops"] <= budget].sort_values("step")
+def quality_at_compute(curves: pd.DataFrame, metric: str, budget: float, cost: str = "flops") -> pd.DataFrame:
+    """Per trial: ``metric`` at the last evaluation with cumulative ``cost`` (FLOPs, or wall
+    seconds for an equal-wall-time comparison) <= ``budget``."""
+    eligible = curves[curves[cost] <= budget].sort_values("step")
     last = eligible.groupby(["sweep", "trial_id"]).tail(1)
-    return last[["sweep", "trial_id", "arm", *SETTING, "flops", metric]].reset_index(drop=True)
+    return last[["sweep", "trial_id", "arm", *SETTING, *dict.fromkeys(["flops", cost]), metric]].reset_index(drop=True)
 
 
 def common_budget(curves: pd.DataFrame) -> float:

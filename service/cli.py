@@ -88,6 +88,11 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def print_headline(sweep_dir: str) -> None:
+    """Median [min–max] over seeds per estimator x bits; "within noise" where an arm's range
+    overlaps the best arm's of its (quantizer, bits) group."""
+    from rich.markup import escape
+
+    from analysis.bootstrap import fmt_spread
     from analysis.summary import headline_table
     from analysis.tradeoff import metric_label
     from service.storage import read_results
@@ -98,12 +103,13 @@ def print_headline(sweep_dir: str) -> None:
         return
     frame = trials.to_pandas()
     label = metric_label(frame)
-    table = Table(title=f"final eval {label} (mean ± std over seeds)")
-    for column in ("estimator", "quantizer", "bits", "done/failed", label, "eval loss", "FLOPs"):
+    table = Table(title=escape(f"final eval {label} (median [min–max] over seeds)"))  # [..] is not markup
+    for column in ("estimator", "quantizer", "bits", "done/failed", label, "vs best", "eval loss", "FLOPs"):
         table.add_column(column)
     for row in headline_table(frame).itertuples():
         table.add_row(row.estimator, row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
-                      f"{_fmt(row.metric_mean)} ± {_fmt(row.metric_std)}", _fmt(row.loss_mean),
+                      escape(fmt_spread(row.metric_median, row.metric_min, row.metric_max)), row.vs_best,
+                      escape(fmt_spread(row.loss_median, row.loss_min, row.loss_max)),
                       "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}")
     console.print(table)
     failed = frame[frame["status"] == "failed"]
@@ -232,14 +238,16 @@ def report(results: Annotated[list[str], typer.Argument(help="one or more sweep 
            metric: Annotated[str, typer.Option(help="eval_loss, eval_metric or train_loss")] = "eval_loss",
            target: Annotated[float | None, typer.Option(help="compute-to-target threshold (default: the reference's worst-seed final value)")] = None,
            reference: Annotated[str, typer.Option(help="arm whose final value sets the target")] = "nspsa",
-           focus: Annotated[str, typer.Option(help="arm whose compute ratios are headlined")] = "fogzo") -> None:
-    """Write report.html (tables, plots, spec, versions) and print the headline table."""
+           focus: Annotated[str, typer.Option(help="arm whose compute ratios are headlined")] = "fogzo",
+           claims: Annotated[bool, typer.Option("--claims", help="also print the FOGZO / QuZO paper claims "
+                                                "found in the results, each with its verdict")] = False) -> None:
+    """Write report.html (tables, plots, spec, versions, paper claims) and print the headline table."""
     from analysis.load import ResultsError
     from analysis.report import report_command
 
     crashlog.remember_sweep_dir(results[0])
     try:
-        html_path, text = report_command(results, out, metric, target, reference, focus)
+        html_path, text = report_command(results, out, metric, target, reference, focus, claims)
     except ResultsError as err:
         raise SweepError(str(err)) from None
     console.print(text, markup=False, highlight=False)

@@ -12,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from analysis.load import ResultsError, load_results
-from analysis.report import build_report, report_command
+from analysis.report import build_report, display_headline, report_command
+from analysis.summary import headline_table
 from tests.analysis.test_tradeoff import curve_rows, trial_row, write_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,10 +99,41 @@ def test_report_tables_spec_versions_and_failures(written: tuple[Path, str]) -> 
 
 def test_headline_text_has_table_and_focus_ratios(written: tuple[Path, str]) -> None:
     _, text = written
-    assert "final accuracy" in text and "± " in text
+    assert "final accuracy" in text and "± " not in text
+    # median [min–max] over seeds: ste at 4 bits, its two seeds' final accuracy
+    ste4 = [1 - (0.2 + 2.1 * math.exp(-40.0 * 10 * 1.2e7 / 1.2e8) + 0.02 * seed) / 2.4 for seed in (0, 1)]
+    assert f"{np.median(ste4):.3f} [{min(ste4):.3f}–{max(ste4):.3f}]" in text
     assert re.search(r"at 2 bits: fogzo needs \d+\.\d+x less compute \(flops\) than nspsa", text)
     assert re.search(r"at 4 bits: fogzo needs \d+\.\d+x less compute \(flops\) than nspsa", text)
     assert "mezo does not reach the target (not reached 0/2)" in text
+
+
+def test_headline_marks_arms_within_noise_of_the_best(tmp_path: Path) -> None:
+    """Per setting: the best median is "best", an arm whose seed range overlaps it "within noise"."""
+    report = build_report(load_results(realistic_sweep(tmp_path)), target=1.0)
+    table = display_headline(report).set_index(["bits", "arm"])
+    h = report.headline.set_index(["bits", "arm"])
+    for bits in (2, 4):
+        rows = h.loc[bits]
+        best = rows["final_metric_median"].idxmax()
+        assert table.loc[(bits, best), "vs best"] == "best"
+        for arm, row in rows.drop(index=best).iterrows():
+            overlap = row.final_metric_min <= rows.loc[best, "final_metric_max"] and \
+                rows.loc[best, "final_metric_min"] <= row.final_metric_max
+            assert table.loc[(bits, arm), "vs best"] == ("within noise" if overlap else ""), (bits, arm)
+    assert (table["vs best"] == "").any()  # mezo is clearly behind
+
+
+def test_headline_table_of_qsweep_run_flags_noise(tmp_path: Path) -> None:
+    trials = load_results(realistic_sweep(tmp_path)).trials
+    table = headline_table(trials).set_index(["estimator", "bits"])
+    done = trials[trials["status"] == "completed"]
+    ste = done[(done["estimator"] == "ste") & (done["bits"] == 2)]["final_eval_metric"]
+    assert table.loc[("ste", 2), ["metric_median", "metric_min", "metric_max"]].tolist() == pytest.approx(
+        [ste.median(), ste.min(), ste.max()])
+    assert set(table["vs_best"]) <= {"best", "within noise", ""}
+    assert (table.groupby("bits")["vs_best"].apply(lambda s: (s == "best").sum()) == 1).all()
+    assert table.loc[("mezo", 2), "vs_best"] == ""
 
 
 def test_reach_ratio_is_what_the_curves_say(tmp_path: Path) -> None:
@@ -191,7 +224,8 @@ def test_unknown_metric_is_refused(tmp_path: Path) -> None:
 
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
-    code = ("import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, analysis.summary\n"
+    code = ("import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, analysis.summary, "
+            "analysis.claims, analysis.bootstrap\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
             "print(bad)\nsys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
