@@ -179,3 +179,16 @@ def test_every_claim_names_its_figure_and_a_known_metric() -> None:
         assert c.figure and c.text and c.direction in ("better", "equal", "ratio")
         assert c.metric in ("final_train_loss", "final_eval_metric", "final_eval_loss", "peak_memory_bytes",
                             "compute_to_target", "eval_metric_at_equal_wall")
+
+
+def test_qsweep_report_claims_prints_the_verdicts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    folder = sweep(tmp_path, "resnet", {"fogzo": HIGH, "ste": LOW}, PAPER)
+    result = CliRunner().invoke(app, ["report", folder, "--out", str(tmp_path / "out"), "--claims"])
+    assert result.exit_code == 0, result.output
+    assert "fogzo-resnet (FOGZO)" in result.output and "REPRODUCED: interval favours the claim" in result.output
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere"), "--claims"])
+    assert missing.exit_code == 2
