@@ -83,10 +83,6 @@ def _trial_table(spec: SweepSpec) -> Table:
     return table
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def print_headline(sweep_dir: str) -> None:
     """Median [min–max] over seeds per estimator x bits; "within noise" where an arm's range
     overlaps the best arm's of its (quantizer, bits) group."""
