@@ -99,6 +99,24 @@ class Grid(_Strict):
         return values
 
 
+def _check_model_section(model: str, section: dict[str, Any], grid: Grid) -> None:
+    """``models.<name>``: a grid model; its ``datasets`` / ``bits`` checked as the grid's
+    axes, every other key a per-trial setting (as in an estimator's section)."""
+    where = f"models.{model}"
+    if model not in grid.models:
+        raise ValueError(f"{where}: not in grid.models {grid.models}")
+    unknown = sorted(set(section) - _PER_ESTIMATOR_TRIAL_KEYS - {"datasets", "bits"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid: datasets, bits, "
+                         f"{', '.join(sorted(_PER_ESTIMATOR_TRIAL_KEYS))}")
+    axes = {k: section[k] for k in ("datasets", "bits") if k in section}
+    try:
+        Grid.model_validate({"estimators": grid.estimators, **axes})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"{where}.{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
 def _check_names(values: list[str], valid, kind: str) -> list[str]:
     unknown = [v for v in values if v not in valid]
     if unknown:
@@ -203,16 +221,23 @@ class SweepSpec(_Strict):
                     "the attempt fails with 'memory limit of ... exceeded'")
     pretrain: dict[str, Any] | None = Field(
         default=None, description="optional float pre-training stage: trial settings (with steps or flops); "
-                                  "every grid trial then starts from its checkpoint")
+                                  "the grid trials of its `estimators` (default: all) start from its checkpoint")
+    models: dict[str, dict[str, Any]] = Field(
+        default={}, description="per-model settings: `datasets` / `bits` (lists: that model's own axes, "
+                                "e.g. llama on text only) and trial settings; estimators' sections override them")
 
     @field_validator("pretrain")
     @classmethod
     def _pretrain_keys(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
         if values is None:
             return None
-        unknown = sorted(set(values) - _TRIAL_FIELDS)
+        unknown = sorted(set(values) - _TRIAL_FIELDS - {"estimators"})
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS))}")
+            raise ValueError(f"unknown key {unknown[0]!r}; valid: estimators, {', '.join(sorted(_TRIAL_FIELDS))}")
+        chosen = values.get("estimators")
+        if chosen is not None and (not isinstance(chosen, list) or not chosen
+                                   or not all(isinstance(e, str) for e in chosen)):
+            raise ValueError("estimators: expected a non-empty list of estimator names")
         if values.get("steps") is None and values.get("flops") is None:
             raise ValueError("set steps or flops for the pre-training stage")
         fixed = sorted(set(values) & {"model", "init_from", "save_model_to"})
@@ -245,7 +270,22 @@ class SweepSpec(_Strict):
                 raise ValueError(f"estimators.{name}: unknown estimator; valid: {', '.join(ESTIMATORS)}")
             if name not in self.grid.estimators:
                 raise ValueError(f"estimators.{name}: not in grid.estimators {self.grid.estimators}")
+        for name in (self.pretrain or {}).get("estimators") or []:
+            if name not in self.grid.estimators:
+                raise ValueError(f"pretrain.estimators: {name!r} is not in grid.estimators {self.grid.estimators}")
+        for name, section in self.models.items():
+            _check_model_section(name, section, self.grid)
         return self
+
+    def _model_axis(self, model: str, axis: str) -> list:
+        """A model's own ``datasets`` / ``bits`` (its ``models`` section), else the grid's."""
+        return self.models.get(model, {}).get(axis, getattr(self.grid, axis))
+
+    def _model_settings(self, model: str) -> dict[str, Any]:
+        return {k: v for k, v in self.models.get(model, {}).items() if k not in ("datasets", "bits")}
+
+    def _pretrained_estimators(self) -> list[str]:
+        return (self.pretrain or {}).get("estimators") or self.grid.estimators
 
     # --- expansion ---------------------------------------------------------------------------
 
@@ -258,10 +298,12 @@ class SweepSpec(_Strict):
         if self.pretrain is None:
             return []
         planned = []
+        stage = {k: v for k, v in self.pretrain.items() if k != "estimators"}
         for model in self.grid.models:
-            config = {**self.trial, "estimator": "ste", "quantizer": "none", "bits": 8, "model": model,
-                      "dataset": self.grid.datasets[0], "seed": 0, "steps": None, "flops": None,
-                      "estimator_options": {}, **self.pretrain}
+            shared = {k: v for k, v in self._model_settings(model).items() if k not in ("steps", "flops")}
+            config = {**self.trial, **shared, "estimator": "ste", "quantizer": "none", "bits": 8, "model": model,
+                      "dataset": self._model_axis(model, "datasets")[0], "seed": 0, "steps": None, "flops": None,
+                      "estimator_options": {}, **stage}
             _fill_defaults(config)
             tid = "pretrain-" + trial_id(config)
             config["save_model_to"] = STAGE_PREFIX + tid
@@ -275,21 +317,23 @@ class SweepSpec(_Strict):
         planned, skipped = [], []
         pretrained = dict(zip(self.grid.models, (t.trial_id for t in self.pretrain_trials())))
         g = self.grid
-        for est, quantizer, bits, model, dataset, seed in itertools.product(
-                g.estimators, g.quantizers, g.bits, g.models, g.datasets, g.seeds):
+        for est, quantizer, bits, model, dataset, seed in (
+                (e, q, b, m, d, s) for e, q, m in itertools.product(g.estimators, g.quantizers, g.models)
+                for b in self._model_axis(m, "bits") for d in self._model_axis(m, "datasets") for s in g.seeds):
             if est in _NEEDS_A_GRID and quantizer == "none":
                 skipped.append(f"{est} x quantizer none ({est} keeps its weights on a quantized grid)")
                 continue
-            if quantizer.startswith("fp8") and bits != g.bits[0]:
+            if quantizer.startswith("fp8") and bits != self._model_axis(model, "bits")[0]:
                 continue  # FP8 is 8-bit whatever the bits axis says: one trial, not one per bit
             for hp in _expand_lists(self.estimators.get(est, {})):
                 config = {**self.trial, "estimator": est, "quantizer": quantizer,
                           "bits": 8 if quantizer.startswith("fp8") else bits, "model": model,
-                          "dataset": dataset, "seed": seed, "steps": self.budget.steps, "flops": self.budget.flops}
+                          "dataset": dataset, "seed": seed, "steps": self.budget.steps, "flops": self.budget.flops,
+                          **self._model_settings(model)}
                 options = {k: v for k, v in hp.items() if k not in _PER_ESTIMATOR_TRIAL_KEYS}
                 config.update({k: v for k, v in hp.items() if k in _PER_ESTIMATOR_TRIAL_KEYS})
                 config["estimator_options"] = options
-                if self.pretrain is not None:  # fine-tune from this model's pre-trained weights
+                if self.pretrain is not None and est in self._pretrained_estimators():  # fine-tune from it
                     config["init_from"] = STAGE_PREFIX + pretrained[model]
                 _fill_defaults(config)
                 planned.append(PlannedTrial(trial_id(config), config))

@@ -93,9 +93,9 @@ def test_resolve_trial_grid_and_optuna():
     assert "beta_min" not in cfg["estimator_options"], "options an estimator lacks are not forced on it"
 
 
-def test_the_quick_example_is_valid_and_has_thirty_trials():
+def test_the_quick_example_is_valid_and_has_36_trials():
     quick = load_spec("examples/quick.yaml")
-    assert len(quick.trials()) == 5 * 3 * 2
+    assert len(quick.trials()) == 6 * 3 * 2
 
 
 def _qsweep(*args, cwd=None):
@@ -105,7 +105,7 @@ def _qsweep(*args, cwd=None):
 
 def test_validate_cli_prints_the_table_and_exits_2_on_errors(tmp_path):
     ok = _qsweep("validate", "examples/quick.yaml")
-    assert ok.returncode == 0 and "30 trials" in ok.stdout
+    assert ok.returncode == 0 and "36 trials" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngrid: {estimators: [ste], bits: [9]}\nbudget: {steps: 5}\n")
     out = _qsweep("validate", str(bad))
@@ -122,7 +122,7 @@ def test_validate_cli_prints_the_table_and_exits_2_on_errors(tmp_path):
 
 @pytest.mark.parametrize("section,option,message", [
     ("model_options", {"hiden": 3}, "model_options: mlp: unknown option(s) hiden; valid options: hidden, bias"),
-    ("dataset_options", {"foo": 1}, "dataset_options: digits: unknown option(s) foo; valid options: (none)"),
+    ("dataset_options", {"foo": 1}, "dataset_options: digits: unknown option(s) foo; valid options: size"),
 ])
 def test_unknown_model_or_dataset_options_fail_when_the_spec_is_read(section, option, message):
     """Not inside a trial hours later: the spec names the bad option and what is valid."""
