@@ -278,7 +278,11 @@ def ratio_sentences(report: Report, cost: str = "flops") -> list[str]:
     ratios = ratios.assign(_other=~ratios["versus"].isin(refs)).sort_values([*SETTING, "_other", "arm", "versus"])
     for row in ratios.itertuples():
         ratio, where = getattr(row, cost), _where(row, _varying(ratios))
-        if not pd.isna(ratio) and abs(ratio - 1) < 0.005:
+        if not pd.isna(ratio) and (ratio == 0 or math.isinf(ratio)):  # one side was there before training
+            first, other = (row.versus, row.arm) if ratio == 0 else (row.arm, row.versus)
+            out.append(f"at {where}: {first} is at the target before any training (it starts from a checkpoint "
+                       f"or the target is loose) — no finite ratio vs {other}")
+        elif not pd.isna(ratio) and abs(ratio - 1) < 0.005:
             out.append(f"at {where}: {row.arm} needs the same compute ({cost}) as {row.versus}")
         elif not pd.isna(ratio):
             factor = ratio if ratio >= 1 else 1 / ratio

@@ -1,29 +1,63 @@
-"""The small headline table: final quality and compute per estimator x bits, over seeds.
+"""The small headline table: final quality and compute per regime x arm x bits, over seeds.
 
 Pure pandas on the trials table (never torch or Ray), shared by ``qsweep run`` (printed
 at the end of a sweep) and ``qsweep report``. Quality is the median and min–max range over
 seeds (three seeds make a std meaningless), and each arm is marked "within noise" when its
-range overlaps the best arm's of its (quantizer, bits) group.
+range overlaps the best arm's of its (regime, quantizer, bits) group. The regime says how a
+trial started: "from scratch" (QAT), "fine-tune" (from the spec's pre-training stage) or
+"pre-training" (that stage itself), so the two kinds of training are never ranked together.
 """
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from analysis.bootstrap import noise_flags
-from analysis.tradeoff import lower_is_better
+from analysis.tradeoff import add_arms, lower_is_better
 
-COLUMNS = ["estimator", "quantizer", "bits", "trials", "completed", "failed", "metric_median", "metric_min",
+REGIMES = ("from scratch", "fine-tune", "pre-training")
+COLUMNS = ["regime", "estimator", "quantizer", "bits", "trials", "completed", "failed", "metric_median", "metric_min",
            "metric_max", "loss_median", "loss_min", "loss_max", "flops_mean", "peak_memory_mean", "vs_best"]
 
 
+def _starts_from_checkpoint(config: object) -> bool:
+    try:
+        return bool(json.loads(config).get("init_from")) if isinstance(config, str) else False
+    except (ValueError, AttributeError):
+        return False
+
+
+def regimes(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's regime (see the module docstring), from its id and stored config."""
+    pre = trials["trial_id"].astype(str).str.startswith("pretrain-")
+    tuned = trials["config"].map(_starts_from_checkpoint) if "config" in trials else False
+    regime = pd.Series("from scratch", index=trials.index)
+    regime[tuned & ~pre] = "fine-tune"
+    regime[pre] = "pre-training"
+    return regime
+
+
+def _with_arms(trials: pd.DataFrame) -> pd.DataFrame:
+    """``estimator`` replaced by the arm label (``nspsa n=1`` vs ``nspsa n=7960``); the
+    pre-training stage is its own arm and never splits the others' labels."""
+    trials = trials.assign(regime=regimes(trials))
+    staged = trials["regime"] == "pre-training"
+    main = trials[~staged]
+    if "sweep" in main and not main.empty:
+        main = add_arms(main).assign(estimator=lambda t: t["arm"]).drop(columns="arm")
+    return pd.concat([main, trials[staged].assign(estimator="float pre-training")])
+
+
 def headline_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (estimator, quantizer, bits): trials, completed, failed, median / min / max
+    """One row per (regime, arm, quantizer, bits): trials, completed, failed, median / min / max
     of the final eval metric and loss over completed trials, mean training FLOPs and peak
-    memory, and ``vs_best``: "best", "within noise" or "" within its (quantizer, bits) group."""
+    memory, and ``vs_best``: "best", "within noise" or "" within its (regime, quantizer, bits) group."""
     if trials.empty:
         return pd.DataFrame(columns=COLUMNS)
-    keys = ["estimator", "quantizer", "bits"]
+    trials = _with_arms(trials)
+    keys = ["regime", "estimator", "quantizer", "bits"]
     completed = trials[trials["status"] == "completed"]
     counts = trials.groupby(keys).agg(trials=("trial_id", "count"),
                                       completed=("status", lambda s: int((s == "completed").sum())),
@@ -36,10 +70,12 @@ def headline_table(trials: pd.DataFrame) -> pd.DataFrame:
                                           loss_max=("final_eval_loss", "max"),
                                           flops_mean=("flops", "mean"),
                                           peak_memory_mean=("peak_memory_bytes", "mean"))
-    table = counts.join(quality, how="left").reset_index().sort_values(["bits", "estimator", "quantizer"])
+    table = counts.join(quality, how="left").reset_index()
+    table["_order"] = table["regime"].map({r: i for i, r in enumerate(REGIMES)})
+    table = table.sort_values(["_order", "bits", "estimator", "quantizer"]).drop(columns="_order")
     table["vs_best"] = ""
-    for (quantizer, bits), group in table.groupby(["quantizer", "bits"]):
-        lower = lower_is_better("eval_metric", trials[(trials["quantizer"] == quantizer) & (trials["bits"] == bits)])
+    for (regime, quantizer, bits), group in table.groupby(["regime", "quantizer", "bits"]):
+        same = trials[(trials["regime"] == regime) & (trials["quantizer"] == quantizer) & (trials["bits"] == bits)]
         table.loc[group.index, "vs_best"] = noise_flags(group["metric_median"], group["metric_min"],
-                                                        group["metric_max"], lower)
+                                                        group["metric_max"], lower_is_better("eval_metric", same))
     return table.reindex(columns=COLUMNS)

@@ -84,8 +84,8 @@ def _trial_table(spec: SweepSpec) -> Table:
 
 
 def print_headline(sweep_dir: str) -> None:
-    """Median [min–max] over seeds per estimator x bits; "within noise" where an arm's range
-    overlaps the best arm's of its (quantizer, bits) group."""
+    """Median [min–max] over seeds per regime x arm x bits; "within noise" where an arm's range
+    overlaps the best arm's of its (regime, quantizer, bits) group."""
     from rich.markup import escape
 
     from analysis.bootstrap import fmt_spread
@@ -100,10 +100,10 @@ def print_headline(sweep_dir: str) -> None:
     frame = trials.to_pandas()
     label = metric_label(frame)
     table = Table(title=escape(f"final eval {label} (median [min–max] over seeds)"))  # [..] is not markup
-    for column in ("estimator", "quantizer", "bits", "done/failed", label, "vs best", "eval loss", "FLOPs"):
+    for column in ("regime", "arm", "quantizer", "bits", "done/failed", label, "vs best", "eval loss", "FLOPs"):
         table.add_column(column)
     for row in headline_table(frame).itertuples():
-        table.add_row(row.estimator, row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
+        table.add_row(row.regime, escape(row.estimator), row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
                       escape(fmt_spread(row.metric_median, row.metric_min, row.metric_max)), row.vs_best,
                       escape(fmt_spread(row.loss_median, row.loss_min, row.loss_max)),
                       "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}")
