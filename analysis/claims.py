@@ -196,23 +196,50 @@ def _scale(claim: Claim, focus: pd.DataFrame, baseline: pd.DataFrame, scales: di
     return (f"smoke (inferred: {'; '.join(short)})", False) if short else ("paper (inferred)", True)
 
 
-def _values(claim: Claim, group: pd.DataFrame, curves: pd.DataFrame, focus: str, base: str) -> tuple[list, list]:
-    """Per-seed values of the claim's metric for the two arms (``inf``: never reached the target)."""
+_CURVE_OF = {"final_train_loss": "train_loss", "final_eval_loss": "eval_loss", "final_eval_metric": "eval_metric"}
+
+
+def _at_common_step(claim: Claim, group: pd.DataFrame, c: pd.DataFrame, focus: str,
+                    base: str) -> tuple[list, list, int] | None:
+    """An equal-iterations claim whose arms ran different budgets (the MLP preset runs FOGZO
+    longer for the compute claim): each trial's evaluation at the step every trial reached,
+    if every trial has one there; None otherwise. (``train_loss`` is the mean since the
+    previous evaluation, so arms evaluated at different intervals average different windows.)"""
+    if not claim.equal_steps or claim.metric not in _CURVE_OF or c.empty:
+        return None
+    if group.groupby("arm")["steps"].nunique().max() > 1 or group["steps"].nunique() <= 1:
+        return None
+    common = int(c.groupby(["sweep", "trial_id"])["step"].max().min())
+    at = c[c["step"] == common]
+    if set(zip(at["sweep"], at["trial_id"])) != set(zip(group["sweep"], group["trial_id"])):
+        return None
+    column = _CURVE_OF[claim.metric]
+    return (at.loc[at["arm"] == focus, column].dropna().tolist(), at.loc[at["arm"] == base, column].dropna().tolist(),
+            common)
+
+
+def _values(claim: Claim, group: pd.DataFrame, curves: pd.DataFrame, focus: str,
+            base: str) -> tuple[list, list, int | None]:
+    """Per-seed values of the claim's metric for the two arms (``inf``: never reached the
+    target), and the common step they were read at when the arms' budgets differ."""
     f, b = group[group["arm"] == focus], group[group["arm"] == base]
-    if claim.metric.startswith("final_") or claim.metric == "peak_memory_bytes":
-        return f[claim.metric].dropna().tolist(), b[claim.metric].dropna().tolist()
     c = curves[curves["trial_id"].isin(group["trial_id"]) & curves["sweep"].isin(group["sweep"])]
     c = c[c["arm"].isin([focus, base])]
+    if claim.metric.startswith("final_") or claim.metric == "peak_memory_bytes":
+        common = _at_common_step(claim, group, c, focus, base)
+        if common is not None:
+            return common
+        return f[claim.metric].dropna().tolist(), b[claim.metric].dropna().tolist(), None
     if claim.metric == "compute_to_target":
         key = tuple(group[SETTING].iloc[0])
         target = tradeoff.reference_target(group, base, "eval_loss", key)
         reach = tradeoff.compute_to_target(c, "eval_loss", target)
         cost = reach["flops"].where(reach["reached"], math.inf)
-        return cost[reach["arm"] == focus].tolist(), cost[reach["arm"] == base].tolist()
+        return cost[reach["arm"] == focus].tolist(), cost[reach["arm"] == base].tolist(), None
     # eval_metric_at_equal_wall: each trial's metric at the last evaluation within the common wall time
     budget = float(c.groupby(["sweep", "trial_id"])["wall_s"].max().min()) if len(c) else math.nan
     q = tradeoff.quality_at_compute(c, "eval_metric", budget, cost="wall_s")
-    return q.loc[q["arm"] == focus, "eval_metric"].tolist(), q.loc[q["arm"] == base, "eval_metric"].tolist()
+    return q.loc[q["arm"] == focus, "eval_metric"].tolist(), q.loc[q["arm"] == base, "eval_metric"].tolist(), None
 
 
 def _lower_is_better(claim: Claim, group: pd.DataFrame) -> bool:
@@ -257,11 +284,12 @@ def _pairs(claim: Claim, trials: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame
     focus_rows = done[(done["estimator"] == claim.focus.estimator) & _match(done, claim.focus.where)]
     base_rows = done[(done["estimator"] == claim.baseline.estimator) & _match(done, claim.baseline.where)]
     out = []
-    for key, group in pd.concat([focus_rows, base_rows]).groupby(SETTING, dropna=False):
+    # Arms pair within one sweep: two sweeps differ in budgets and settings the arms do not name.
+    for (*key, _), group in pd.concat([focus_rows, base_rows]).groupby([*SETTING, "sweep"], dropna=False):
         is_focus = group.index.isin(focus_rows.index)
         for f in sorted(group.loc[is_focus, "arm"].unique()):
             for b in sorted(group.loc[~is_focus, "arm"].unique()):
-                out.append((key, group[group["arm"].isin([f, b])], f, b))
+                out.append((tuple(key), group[group["arm"].isin([f, b])], f, b))
     return out
 
 
@@ -273,15 +301,18 @@ def evaluate(trials: pd.DataFrame, curves: pd.DataFrame, specs: dict[str, dict[s
     for claim in claims:
         for key, group, focus, base in _pairs(claim, trials):
             f, b = group[group["arm"] == focus], group[group["arm"] == base]
-            fv, bv = _values(claim, group, curves, focus, base)
+            fv, bv, common_step = _values(claim, group, curves, focus, base)
             interval = (bootstrap.ratio_interval if claim.direction == "ratio" else bootstrap.difference_interval)(fv, bv)
             lower = _lower_is_better(claim, group)
             scale, scale_ok = _scale(claim, f, b, scales)
-            steps_equal = not claim.equal_steps or set(f["steps"].dropna()) == set(b["steps"].dropna())
+            steps_equal = (not claim.equal_steps or common_step is not None
+                           or set(f["steps"].dropna()) == set(b["steps"].dropna()))
             fs, bs = bootstrap.spread(fv), bootstrap.spread(bv)
             verdict, why = _verdict(claim, interval, bs[0], lower, (len(fv), len(bv)), steps_equal, scale_ok)
             stat = ("ratio of medians (baseline / focus)" if claim.direction == "ratio"
                     else "difference of medians (focus − baseline)")
+            if common_step is not None:
+                stat += f" at step {common_step}, the step every trial reached"
             rows.append({"claim": claim.id, "paper": claim.paper, "text": claim.text, "figure": claim.figure,
                          **dict(zip(SETTING, key)), "focus": focus, "baseline": base, "metric": claim.metric,
                          "statistic": stat, "focus_median": fs[0], "focus_min": fs[1], "focus_max": fs[2],

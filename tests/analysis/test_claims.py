@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis import bootstrap, claims
-from analysis.load import load_results
+from analysis.load import combine, load_results
 from analysis.report import build_report, report_command
 from tests.analysis.test_tradeoff import FLOPS, curve_rows, trial_row, write_sweep
 
@@ -94,16 +94,28 @@ def test_inferred_paper_scale_counts(tmp_path: Path) -> None:
     assert (row["verdict"], row["scale"]) == ("reproduced", "paper (inferred)")
 
 
-def test_unequal_iterations_are_unresolved(tmp_path: Path) -> None:
+def _unequal_budgets(root: Path, fogzo_eval_steps: list[int]) -> str:
+    """FOGZO ran 200 steps, STE 100; their curves hold evaluations at the steps given."""
     trials, curves = [], []
-    for estimator, values, steps in (("fogzo", HIGH, 200), ("ste", LOW, 100)):
+    for estimator, values, steps, at in (("fogzo", HIGH, 200, fogzo_eval_steps), ("ste", LOW, 100, [0, 100])):
         for seed, value in enumerate(values):
             trials.append(trial_row("resnet", estimator, 2, seed, model="resnet18", final_eval_metric=value,
                                     metric_name="accuracy", steps=steps))
-            curves += curve_rows(trials[-1], [2.3, 1.0])
-    folder = write_sweep(tmp_path / "unequal", "resnet", trials, curves, spec=PAPER)
-    [row] = verdicts(folder, "fogzo-resnet")
+            rows = curve_rows(trials[-1], [2.3] + [1.0] * (len(at) - 1),
+                              accuracies=[0.1] + [value] * (len(at) - 1))
+            curves += [row | {"step": step} for row, step in zip(rows, at)]
+    return write_sweep(root, "resnet", trials, curves, spec=PAPER)
+
+
+def test_unequal_iterations_without_a_common_evaluation_are_unresolved(tmp_path: Path) -> None:
+    [row] = verdicts(_unequal_budgets(tmp_path / "unequal", [0, 200]), "fogzo-resnet")
     assert row["verdict"] == "unresolved" and "unequal" in row["why"]
+
+
+def test_unequal_budgets_are_compared_at_the_step_every_trial_reached(tmp_path: Path) -> None:
+    [row] = verdicts(_unequal_budgets(tmp_path / "common", [0, 100, 200]), "fogzo-resnet")
+    assert "at step 100" in row["statistic"]
+    assert row["focus_median"] == pytest.approx(sorted(HIGH)[1]) and row["verdict"] == "reproduced"
 
 
 @pytest.mark.parametrize("quzo, verdict", [([7.80, 7.82, 7.81], "reproduced"), ([9.0, 9.1, 9.2], "not reproduced"),
@@ -192,3 +204,14 @@ def test_qsweep_report_claims_prints_the_verdicts(tmp_path: Path) -> None:
     assert "fogzo-resnet (FOGZO)" in result.output and "REPRODUCED: interval favours the claim" in result.output
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere"), "--claims"])
     assert missing.exit_code == 2
+
+
+def test_arms_pair_only_within_one_sweep(tmp_path: Path) -> None:
+    """Two sweeps differ in budgets and settings their arm labels do not name."""
+    one = sweep(tmp_path / "a", "fogzo-only", {"fogzo": HIGH}, PAPER)
+    other = sweep(tmp_path / "b", "ste-only", {"ste": LOW}, PAPER)
+    both = sweep(tmp_path / "c", "both", {"fogzo": HIGH, "ste": LOW}, PAPER)
+    table = build_report(combine([load_results(one), load_results(other)])).claims
+    assert table[table["claim"] == "fogzo-resnet"].empty
+    table = build_report(combine([load_results(f) for f in (one, other, both)])).claims
+    assert len(table[table["claim"] == "fogzo-resnet"]) == 1
