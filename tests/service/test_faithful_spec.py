@@ -16,6 +16,13 @@ def spec(**sections):
     return parse_spec(yaml.safe_load(yaml.safe_dump({**BASE, **sections})))
 
 
+def test_fogzos_faithful_options_are_spec_keys():
+    trials = spec(estimators={"fogzo": {"zo_params": "quantized", "beta_min": "auto", "kappa": 8}}).trials()
+    (fogzo,) = [t.config for t in trials if t.config["estimator"] == "fogzo"]
+    assert {k: fogzo["estimator_options"][k] for k in ("zo_params", "beta_min", "kappa")} == {
+        "zo_params": "quantized", "beta_min": "auto", "kappa": 8}
+
+
 def test_the_faithful_settings_are_spec_keys_that_reach_every_trial():
     trials = spec(trial={"lr_schedule": "cosine", "warmup": 0.05, "quant_options": {"scale": "fixed"}}).trials()
     for trial in trials:
@@ -29,6 +36,9 @@ def test_the_faithful_settings_are_spec_keys_that_reach_every_trial():
     ({"grid": {"estimators": ["fogzo"], "quantizers": ["lsq"]}, "trial": {"quant_options": {"scale": "fixed"}}},
      "scale: fixed does not apply"),
     ({"trial": {"quant_options": {"scale": "frozen"}}}, "scale"),
+    ({"estimators": {"fogzo": {"beta_min": "auto", "kappa": 0}}}, "kappa"),
+    ({"estimators": {"fogzo": {"zo_params": "some"}}}, "zo_params"),
+    ({"estimators": {"ste": {"zo_params": "quantized"}}}, "ste: unknown option(s) zo_params"),
 ])
 def test_bad_faithful_settings_are_one_spec_error_naming_the_field(sections, message):
     with pytest.raises(SpecError) as info:
