@@ -2,7 +2,6 @@
 settings (``models:``): the regimes of quick.yaml and the repro presets, checked on the
 expanded trials, and end to end on the weights a fine-tuning trial really starts from."""
 
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
