@@ -60,8 +60,13 @@ def _interval(stat: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def difference_interval(focus: Iterable[float], baseline: Iterable[float], samples: int = BOOTSTRAP_SAMPLES,
-                        seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float, float]:
+def difference_interval(
+    focus: Iterable[float],
+    baseline: Iterable[float],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
     """Median(focus) − median(baseline) and its bootstrap ``level`` interval (seeds resampled
     within each arm): ``(difference, low, high)``. NaNs when an arm has no value."""
     a, b = np.asarray(list(focus), dtype=float), np.asarray(list(baseline), dtype=float)
@@ -72,8 +77,13 @@ def difference_interval(focus: Iterable[float], baseline: Iterable[float], sampl
     return (float(np.median(a) - np.median(b)), *_interval(diff, level))
 
 
-def ratio_interval(focus: Iterable[float], baseline: Iterable[float], samples: int = BOOTSTRAP_SAMPLES,
-                   seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float, float]:
+def ratio_interval(
+    focus: Iterable[float],
+    baseline: Iterable[float],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
     """Median(baseline) / median(focus) — "how many times less the focus arm needs" — and its
     bootstrap interval. A cost of ``inf`` (never reached) is allowed: the ratio becomes 0 or ∞."""
     a, b = np.asarray(list(focus), dtype=float), np.asarray(list(baseline), dtype=float)
@@ -87,8 +97,9 @@ def ratio_interval(focus: Iterable[float], baseline: Iterable[float], samples: i
     return (1.0 if math.isnan(point) else point, *_interval(ratios, level))
 
 
-def noise_flags(medians: Iterable[float], lows: Iterable[float], highs: Iterable[float],
-                lower_is_better: bool) -> list[str]:
+def noise_flags(
+    medians: Iterable[float], lows: Iterable[float], highs: Iterable[float], lower_is_better: bool
+) -> list[str]:
     """Per arm of one group: "best" (best median), "within noise" (its seed range overlaps the
     best arm's, so the two are not told apart) or "" (clearly behind the best; or a lone arm)."""
     medians, lows, highs = list(medians), list(lows), list(highs)
@@ -96,5 +107,11 @@ def noise_flags(medians: Iterable[float], lows: Iterable[float], highs: Iterable
     if len(finite) < 2:  # nothing to compare with
         return [""] * len(medians)
     best = (min if lower_is_better else max)(finite, key=lambda i: medians[i])
-    return ["best" if i == best else "within noise" if i in finite and overlaps(
-        (lows[i], highs[i]), (lows[best], highs[best])) else "" for i in range(len(medians))]
+    return [
+        "best"
+        if i == best
+        else "within noise"
+        if i in finite and overlaps((lows[i], highs[i]), (lows[best], highs[best]))
+        else ""
+        for i in range(len(medians))
+    ]

@@ -31,7 +31,9 @@ class SweepResults:
     trials: pd.DataFrame
     curves: pd.DataFrame
     spec: dict[str, Any] = field(default_factory=dict)
-    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # gradient-quality probes; empty if none
+    diagnostics: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # gradient-quality probes; empty if none
 
 
 def _first_line(err: Exception) -> str:
@@ -46,15 +48,23 @@ def load_results(location: str) -> SweepResults:
     if not storage.exists(fs, root):
         raise ResultsError(f"{location}: no such results folder")
     if not storage.exists(fs, storage.join(root, TRIALS_FILE)):
-        raise ResultsError(f"{location}: no {TRIALS_FILE} — not a qsweep results folder, or no trial started yet")
+        raise ResultsError(
+            f"{location}: no {TRIALS_FILE} — not a qsweep results folder, or no trial started yet"
+        )
     try:
         trials, curves = storage.read_results(location)
-        diagnostics = storage.read_diagnostics(location)  # empty for sweeps without (or older than) it
+        diagnostics = storage.read_diagnostics(
+            location
+        )  # empty for sweeps without (or older than) it
     except (pa.ArrowException, OSError) as err:  # every pyarrow error, not only ArrowInvalid
         raise ResultsError(f"{location}: unreadable Parquet ({_first_line(err)})") from None
-    except ValueError as err:  # schema version mismatch (named by the reader) or columns that do not cast
+    except (
+        ValueError
+    ) as err:  # schema version mismatch (named by the reader) or columns that do not cast
         message = _first_line(err)
-        raise ResultsError(message if message.startswith(root) else f"{location}: {message}") from None
+        raise ResultsError(
+            message if message.startswith(root) else f"{location}: {message}"
+        ) from None
     spec_text = storage.read_text(fs, storage.join(root, SPEC_FILE))
     try:
         spec = yaml.safe_load(spec_text) if spec_text else {}
@@ -63,7 +73,9 @@ def load_results(location: str) -> SweepResults:
     if not isinstance(spec, dict):
         raise ResultsError(f"{location}: {SPEC_FILE} is not a sweep spec (a YAML mapping)")
     trials_df, curves_df = trials.to_pandas(), curves.to_pandas()
-    name = spec.get("name") or (trials_df["sweep"].iloc[0] if len(trials_df) else root.rstrip("/").split("/")[-1])
+    name = spec.get("name") or (
+        trials_df["sweep"].iloc[0] if len(trials_df) else root.rstrip("/").split("/")[-1]
+    )
     return SweepResults(location, name, trials_df, curves_df, spec, diagnostics.to_pandas())
 
 
@@ -77,6 +89,8 @@ def combine(results: list[SweepResults]) -> SweepResults:
         trials=pd.concat([r.trials for r in results], ignore_index=True),
         curves=pd.concat([r.curves for r in results], ignore_index=True),
         spec={r.name: r.spec for r in results},
-        diagnostics=pd.concat([r.diagnostics for r in results if not r.diagnostics.empty] or [pd.DataFrame()],
-                              ignore_index=True),
+        diagnostics=pd.concat(
+            [r.diagnostics for r in results if not r.diagnostics.empty] or [pd.DataFrame()],
+            ignore_index=True,
+        ),
     )

@@ -79,8 +79,9 @@ def _empty(ax: plt.Axes, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def plot_curves(bands: pd.DataFrame, path: str | Path, *, title: str,
-                colors: dict[str, tuple] | None = None) -> Path:
+def plot_curves(
+    bands: pd.DataFrame, path: str | Path, *, title: str, colors: dict[str, tuple] | None = None
+) -> Path:
     """Eval loss (top row) and accuracy (bottom row) vs cumulative training FLOPs, one column
     per bit-width, one line per arm: the median over seeds with a min-max band.
 
@@ -90,18 +91,36 @@ def plot_curves(bands: pd.DataFrame, path: str | Path, *, title: str,
     bands = bands[bands["flops"] > 0]
     bits = sorted(bands["bits"].dropna().unique()) or [None]
     colors = _colors(colors, bands["arm"])
-    fig, axes = plt.subplots(2, len(bits), figsize=CURVES_SIZE, sharex=True, sharey="row",
-                             squeeze=False, layout="constrained")
-    rows = [("eval_loss", "eval loss (cross-entropy)"), ("eval_metric", f"eval {metric_label(bands)}")]
+    fig, axes = plt.subplots(
+        2,
+        len(bits),
+        figsize=CURVES_SIZE,
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
+    rows = [
+        ("eval_loss", "eval loss (cross-entropy)"),
+        ("eval_metric", f"eval {metric_label(bands)}"),
+    ]
     for col, b in enumerate(bits):
         panel = bands[bands["bits"] == b]
         for row, (metric, label) in enumerate(rows):
             ax = axes[row, col]
             for arm, line in panel.groupby("arm"):
                 line = line.sort_values("flops")
-                ax.plot(line["flops"], line[f"{metric}_median"], color=colors[arm], lw=1.8, label=arm)
-                ax.fill_between(line["flops"], line[f"{metric}_min"], line[f"{metric}_max"],
-                                color=colors[arm], alpha=0.18, lw=0)
+                ax.plot(
+                    line["flops"], line[f"{metric}_median"], color=colors[arm], lw=1.8, label=arm
+                )
+                ax.fill_between(
+                    line["flops"],
+                    line[f"{metric}_min"],
+                    line[f"{metric}_max"],
+                    color=colors[arm],
+                    alpha=0.18,
+                    lw=0,
+                )
             if panel.empty:
                 _empty(ax)
             else:
@@ -113,15 +132,20 @@ def plot_curves(bands: pd.DataFrame, path: str | Path, *, title: str,
                 ax.set_xlabel(FLOPS_LABEL)
             if col == 0:
                 ax.set_ylabel(label)
-    handles = [Line2D([], [], color=c, lw=2.5, label=a) for a, c in colors.items() if a in set(bands["arm"])]
+    handles = [
+        Line2D([], [], color=c, lw=2.5, label=a)
+        for a, c in colors.items()
+        if a in set(bands["arm"])
+    ]
     if handles:
         fig.legend(handles=handles, loc="outside right upper", title="arm (median, min-max band)")
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_quality_vs_bits(quality: pd.DataFrame, path: str | Path, *, title: str,
-                         colors: dict[str, tuple] | None = None) -> Path:
+def plot_quality_vs_bits(
+    quality: pd.DataFrame, path: str | Path, *, title: str, colors: dict[str, tuple] | None = None
+) -> Path:
     """Final eval accuracy vs bit-width per arm, mean over seeds with ±1 std error bars.
 
     ``quality``: rows of ``tradeoff.final_quality`` (bits, arm, final_metric_mean/_std).
@@ -136,8 +160,16 @@ def plot_quality_vs_bits(quality: pd.DataFrame, path: str | Path, *, title: str,
     for k, arm in enumerate(arms):
         rows = quality[quality["arm"] == arm].sort_values("bits")
         x = [positions[b] + (k - (len(arms) - 1) / 2) * width for b in rows["bits"]]
-        ax.errorbar(x, rows["final_metric_mean"], yerr=rows["final_metric_std"].fillna(0), color=colors[arm],
-                    marker="o", capsize=4, lw=1.5, label=arm)
+        ax.errorbar(
+            x,
+            rows["final_metric_mean"],
+            yerr=rows["final_metric_std"].fillna(0),
+            color=colors[arm],
+            marker="o",
+            capsize=4,
+            lw=1.5,
+            label=arm,
+        )
     ax.set_xticks(list(positions.values()), [f"{int(b)}" for b in positions])
     ax.set_xlabel("weight bit-width (bits)")
     ax.set_ylabel("final eval accuracy (mean ± std over seeds)")
@@ -150,8 +182,9 @@ def plot_quality_vs_bits(quality: pd.DataFrame, path: str | Path, *, title: str,
     return _save(fig, path)
 
 
-def plot_pareto(points: pd.DataFrame, path: str | Path, *, title: str,
-                colors: dict[str, tuple] | None = None) -> Path:
+def plot_pareto(
+    points: pd.DataFrame, path: str | Path, *, title: str, colors: dict[str, tuple] | None = None
+) -> Path:
     """Final accuracy vs FLOPs of every completed trial (colour = arm, marker = bits) and the
     Pareto front as a step line: from each front point, accuracy holds until the next.
 
@@ -163,19 +196,37 @@ def plot_pareto(points: pd.DataFrame, path: str | Path, *, title: str,
     markers = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(bits)}
     fig, ax = plt.subplots(figsize=SMALL_SIZE, layout="constrained")
     for (arm, b), group in points.groupby(["arm", "bits"]):
-        ax.scatter(group["flops"], group["final_eval_metric"], color=colors[arm], marker=markers[b], s=40,
-                   alpha=0.8, edgecolors="none")
+        ax.scatter(
+            group["flops"],
+            group["final_eval_metric"],
+            color=colors[arm],
+            marker=markers[b],
+            s=40,
+            alpha=0.8,
+            edgecolors="none",
+        )
     front = points[points["on_front"]].sort_values(["flops", "final_eval_metric"])
     if not front.empty:
         ax.step(front["flops"], front["final_eval_metric"], where="post", color="black", lw=1.2)
-        ax.scatter(front["flops"], front["final_eval_metric"], facecolors="none", edgecolors="black", s=110,
-                   lw=1.2)
+        ax.scatter(
+            front["flops"],
+            front["final_eval_metric"],
+            facecolors="none",
+            edgecolors="black",
+            s=110,
+            lw=1.2,
+        )
         _log_flops_axis(ax, points["flops"].min(), points["flops"].max())
     else:
         _empty(ax)
-    handles = [Line2D([], [], color=colors[a], marker="o", ls="", label=a) for a in sorted(colors)
-               if a in set(points["arm"])]
-    handles += [Line2D([], [], color="grey", marker=markers[b], ls="", label=f"{int(b)} bits") for b in bits]
+    handles = [
+        Line2D([], [], color=colors[a], marker="o", ls="", label=a)
+        for a in sorted(colors)
+        if a in set(points["arm"])
+    ]
+    handles += [
+        Line2D([], [], color="grey", marker=markers[b], ls="", label=f"{int(b)} bits") for b in bits
+    ]
     handles += [Line2D([], [], color="black", lw=1.2, marker="o", mfc="none", label="Pareto front")]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small")
     ax.set_xlabel(FLOPS_LABEL)
@@ -185,8 +236,9 @@ def plot_pareto(points: pd.DataFrame, path: str | Path, *, title: str,
     return _save(fig, path)
 
 
-def plot_memory(memory: pd.DataFrame, path: str | Path, *, title: str,
-                colors: dict[str, tuple] | None = None) -> Path:
+def plot_memory(
+    memory: pd.DataFrame, path: str | Path, *, title: str, colors: dict[str, tuple] | None = None
+) -> Path:
     """Peak tensor memory per arm, bars grouped by bit-width, in the unit that fits the data.
 
     ``memory``: rows of ``tradeoff.memory_by_arm`` (bits, arm, peak_memory_mean).
@@ -215,8 +267,9 @@ def plot_memory(memory: pd.DataFrame, path: str | Path, *, title: str,
     return _save(fig, path)
 
 
-def plot_diagnostics(rows: pd.DataFrame, path: str | Path, *, title: str,
-                     colors: dict[str, tuple] | None = None) -> Path:
+def plot_diagnostics(
+    rows: pd.DataFrame, path: str | Path, *, title: str, colors: dict[str, tuple] | None = None
+) -> Path:
     """Gradient quality vs training step, one column per bit-width: cosine of each arm's mean
     estimate to the reference gradient (top; STE's at the same probes dashed grey) and the
     estimate's variance, trace of the covariance (bottom, log scale; STE has none). STE's
@@ -227,19 +280,42 @@ def plot_diagnostics(rows: pd.DataFrame, path: str | Path, *, title: str,
     """
     bits = sorted(rows["bits"].dropna().unique()) or [None]
     colors = _colors(colors, rows["arm"])
-    fig, axes = plt.subplots(2, len(bits), figsize=CURVES_SIZE, sharex=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        2, len(bits), figsize=CURVES_SIZE, sharex=True, squeeze=False, layout="constrained"
+    )
     for col, b in enumerate(bits):
         panel = rows[rows["bits"] == b]
         top, bottom = axes[0, col], axes[1, col]
         for arm, line in panel.groupby("arm"):
             is_ste = (line["estimator"] == "ste").all() if "estimator" in line else False
-            line = line.groupby("step")[["est_cosine", "est_variance", "ste_cosine"]].mean().reset_index()
-            top.plot(line["step"], line["est_cosine"], color=colors[arm], lw=1.8, marker="o", ms=3, label=arm)
+            line = (
+                line.groupby("step")[["est_cosine", "est_variance", "ste_cosine"]]
+                .mean()
+                .reset_index()
+            )
+            top.plot(
+                line["step"],
+                line["est_cosine"],
+                color=colors[arm],
+                lw=1.8,
+                marker="o",
+                ms=3,
+                label=arm,
+            )
             if not is_ste:
-                top.plot(line["step"], line["ste_cosine"], color=colors[arm], lw=1.0, ls="--", alpha=0.7)
+                top.plot(
+                    line["step"], line["ste_cosine"], color=colors[arm], lw=1.0, ls="--", alpha=0.7
+                )
             positive = line[line["est_variance"] > 0]
             if len(positive):
-                bottom.plot(positive["step"], positive["est_variance"], color=colors[arm], lw=1.8, marker="o", ms=3)
+                bottom.plot(
+                    positive["step"],
+                    positive["est_variance"],
+                    color=colors[arm],
+                    lw=1.8,
+                    marker="o",
+                    ms=3,
+                )
         if panel.empty:
             _empty(top)
             _empty(bottom)
@@ -253,7 +329,9 @@ def plot_diagnostics(rows: pd.DataFrame, path: str | Path, *, title: str,
         if col == 0:
             top.set_ylabel("cosine(mean estimate, reference)")
             bottom.set_ylabel("variance (trace of covariance)")
-    handles = [Line2D([], [], color=c, lw=2.5, label=a) for a, c in colors.items() if a in set(rows["arm"])]
+    handles = [
+        Line2D([], [], color=c, lw=2.5, label=a) for a, c in colors.items() if a in set(rows["arm"])
+    ]
     handles.append(Line2D([], [], color="grey", lw=1.0, ls="--", label="STE at that arm's probes"))
     fig.legend(handles=handles, loc="outside right upper", title="arm")
     fig.suptitle(title)

@@ -52,9 +52,15 @@ class Report:
     memory: pd.DataFrame  # tradeoff.memory_by_arm
     failed: pd.DataFrame  # failed and stopped trials with the last line of their error
     curve_bands: pd.DataFrame  # per setting x arm x step: median / min / max over seeds
-    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # gradient-quality probes with arm (may be empty)
-    diagnostics_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # per setting x arm: mean cosine, SNR
-    claims: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.claims.evaluate: the papers' claims found here
+    diagnostics: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # gradient-quality probes with arm (may be empty)
+    diagnostics_summary: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # per setting x arm: mean cosine, SNR
+    claims: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # analysis.claims.evaluate: the papers' claims found here
     spec: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -70,7 +76,9 @@ def matching_arms(arms: Any, name: str) -> list[str]:
     return [a for a in arms if a.startswith(name + " ") or a.split(" ")[0].split(":")[-1] == name]
 
 
-def _targets(trials: pd.DataFrame, metric: str, target: float | None, reference: str | None) -> pd.DataFrame:
+def _targets(
+    trials: pd.DataFrame, metric: str, target: float | None, reference: str | None
+) -> pd.DataFrame:
     """The target per setting: the explicit one, else the reference arm's worst-seed final value.
     With several reference arms (e.g. nspsa at several lr) the best-tuned one sets it."""
     rows = []
@@ -85,7 +93,9 @@ def _targets(trials: pd.DataFrame, metric: str, target: float | None, reference:
                 value = tradeoff.reference_target(trials, arm, metric, key)
                 if not math.isnan(value) and (math.isnan(best) or sign * value < sign * best):
                     best, source, ref = value, f"{arm}: worst-seed final {metric}", arm
-        rows.append({**dict(zip(SETTING, key)), "target": best, "source": source, "reference_arm": ref})
+        rows.append(
+            {**dict(zip(SETTING, key)), "target": best, "source": source, "reference_arm": ref}
+        )
     return pd.DataFrame(rows, columns=[*SETTING, "target", "source", "reference_arm"])
 
 
@@ -93,12 +103,20 @@ def _reach(curves: pd.DataFrame, targets: pd.DataFrame, metric: str) -> pd.DataF
     """Compute to first reach each setting's target, over finished trials only: a running trial
     has not failed to reach it yet, a diverged one has."""
     finished = curves[curves["status"].isin(FINISHED)]
-    target_of = {tuple(row[:len(SETTING)]): row.target for row in targets.itertuples(index=False)}
-    parts = [tradeoff.compute_to_target(c, metric, target_of[key]) for key, c in finished.groupby(SETTING)
-             if not math.isnan(target_of.get(key, math.nan))]
-    per_trial = pd.concat(parts, ignore_index=True) if parts else tradeoff.compute_to_target(
-        finished.iloc[:0], metric, math.nan)
-    return tradeoff.summarize_reach(per_trial).merge(targets[[*SETTING, "target"]], on=SETTING, how="left")
+    target_of = {tuple(row[: len(SETTING)]): row.target for row in targets.itertuples(index=False)}
+    parts = [
+        tradeoff.compute_to_target(c, metric, target_of[key])
+        for key, c in finished.groupby(SETTING)
+        if not math.isnan(target_of.get(key, math.nan))
+    ]
+    per_trial = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else tradeoff.compute_to_target(finished.iloc[:0], metric, math.nan)
+    )
+    return tradeoff.summarize_reach(per_trial).merge(
+        targets[[*SETTING, "target"]], on=SETTING, how="left"
+    )
 
 
 def _ratios(reach: pd.DataFrame, focus_arms: list[str]) -> pd.DataFrame:
@@ -110,17 +128,29 @@ def _ratios(reach: pd.DataFrame, focus_arms: list[str]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=columns)
     # unstack, not pivot_table(dropna=False): that would invent every combination of the index levels
-    wide = pd.concat(parts).set_index([*SETTING, "arm", "versus", "cost"])["ratio"].unstack("cost").reset_index()
-    counts = reach[[*SETTING, "arm"]].assign(n=reach["reached"].astype(str) + "/" + reach["trials"].astype(str))
+    wide = (
+        pd.concat(parts)
+        .set_index([*SETTING, "arm", "versus", "cost"])["ratio"]
+        .unstack("cost")
+        .reset_index()
+    )
+    counts = reach[[*SETTING, "arm"]].assign(
+        n=reach["reached"].astype(str) + "/" + reach["trials"].astype(str)
+    )
     wide = wide.merge(counts.rename(columns={"n": "arm_reached"}), on=[*SETTING, "arm"], how="left")
-    wide = wide.merge(counts.rename(columns={"arm": "versus", "n": "versus_reached"}), on=[*SETTING, "versus"])
+    wide = wide.merge(
+        counts.rename(columns={"arm": "versus", "n": "versus_reached"}), on=[*SETTING, "versus"]
+    )
     return wide.reindex(columns=columns)
 
 
 def _equal_compute(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Quality of every completed trial at its setting's common budget, aggregated per arm."""
     metrics = list(dict.fromkeys(["eval_metric", "eval_loss", metric]))
-    agg: dict[str, tuple[str, str]] = {"trials": ("trial_id", "size"), "flops_at_eval": ("flops", "mean")}
+    agg: dict[str, tuple[str, str]] = {
+        "trials": ("trial_id", "size"),
+        "flops_at_eval": ("flops", "mean"),
+    }
     for m in metrics:
         agg.update({f"{m}_{s}": (m, s) for s in ("median", "min", "max")})
     rows = []
@@ -128,24 +158,45 @@ def _equal_compute(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
         budget = tradeoff.common_budget(c)
         q = tradeoff.quality_at_compute(c, metrics[0], budget)
         for m in metrics[1:]:
-            q = q.merge(tradeoff.quality_at_compute(c, m, budget)[["sweep", "trial_id", m]], on=["sweep", "trial_id"])
-        rows.append(q.groupby([*SETTING, "arm"]).agg(**agg).reset_index().assign(budget_flops=budget))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*SETTING, "arm", "budget_flops"])
+            q = q.merge(
+                tradeoff.quality_at_compute(c, m, budget)[["sweep", "trial_id", m]],
+                on=["sweep", "trial_id"],
+            )
+        rows.append(
+            q.groupby([*SETTING, "arm"]).agg(**agg).reset_index().assign(budget_flops=budget)
+        )
+    return (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=[*SETTING, "arm", "budget_flops"])
+    )
 
 
 def _pareto(trials: pd.DataFrame) -> pd.DataFrame:
     columns = [*SETTING, "arm", "seed", "trial_id", "flops", "final_eval_metric", "final_eval_loss"]
     done = trials[trials["status"] == "completed"].dropna(subset=["flops", "final_eval_metric"])
-    parts = [g[columns].assign(on_front=tradeoff.pareto_front(
-                 g["flops"], g["final_eval_metric"], not tradeoff.lower_is_better("eval_metric", g)))
-             for _, g in done.groupby(TASK)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "on_front"])
+    parts = [
+        g[columns].assign(
+            on_front=tradeoff.pareto_front(
+                g["flops"], g["final_eval_metric"], not tradeoff.lower_is_better("eval_metric", g)
+            )
+        )
+        for _, g in done.groupby(TASK)
+    ]
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=[*columns, "on_front"])
+    )
 
 
 def curve_bands(curves: pd.DataFrame) -> pd.DataFrame:
     """Seeds of an arm aggregated per evaluation step: median FLOPs and the median, min and max
     of eval loss and accuracy (the line and band of the curves plot)."""
-    agg: dict[str, tuple[str, str]] = {"flops": ("flops", "median"), "seeds": ("trial_id", "nunique")}
+    agg: dict[str, tuple[str, str]] = {
+        "flops": ("flops", "median"),
+        "seeds": ("trial_id", "nunique"),
+    }
     for m in ("eval_loss", "eval_metric"):
         agg.update({f"{m}_{s}": (m, s) for s in ("median", "min", "max")})
     if "metric_name" in curves:
@@ -169,26 +220,41 @@ def _last_line(text: Any) -> str:
     return lines[-1] if lines else ""
 
 
-def _notes(trials: pd.DataFrame, reach: pd.DataFrame, targets: pd.DataFrame, metric: str, focus: str) -> list[str]:
+def _notes(
+    trials: pd.DataFrame, reach: pd.DataFrame, targets: pd.DataFrame, metric: str, focus: str
+) -> list[str]:
     """What a reader must know before trusting the numbers."""
     notes = []
     unfinished = int(trials["status"].isin(["running", "pending"]).sum())
     if unfinished:
-        notes.append(f"The sweep is still running: {unfinished} of {len(trials)} trials are running or pending, "
-                     "so these results are partial.")
+        notes.append(
+            f"The sweep is still running: {unfinished} of {len(trials)} trials are running or pending, "
+            "so these results are partial."
+        )
     own = reach.merge(targets[[*SETTING, "reference_arm"]], on=SETTING)
     own = own[(own["arm"] == own["reference_arm"]) & (own["reached"] < own["trials"])]
     if len(own):
-        where = ", ".join(f"{r.arm} {r.reached}/{r.trials} at {r.bits} bits" for r in own.itertuples())
-        notes.append(f"Some seeds of the reference arm never reach the target ({where}): comparisons with "
-                     "that arm are 'not reached', not numbers. Pass an explicit target to compare at a fixed value.")
+        where = ", ".join(
+            f"{r.arm} {r.reached}/{r.trials} at {r.bits} bits" for r in own.itertuples()
+        )
+        notes.append(
+            f"Some seeds of the reference arm never reach the target ({where}): comparisons with "
+            "that arm are 'not reached', not numbers. Pass an explicit target to compare at a fixed value."
+        )
     if not matching_arms(trials["arm"], focus):
-        notes.append(f"No arm matches the focus {focus!r} (arms: {', '.join(sorted(set(trials['arm'])))}).")
+        notes.append(
+            f"No arm matches the focus {focus!r} (arms: {', '.join(sorted(set(trials['arm'])))})."
+        )
     return notes
 
 
-def build_report(results: SweepResults, metric: str = "eval_loss", target: float | None = None,
-                 reference: str | None = "nspsa", focus: str = "fogzo") -> Report:
+def build_report(
+    results: SweepResults,
+    metric: str = "eval_loss",
+    target: float | None = None,
+    reference: str | None = "nspsa",
+    focus: str = "fogzo",
+) -> Report:
     """All tables of the report for ``results`` (one sweep or several ``combine``-d).
 
     Compute-to-target follows the FOGZO paper's "compute for the same loss as n-SPSA": the
@@ -205,27 +271,48 @@ def build_report(results: SweepResults, metric: str = "eval_loss", target: float
     reach = _reach(curves, targets, metric)
     failed = trials[trials["status"].isin(["failed", "stopped"])]
     failed = failed.assign(error=failed["error"].map(_last_line))[
-        ["trial_id", "arm", *SETTING, "seed", "status", "attempts", "error"]].reset_index(drop=True)
+        ["trial_id", "arm", *SETTING, "seed", "status", "attempts", "error"]
+    ].reset_index(drop=True)
     report = Report(
-        name=results.name, location=results.location, metric=metric, reference=reference, focus=focus,
-        trials=trials, headline=tradeoff.final_quality(trials), targets=targets, reach=reach,
-        ratios=_ratios(reach, matching_arms(trials["arm"], focus)), equal_compute=_equal_compute(curves, metric),
-        pareto=_pareto(trials), memory=tradeoff.memory_by_arm(trials), failed=failed,
-        curve_bands=curve_bands(curves[curves["status"] != "failed"]), spec=results.spec,
-        versions=_versions(trials), notes=_notes(trials, reach, targets, metric, focus))
+        name=results.name,
+        location=results.location,
+        metric=metric,
+        reference=reference,
+        focus=focus,
+        trials=trials,
+        headline=tradeoff.final_quality(trials),
+        targets=targets,
+        reach=reach,
+        ratios=_ratios(reach, matching_arms(trials["arm"], focus)),
+        equal_compute=_equal_compute(curves, metric),
+        pareto=_pareto(trials),
+        memory=tradeoff.memory_by_arm(trials),
+        failed=failed,
+        curve_bands=curve_bands(curves[curves["status"] != "failed"]),
+        spec=results.spec,
+        versions=_versions(trials),
+        notes=_notes(trials, reach, targets, metric, focus),
+    )
     report.diagnostics = gradient_quality.by_step(results.diagnostics, trials)
     report.diagnostics_summary = gradient_quality.summary(report.diagnostics)
-    report.claims = paper_claims.evaluate(trials, curves, paper_claims.specs_by_sweep(results.spec, trials))
+    report.claims = paper_claims.evaluate(
+        trials, curves, paper_claims.specs_by_sweep(results.spec, trials)
+    )
     report.text = headline_text(report)
     return report
 
 
 # ------------------------------------------------------------------ text and HTML formatting
 
+
 def _spread(table: pd.DataFrame, prefix: str) -> list[str]:
     """``median [min–max]`` over seeds from a table's ``<prefix>_median/_min/_max`` columns."""
-    return [bootstrap.fmt_spread(m, lo, hi) for m, lo, hi in
-            zip(table[f"{prefix}_median"], table[f"{prefix}_min"], table[f"{prefix}_max"])]
+    return [
+        bootstrap.fmt_spread(m, lo, hi)
+        for m, lo, hi in zip(
+            table[f"{prefix}_median"], table[f"{prefix}_min"], table[f"{prefix}_max"]
+        )
+    ]
 
 
 def _num(value: float) -> str:
@@ -234,7 +321,9 @@ def _num(value: float) -> str:
 
 def _varying(table: pd.DataFrame) -> list[str]:
     """Setting columns worth printing: bits always, the others only when they differ."""
-    return [c for c in SETTING if c == "bits" or (len(table) and table[c].nunique(dropna=False) > 1)]
+    return [
+        c for c in SETTING if c == "bits" or (len(table) and table[c].nunique(dropna=False) > 1)
+    ]
 
 
 def _where(row: Any, varying: list[str]) -> str:
@@ -247,27 +336,54 @@ def display_headline(report: Report) -> pd.DataFrame:
     "vs best" marks, per setting, the best arm and those whose range overlaps it (within noise)."""
     h, label = report.headline, tradeoff.metric_label(report.trials)
     flags, t = pd.Series("", index=h.index), report.trials
-    for key, g in h.groupby(SETTING):  # accuracy up, perplexity down: per setting, as its trials say
-        lower = tradeoff.lower_is_better("eval_metric", t[(t[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)])
-        flags[g.index] = bootstrap.noise_flags(g["final_metric_median"], g["final_metric_min"],
-                                               g["final_metric_max"], lower)
-    return pd.DataFrame({**{c: h[c] for c in _varying(h)}, "arm": h["arm"],
-                         "done/trials": h["completed"].astype(str) + "/" + h["trials"].astype(str),
-                         **({"failed": h["failed"]} if h["failed"].any() else {}),
-                         f"final {label}": _spread(h, "final_metric"), "vs best": flags,
-                         "final eval loss": _spread(h, "final_loss"),
-                         "FLOPs": h["flops_mean"].map(_num), "wall s": h["wall_s_mean"].map(_num)})
+    for key, g in h.groupby(
+        SETTING
+    ):  # accuracy up, perplexity down: per setting, as its trials say
+        lower = tradeoff.lower_is_better(
+            "eval_metric", t[(t[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)]
+        )
+        flags[g.index] = bootstrap.noise_flags(
+            g["final_metric_median"], g["final_metric_min"], g["final_metric_max"], lower
+        )
+    return pd.DataFrame(
+        {
+            **{c: h[c] for c in _varying(h)},
+            "arm": h["arm"],
+            "done/trials": h["completed"].astype(str) + "/" + h["trials"].astype(str),
+            **({"failed": h["failed"]} if h["failed"].any() else {}),
+            f"final {label}": _spread(h, "final_metric"),
+            "vs best": flags,
+            "final eval loss": _spread(h, "final_loss"),
+            "FLOPs": h["flops_mean"].map(_num),
+            "wall s": h["wall_s_mean"].map(_num),
+        }
+    )
 
 
 def display_reach(report: Report) -> pd.DataFrame:
     """Median cost to first reach the target; "not reached (k/n)" unless every seed did."""
+
     def cost(row: Any, c: str) -> str:
-        return _num(getattr(row, c)) if row.reached == row.trials else f"not reached ({row.reached}/{row.trials})"
+        return (
+            _num(getattr(row, c))
+            if row.reached == row.trials
+            else f"not reached ({row.reached}/{row.trials})"
+        )
 
     r = report.reach.merge(report.targets[[*SETTING, "source"]], on=SETTING, how="left")
-    return pd.DataFrame([{**{c: getattr(row, c) for c in SETTING}, "arm": row.arm, "target": _num(row.target),
-                          "target from": row.source, "reached": f"{row.reached}/{row.trials}",
-                          **{f"median {c}": cost(row, c) for c in COSTS}} for row in r.itertuples()])
+    return pd.DataFrame(
+        [
+            {
+                **{c: getattr(row, c) for c in SETTING},
+                "arm": row.arm,
+                "target": _num(row.target),
+                "target from": row.source,
+                "reached": f"{row.reached}/{row.trials}",
+                **{f"median {c}": cost(row, c) for c in COSTS},
+            }
+            for row in r.itertuples()
+        ]
+    )
 
 
 def ratio_sentences(report: Report, cost: str = "flops") -> list[str]:
@@ -275,26 +391,44 @@ def ratio_sentences(report: Report, cost: str = "flops") -> list[str]:
     less compute (flops) than nspsa" — or who did not reach the target, never a made-up number."""
     ratios, out = report.ratios, []
     refs = matching_arms(ratios["versus"], report.reference) if report.reference else []
-    ratios = ratios.assign(_other=~ratios["versus"].isin(refs)).sort_values([*SETTING, "_other", "arm", "versus"])
+    ratios = ratios.assign(_other=~ratios["versus"].isin(refs)).sort_values(
+        [*SETTING, "_other", "arm", "versus"]
+    )
     for row in ratios.itertuples():
         ratio, where = getattr(row, cost), _where(row, _varying(ratios))
-        if not pd.isna(ratio) and (ratio == 0 or math.isinf(ratio)):  # one side was there before training
+        if not pd.isna(ratio) and (
+            ratio == 0 or math.isinf(ratio)
+        ):  # one side was there before training
             first, other = (row.versus, row.arm) if ratio == 0 else (row.arm, row.versus)
-            out.append(f"at {where}: {first} is at the target before any training (it starts from a checkpoint "
-                       f"or the target is loose) — no finite ratio vs {other}")
+            out.append(
+                f"at {where}: {first} is at the target before any training (it starts from a checkpoint "
+                f"or the target is loose) — no finite ratio vs {other}"
+            )
         elif not pd.isna(ratio) and abs(ratio - 1) < 0.005:
             out.append(f"at {where}: {row.arm} needs the same compute ({cost}) as {row.versus}")
         elif not pd.isna(ratio):
             factor = ratio if ratio >= 1 else 1 / ratio
-            shown = f"{factor:.2f}" if factor < 10 else f"{factor:.1f}" if factor < 100 else f"{factor:.0f}"
-            out.append(f"at {where}: {row.arm} needs {shown}x {'less' if ratio >= 1 else 'more'} compute "
-                       f"({cost}) than {row.versus}")
+            shown = (
+                f"{factor:.2f}"
+                if factor < 10
+                else f"{factor:.1f}"
+                if factor < 100
+                else f"{factor:.0f}"
+            )
+            out.append(
+                f"at {where}: {row.arm} needs {shown}x {'less' if ratio >= 1 else 'more'} compute "
+                f"({cost}) than {row.versus}"
+            )
         elif row.arm_reached.split("/")[0] != row.arm_reached.split("/")[1]:
-            out.append(f"at {where}: {row.arm} does not reach the target (not reached {row.arm_reached}) "
-                       f"— no ratio vs {row.versus}")
+            out.append(
+                f"at {where}: {row.arm} does not reach the target (not reached {row.arm_reached}) "
+                f"— no ratio vs {row.versus}"
+            )
         else:
-            out.append(f"at {where}: {row.versus} does not reach the target (not reached "
-                       f"{row.versus_reached}), {row.arm} does — no finite ratio")
+            out.append(
+                f"at {where}: {row.versus} does not reach the target (not reached "
+                f"{row.versus_reached}), {row.arm} does — no finite ratio"
+            )
     return out
 
 
@@ -306,13 +440,26 @@ def _status_line(report: Report) -> str:
 def headline_text(report: Report) -> str:
     """The terminal summary: headline table and the focus arm's compute-to-target ratios."""
     t = report.targets
-    values = "" if t["source"].str.startswith("explicit").all() else ": " + ", ".join(
-        f"{_where(r, _varying(t))} {_num(r.target)}" for r in t.itertuples())
-    return "\n".join([
-        _status_line(report), *report.notes, "", display_headline(report).to_string(index=False), "",
-        f"compute to reach the target {report.metric} ({'; '.join(sorted(set(t['source'])))}{values}):",
-        *([f"  {s}" for s in ratio_sentences(report)] or ["  (no ratio: no focus arm or no target)"]),
-        *([paper_claims.summary_line(report.claims)] if len(report.claims) else [])])
+    values = (
+        ""
+        if t["source"].str.startswith("explicit").all()
+        else ": " + ", ".join(f"{_where(r, _varying(t))} {_num(r.target)}" for r in t.itertuples())
+    )
+    return "\n".join(
+        [
+            _status_line(report),
+            *report.notes,
+            "",
+            display_headline(report).to_string(index=False),
+            "",
+            f"compute to reach the target {report.metric} ({'; '.join(sorted(set(t['source'])))}{values}):",
+            *(
+                [f"  {s}" for s in ratio_sentences(report)]
+                or ["  (no ratio: no focus arm or no target)"]
+            ),
+            *([paper_claims.summary_line(report.claims)] if len(report.claims) else []),
+        ]
+    )
 
 
 def _slug(*parts: Any) -> str:
@@ -320,12 +467,35 @@ def _slug(*parts: Any) -> str:
 
 
 _FIGURES = [  # (Report table, one figure per group of, drawer, file prefix, what it shows)
-    ("curve_bands", GROUP, plots.plot_curves, "curves", "eval loss and accuracy vs training compute"),
-    ("headline", GROUP, plots.plot_quality_vs_bits, "quality_vs_bits", "final eval accuracy vs bit-width"),
-    ("pareto", TASK, plots.plot_pareto, "pareto", "Pareto front of final accuracy vs training compute"),
+    (
+        "curve_bands",
+        GROUP,
+        plots.plot_curves,
+        "curves",
+        "eval loss and accuracy vs training compute",
+    ),
+    (
+        "headline",
+        GROUP,
+        plots.plot_quality_vs_bits,
+        "quality_vs_bits",
+        "final eval accuracy vs bit-width",
+    ),
+    (
+        "pareto",
+        TASK,
+        plots.plot_pareto,
+        "pareto",
+        "Pareto front of final accuracy vs training compute",
+    ),
     ("memory", GROUP, plots.plot_memory, "memory", "peak tensor memory per arm"),
-    ("diagnostics", GROUP, plots.plot_diagnostics, "diagnostics",
-     "gradient quality: cosine to the reference gradient and variance vs step"),
+    (
+        "diagnostics",
+        GROUP,
+        plots.plot_diagnostics,
+        "diagnostics",
+        "gradient quality: cosine to the reference gradient and variance vs step",
+    ),
 ]
 
 
@@ -338,18 +508,31 @@ def draw_plots(report: Report, plot_dir: Path) -> list[tuple[str, Path]]:
             continue
         for key, rows in getattr(report, table).groupby(keys):
             title = f"{' / '.join(map(str, key))}: {what}"
-            out.append((title, draw(rows, plot_dir / f"{prefix}_{_slug(*key)}.png", title=title, colors=colors)))
+            out.append(
+                (
+                    title,
+                    draw(
+                        rows, plot_dir / f"{prefix}_{_slug(*key)}.png", title=title, colors=colors
+                    ),
+                )
+            )
     return out
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-        "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#eee}img{max-width:100%;border:1px solid #ddd}pre{background:#f6f6f6;padding:1em}"
-        ".note{background:#fff3cd;padding:.5em 1em;border-left:4px solid #e0a800}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+    "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#eee}img{max-width:100%;border:1px solid #ddd}pre{background:#f6f6f6;padding:1em}"
+    ".note{background:#fff3cd;padding:.5em 1em;border-left:4px solid #e0a800}"
+)
 
 
 def _table(df: pd.DataFrame, empty: str = "none") -> str:
-    return df.to_html(index=False, border=0, na_rep="—") if len(df) else f"<p><i>{html.escape(empty)}</i></p>"
+    return (
+        df.to_html(index=False, border=0, na_rep="—")
+        if len(df)
+        else f"<p><i>{html.escape(empty)}</i></p>"
+    )
 
 
 def _img(path: Path, caption: str) -> str:
@@ -359,42 +542,86 @@ def _img(path: Path, caption: str) -> str:
 
 def _html(report: Report, figures: list[tuple[str, Path]]) -> str:
     e, eq = html.escape, report.equal_compute
-    equal = pd.DataFrame({
-        **{c: eq[c] for c in [*SETTING, "arm", "trials"]}, "budget FLOPs": eq["budget_flops"].map(_num),
-        "FLOPs at last eval in budget": eq["flops_at_eval"].map(_num),
-        tradeoff.metric_label(report.trials): _spread(eq, "eval_metric"),
-        "eval loss": _spread(eq, "eval_loss")}) if len(eq) else eq
+    equal = (
+        pd.DataFrame(
+            {
+                **{c: eq[c] for c in [*SETTING, "arm", "trials"]},
+                "budget FLOPs": eq["budget_flops"].map(_num),
+                "FLOPs at last eval in budget": eq["flops_at_eval"].map(_num),
+                tradeoff.metric_label(report.trials): _spread(eq, "eval_metric"),
+                "eval loss": _spread(eq, "eval_loss"),
+            }
+        )
+        if len(eq)
+        else eq
+    )
     m, front = report.memory, report.pareto[report.pareto["on_front"].astype(bool)]
-    memory = m[[*SETTING, "arm"]].assign(**{f"peak memory ({k})": [
-        f"{b / plots.byte_unit(b)[1]:.3g} {plots.byte_unit(b)[0]}" for b in m[f"peak_memory_{k}"]] for k in ("mean", "max")})
-    front = front[[*SETTING, "arm", "seed", "trial_id"]].assign(**{
-        "FLOPs": front["flops"].map(_num), "final accuracy": front["final_eval_metric"].map("{:.3f}".format),
-        "final eval loss": front["final_eval_loss"].map("{:.3f}".format)})
+    memory = m[[*SETTING, "arm"]].assign(
+        **{
+            f"peak memory ({k})": [
+                f"{b / plots.byte_unit(b)[1]:.3g} {plots.byte_unit(b)[0]}"
+                for b in m[f"peak_memory_{k}"]
+            ]
+            for k in ("mean", "max")
+        }
+    )
+    front = front[[*SETTING, "arm", "seed", "trial_id"]].assign(
+        **{
+            "FLOPs": front["flops"].map(_num),
+            "final accuracy": front["final_eval_metric"].map("{:.3f}".format),
+            "final eval loss": front["final_eval_loss"].map("{:.3f}".format),
+        }
+    )
     versions = pd.DataFrame(list(report.versions.items()), columns=["package", "version"])
-    body = [f"<h1>qsweep report: {e(report.name)}</h1><p>{e(_status_line(report))}</p>",
-            *[f'<p class="note">{e(n)}</p>' for n in report.notes],
-            "<h2>Headline</h2><p>Median [min–max] over seeds; \"within noise\": the arm's range overlaps "
-            "the best arm's.</p>", _table(display_headline(report)),
-            *(["<h2>Claims</h2>", f"<p>{e(paper_claims.RULE)}</p>", _table(paper_claims.display(report.claims))]
-              if len(report.claims) else []),
-            f"<h2>Compute to target ({e(report.metric)})</h2><ul>",
-            *[f"<li>{e(s)}</li>" for s in ratio_sentences(report)], "</ul>", _table(display_reach(report)),
-            "<h2>Quality at equal compute</h2>", _table(equal),
-            "<h2>Pareto front (final accuracy vs FLOPs)</h2>",
-            _table(front),
-            "<h2>Peak memory per arm</h2>", _table(memory),
-            *(["<h2>Gradient quality (diagnostics probes)</h2>",
-               "<p>Mean over probes of the cosine between each arm's mean estimate and a large-n "
-               "zeroth-order reference gradient of the smoothed quantized loss, its SNR "
-               "(||mean||² / trace of covariance), and STE's cosine at the same points.</p>",
-               _table(gradient_quality.display_summary(report.diagnostics_summary))]
-              if len(report.diagnostics_summary) else []),
-            "<h2>Plots</h2>", *[_img(p, c) for c, p in figures],
-            "<h2>Failed and stopped trials</h2>", _table(report.failed, "no failed or stopped trial"),
-            "<h2>Sweep spec</h2>", f"<pre>{e(yaml.safe_dump(report.spec, sort_keys=False))}</pre>",
-            "<h2>Package versions</h2>", _table(versions)]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qsweep report: {e(report.name)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    body = [
+        f"<h1>qsweep report: {e(report.name)}</h1><p>{e(_status_line(report))}</p>",
+        *[f'<p class="note">{e(n)}</p>' for n in report.notes],
+        '<h2>Headline</h2><p>Median [min–max] over seeds; "within noise": the arm\'s range overlaps '
+        "the best arm's.</p>",
+        _table(display_headline(report)),
+        *(
+            [
+                "<h2>Claims</h2>",
+                f"<p>{e(paper_claims.RULE)}</p>",
+                _table(paper_claims.display(report.claims)),
+            ]
+            if len(report.claims)
+            else []
+        ),
+        f"<h2>Compute to target ({e(report.metric)})</h2><ul>",
+        *[f"<li>{e(s)}</li>" for s in ratio_sentences(report)],
+        "</ul>",
+        _table(display_reach(report)),
+        "<h2>Quality at equal compute</h2>",
+        _table(equal),
+        "<h2>Pareto front (final accuracy vs FLOPs)</h2>",
+        _table(front),
+        "<h2>Peak memory per arm</h2>",
+        _table(memory),
+        *(
+            [
+                "<h2>Gradient quality (diagnostics probes)</h2>",
+                "<p>Mean over probes of the cosine between each arm's mean estimate and a large-n "
+                "zeroth-order reference gradient of the smoothed quantized loss, its SNR "
+                "(||mean||² / trace of covariance), and STE's cosine at the same points.</p>",
+                _table(gradient_quality.display_summary(report.diagnostics_summary)),
+            ]
+            if len(report.diagnostics_summary)
+            else []
+        ),
+        "<h2>Plots</h2>",
+        *[_img(p, c) for c, p in figures],
+        "<h2>Failed and stopped trials</h2>",
+        _table(report.failed, "no failed or stopped trial"),
+        "<h2>Sweep spec</h2>",
+        f"<pre>{e(yaml.safe_dump(report.spec, sort_keys=False))}</pre>",
+        "<h2>Package versions</h2>",
+        _table(versions),
+    ]
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qsweep report: {e(report.name)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def write_report(report: Report, out_dir: str | Path) -> Path:
@@ -407,8 +634,15 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
     return path
 
 
-def report_command(locations: list[str], out: str | None, metric: str = "eval_loss", target: float | None = None,
-                   reference: str | None = "nspsa", focus: str = "fogzo", claims: bool = False) -> tuple[Path, str]:
+def report_command(
+    locations: list[str],
+    out: str | None,
+    metric: str = "eval_loss",
+    target: float | None = None,
+    reference: str | None = "nspsa",
+    focus: str = "fogzo",
+    claims: bool = False,
+) -> tuple[Path, str]:
     """``qsweep report``: load and combine ``locations``, write the report (to ``out``, else the
     first results folder; ``./<name>-report`` for a remote one) and return ``(report.html,
     headline text)``, with the papers' claims appended when ``claims``. Bad input of any kind
@@ -417,7 +651,9 @@ def report_command(locations: list[str], out: str | None, metric: str = "eval_lo
         raise ResultsError("no results folder given")
     results = combine([load_results(location) for location in locations])
     if results.trials.duplicated(["sweep", "trial_id"]).any():
-        raise ResultsError(f"{results.location}: the same trials appear twice (one sweep given twice?)")
+        raise ResultsError(
+            f"{results.location}: the same trials appear twice (one sweep given twice?)"
+        )
     report = build_report(results, metric, target, reference, focus)
     out_dir = out or (locations[0] if "://" not in locations[0] else f"{_slug(report.name)}-report")
     text = report.text + ("\n\n" + paper_claims.text(report.claims) if claims else "")

@@ -18,8 +18,24 @@ from analysis.bootstrap import noise_flags
 from analysis.tradeoff import add_arms, lower_is_better
 
 REGIMES = ("from scratch", "fine-tune", "pre-training")
-COLUMNS = ["regime", "estimator", "quantizer", "bits", "trials", "completed", "failed", "metric_median", "metric_min",
-           "metric_max", "loss_median", "loss_min", "loss_max", "flops_mean", "peak_memory_mean", "vs_best"]
+COLUMNS = [
+    "regime",
+    "estimator",
+    "quantizer",
+    "bits",
+    "trials",
+    "completed",
+    "failed",
+    "metric_median",
+    "metric_min",
+    "metric_max",
+    "loss_median",
+    "loss_min",
+    "loss_max",
+    "flops_mean",
+    "peak_memory_mean",
+    "vs_best",
+]
 
 
 def _starts_from_checkpoint(config: object) -> bool:
@@ -59,23 +75,35 @@ def headline_table(trials: pd.DataFrame) -> pd.DataFrame:
     trials = _with_arms(trials)
     keys = ["regime", "estimator", "quantizer", "bits"]
     completed = trials[trials["status"] == "completed"]
-    counts = trials.groupby(keys).agg(trials=("trial_id", "count"),
-                                      completed=("status", lambda s: int((s == "completed").sum())),
-                                      failed=("status", lambda s: int((s == "failed").sum())))
-    quality = completed.groupby(keys).agg(metric_median=("final_eval_metric", "median"),
-                                          metric_min=("final_eval_metric", "min"),
-                                          metric_max=("final_eval_metric", "max"),
-                                          loss_median=("final_eval_loss", "median"),
-                                          loss_min=("final_eval_loss", "min"),
-                                          loss_max=("final_eval_loss", "max"),
-                                          flops_mean=("flops", "mean"),
-                                          peak_memory_mean=("peak_memory_bytes", "mean"))
+    counts = trials.groupby(keys).agg(
+        trials=("trial_id", "count"),
+        completed=("status", lambda s: int((s == "completed").sum())),
+        failed=("status", lambda s: int((s == "failed").sum())),
+    )
+    quality = completed.groupby(keys).agg(
+        metric_median=("final_eval_metric", "median"),
+        metric_min=("final_eval_metric", "min"),
+        metric_max=("final_eval_metric", "max"),
+        loss_median=("final_eval_loss", "median"),
+        loss_min=("final_eval_loss", "min"),
+        loss_max=("final_eval_loss", "max"),
+        flops_mean=("flops", "mean"),
+        peak_memory_mean=("peak_memory_bytes", "mean"),
+    )
     table = counts.join(quality, how="left").reset_index()
     table["_order"] = table["regime"].map({r: i for i, r in enumerate(REGIMES)})
     table = table.sort_values(["_order", "bits", "estimator", "quantizer"]).drop(columns="_order")
     table["vs_best"] = ""
     for (regime, quantizer, bits), group in table.groupby(["regime", "quantizer", "bits"]):
-        same = trials[(trials["regime"] == regime) & (trials["quantizer"] == quantizer) & (trials["bits"] == bits)]
-        table.loc[group.index, "vs_best"] = noise_flags(group["metric_median"], group["metric_min"],
-                                                        group["metric_max"], lower_is_better("eval_metric", same))
+        same = trials[
+            (trials["regime"] == regime)
+            & (trials["quantizer"] == quantizer)
+            & (trials["bits"] == bits)
+        ]
+        table.loc[group.index, "vs_best"] = noise_flags(
+            group["metric_median"],
+            group["metric_min"],
+            group["metric_max"],
+            lower_is_better("eval_metric", same),
+        )
     return table.reindex(columns=COLUMNS)

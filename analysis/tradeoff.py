@@ -27,13 +27,31 @@ def lower_is_better(metric: str, frame: pd.DataFrame | None = None) -> bool:
 
 
 def metric_label(frame: pd.DataFrame) -> str:
-    """"accuracy" or "perplexity" (what eval_metric holds), for tables and axes."""
+    """ "accuracy" or "perplexity" (what eval_metric holds), for tables and axes."""
     names = frame["metric_name"].dropna().unique() if "metric_name" in frame else []
     return str(names[0]) if len(names) == 1 else "accuracy"
+
+
 COSTS = ["flops", "forwards", "wall_s"]
-_ARM_HYPERPARAMETERS = ["lr", "optimizer", "n", "eps", "beta_start", "beta_min", "warm_start", "perturb_bits",
-                        "batch_size", "surrogate", "zo_params", "kappa", "grad_bits", "lr_schedule", "warmup", "scale",
-                        "first_last"]
+_ARM_HYPERPARAMETERS = [
+    "lr",
+    "optimizer",
+    "n",
+    "eps",
+    "beta_start",
+    "beta_min",
+    "warm_start",
+    "perturb_bits",
+    "batch_size",
+    "surrogate",
+    "zo_params",
+    "kappa",
+    "grad_bits",
+    "lr_schedule",
+    "warmup",
+    "scale",
+    "first_last",
+]
 
 
 def _format_value(value: object) -> str:
@@ -51,7 +69,9 @@ def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
     several_sweeps = trials["sweep"].nunique() > 1
 
     def label(group: pd.DataFrame) -> pd.Series:
-        varying = [c for c in _ARM_HYPERPARAMETERS if c in group and group[c].nunique(dropna=True) > 1]
+        varying = [
+            c for c in _ARM_HYPERPARAMETERS if c in group and group[c].nunique(dropna=True) > 1
+        ]
         base = group["estimator"].astype(str)
         if several_sweeps:
             base = group["sweep"].astype(str) + ":" + base
@@ -67,9 +87,12 @@ def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
 
 def attach_arms(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Curves joined with each trial's arm and setting (curves carry estimator/bits only)."""
-    columns = ["sweep", "trial_id", "arm", "status", *SETTING] + (["metric_name"] if "metric_name" in trials else [])
+    columns = ["sweep", "trial_id", "arm", "status", *SETTING] + (
+        ["metric_name"] if "metric_name" in trials else []
+    )
     return curves.drop(columns=[c for c in ("estimator", "bits") if c in curves]).merge(
-        trials[columns], on=["sweep", "trial_id"], how="inner")
+        trials[columns], on=["sweep", "trial_id"], how="inner"
+    )
 
 
 def final_quality(trials: pd.DataFrame) -> pd.DataFrame:
@@ -78,17 +101,26 @@ def final_quality(trials: pd.DataFrame) -> pd.DataFrame:
     failed trials are counted, not averaged."""
     keys = [*SETTING, "arm"]
     done = trials[trials["status"] == "completed"]
-    counts = trials.groupby(keys).agg(trials=("trial_id", "size"),
-                                      failed=("status", lambda s: int((s == "failed").sum())))
+    counts = trials.groupby(keys).agg(
+        trials=("trial_id", "size"), failed=("status", lambda s: int((s == "failed").sum()))
+    )
     stats = done.groupby(keys).agg(
         completed=("trial_id", "size"),
-        final_metric_mean=("final_eval_metric", "mean"), final_metric_std=("final_eval_metric", "std"),
-        best_metric_mean=("best_eval_metric", "mean"), best_metric_std=("best_eval_metric", "std"),
-        final_loss_mean=("final_eval_loss", "mean"), final_loss_std=("final_eval_loss", "std"),
-        **{f"final_{name}_{stat}": (column, stat) for name, column in (("metric", "final_eval_metric"),
-           ("loss", "final_eval_loss")) for stat in ("median", "min", "max")},
-        flops_mean=("flops", "mean"), wall_s_mean=("wall_s", "mean"),
-        peak_memory_mean=("peak_memory_bytes", "mean"))
+        final_metric_mean=("final_eval_metric", "mean"),
+        final_metric_std=("final_eval_metric", "std"),
+        best_metric_mean=("best_eval_metric", "mean"),
+        best_metric_std=("best_eval_metric", "std"),
+        final_loss_mean=("final_eval_loss", "mean"),
+        final_loss_std=("final_eval_loss", "std"),
+        **{
+            f"final_{name}_{stat}": (column, stat)
+            for name, column in (("metric", "final_eval_metric"), ("loss", "final_eval_loss"))
+            for stat in ("median", "min", "max")
+        },
+        flops_mean=("flops", "mean"),
+        wall_s_mean=("wall_s", "mean"),
+        peak_memory_mean=("peak_memory_bytes", "mean"),
+    )
     table = counts.join(stats, how="left").reset_index()
     table["completed"] = table["completed"].fillna(0).astype(int)
     return table
@@ -115,8 +147,13 @@ def compute_to_target(curves: pd.DataFrame, metric: str, target: float) -> pd.Da
     rows = []
     for (sweep, trial_id), curve in curves.groupby(["sweep", "trial_id"]):
         first = first_reach(curve, metric, target)
-        row = {"sweep": sweep, "trial_id": trial_id, "arm": curve["arm"].iloc[0], "reached": first is not None,
-               **{c: curve[c].iloc[0] for c in SETTING}}
+        row = {
+            "sweep": sweep,
+            "trial_id": trial_id,
+            "arm": curve["arm"].iloc[0],
+            "reached": first is not None,
+            **{c: curve[c].iloc[0] for c in SETTING},
+        }
         row.update({c: (float(first[c]) if first is not None else math.nan) for c in COSTS})
         rows.append(row)
     return pd.DataFrame(rows, columns=["sweep", "trial_id", "arm", "reached", *SETTING, *COSTS])
@@ -148,17 +185,34 @@ def reach_ratios(summary: pd.DataFrame, arm: str, cost: str = "flops") -> pd.Dat
         base = float(mine[cost].iloc[0])
         for other in group[group["arm"] != arm].itertuples():
             value = getattr(other, cost)
-            ratio = value / base if base > 0 and not (math.isnan(base) or math.isnan(value)) else math.nan
-            rows.append({**dict(zip(SETTING, key)), "arm": arm, "versus": other.arm, "cost": cost, "ratio": ratio})
+            ratio = (
+                value / base
+                if base > 0 and not (math.isnan(base) or math.isnan(value))
+                else math.nan
+            )
+            rows.append(
+                {
+                    **dict(zip(SETTING, key)),
+                    "arm": arm,
+                    "versus": other.arm,
+                    "cost": cost,
+                    "ratio": ratio,
+                }
+            )
     return pd.DataFrame(rows, columns=[*SETTING, "arm", "versus", "cost", "ratio"])
 
 
-def reference_target(trials: pd.DataFrame, reference_arm: str, metric: str, setting: tuple) -> float:
+def reference_target(
+    trials: pd.DataFrame, reference_arm: str, metric: str, setting: tuple
+) -> float:
     """The FOGZO paper's target, "the loss n-SPSA reaches": the reference arm's final value
     in ``setting`` that EVERY one of its completed seeds reaches — the worst seed's final
     value. (The mean would leave the worse seeds of the reference itself "not reached".)"""
-    final = {"eval_loss": "final_eval_loss", "eval_metric": "final_eval_metric",
-             "train_loss": "final_train_loss"}[metric]
+    final = {
+        "eval_loss": "final_eval_loss",
+        "eval_metric": "final_eval_metric",
+        "train_loss": "final_train_loss",
+    }[metric]
     mask = (trials["arm"] == reference_arm) & (trials["status"] == "completed")
     for column, value in zip(SETTING, setting):
         mask &= trials[column] == value
@@ -168,12 +222,16 @@ def reference_target(trials: pd.DataFrame, reference_arm: str, metric: str, sett
     return float(values.max() if lower_is_better(metric, trials) else values.min())
 
 
-def quality_at_compute(curves: pd.DataFrame, metric: str, budget: float, cost: str = "flops") -> pd.DataFrame:
+def quality_at_compute(
+    curves: pd.DataFrame, metric: str, budget: float, cost: str = "flops"
+) -> pd.DataFrame:
     """Per trial: ``metric`` at the last evaluation with cumulative ``cost`` (FLOPs, or wall
     seconds for an equal-wall-time comparison) <= ``budget``."""
     eligible = curves[curves[cost] <= budget].sort_values("step")
     last = eligible.groupby(["sweep", "trial_id"]).tail(1)
-    return last[["sweep", "trial_id", "arm", *SETTING, *dict.fromkeys(["flops", cost]), metric]].reset_index(drop=True)
+    return last[
+        ["sweep", "trial_id", "arm", *SETTING, *dict.fromkeys(["flops", cost]), metric]
+    ].reset_index(drop=True)
 
 
 def common_budget(curves: pd.DataFrame) -> float:
@@ -184,7 +242,9 @@ def common_budget(curves: pd.DataFrame) -> float:
     return float(curves.groupby(["sweep", "trial_id"])["flops"].max().min())
 
 
-def pareto_front(cost: np.ndarray, quality: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+def pareto_front(
+    cost: np.ndarray, quality: np.ndarray, higher_is_better: bool = True
+) -> np.ndarray:
     """Boolean mask of the points no other point beats on both axes (less or equal cost and
     better or equal quality, one of them strictly)."""
     cost = np.asarray(cost, dtype=float)
@@ -201,5 +261,9 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray, higher_is_better: bool =
 def memory_by_arm(trials: pd.DataFrame) -> pd.DataFrame:
     """Mean peak tensor memory (bytes) per setting x arm over trials that measured it."""
     measured = trials[trials["peak_memory_bytes"].fillna(0) > 0]
-    return (measured.groupby([*SETTING, "arm"])["peak_memory_bytes"].agg(["mean", "max"])
-            .reset_index().rename(columns={"mean": "peak_memory_mean", "max": "peak_memory_max"}))
+    return (
+        measured.groupby([*SETTING, "arm"])["peak_memory_bytes"]
+        .agg(["mean", "max"])
+        .reset_index()
+        .rename(columns={"mean": "peak_memory_mean", "max": "peak_memory_max"})
+    )

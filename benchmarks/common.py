@@ -40,7 +40,13 @@ class Bar:
         return self.value <= self.limit if self.op == "<=" else self.value >= self.limit
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "limit": self.limit, "op": self.op, "note": self.note}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "op": self.op,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -87,8 +93,14 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def ratio(a: Callable[[], Any], b: Callable[[], Any], reps: int, warmup: int = 1,
-          b_scale: float = 1.0, min_time: float = 0.2) -> Ratio:
+def ratio(
+    a: Callable[[], Any],
+    b: Callable[[], Any],
+    reps: int,
+    warmup: int = 1,
+    b_scale: float = 1.0,
+    min_time: float = 0.2,
+) -> Ratio:
     """Time ``a`` and ``b`` ``reps`` times each, interleaved with alternating order.
 
     Each timing runs its callable enough times back to back to last about ``min_time``
@@ -123,9 +135,11 @@ def ratio(a: Callable[[], Any], b: Callable[[], Any], reps: int, warmup: int = 1
 
 def mean_time(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
     """A callable that runs ``fn`` ``calls`` times; pair it with ``b_scale=1/calls``."""
+
     def run() -> None:
         for _ in range(calls):
             fn()
+
     return run
 
 
@@ -169,9 +183,17 @@ def stats_table(stats: pstats.Stats, top: int = 12, sort: str = "tottime") -> st
     column = 2 if sort == "tottime" else 3
     rows = []
     for (filename, line, name), (_, ncalls, tottime, cumtime, _) in sorted(
-            stats.stats.items(), key=lambda kv: kv[1][column], reverse=True)[:top]:
-        rows.append([f"`{name}` ({_short_path(filename)}:{line})", ncalls, f"{tottime * 1e3:.1f}",
-                     f"{cumtime * 1e3:.1f}", f"{100 * cumtime / total:.0f}%"])
+        stats.stats.items(), key=lambda kv: kv[1][column], reverse=True
+    )[:top]:
+        rows.append(
+            [
+                f"`{name}` ({_short_path(filename)}:{line})",
+                ncalls,
+                f"{tottime * 1e3:.1f}",
+                f"{cumtime * 1e3:.1f}",
+                f"{100 * cumtime / total:.0f}%",
+            ]
+        )
     return table(["function", "calls", "own ms", "cumulative ms", "cumulative share"], rows)
 
 
@@ -183,7 +205,10 @@ def cprofile_summary(fn: Callable[[], Any], top: int = 12, sort: str = "tottime"
 def cumulative_share(stats: pstats.Stats, name: str, path_suffix: str) -> float:
     """Share of the profiled wall time spent inside ``name`` defined in a file ending ``path_suffix``."""
     total = sum(v[2] for v in stats.stats.values()) or 1.0
-    return sum(v[3] for (f, _, n), v in stats.stats.items() if n == name and f.endswith(path_suffix)) / total
+    return (
+        sum(v[3] for (f, _, n), v in stats.stats.items() if n == name and f.endswith(path_suffix))
+        / total
+    )
 
 
 def _short_path(filename: str) -> str:
@@ -206,8 +231,15 @@ def op_profile_summary(fn: Callable[[], Any], top: int = 8) -> tuple[str, dict[s
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     shares = {e.key: e.self_cpu_time_total / total for e in events}
-    rows = [[f"`{e.key}`", e.count, f"{e.self_cpu_time_total / 1e3:.1f}", f"{100 * e.self_cpu_time_total / total:.0f}%"]
-            for e in events[:top]]
+    rows = [
+        [
+            f"`{e.key}`",
+            e.count,
+            f"{e.self_cpu_time_total / 1e3:.1f}",
+            f"{100 * e.self_cpu_time_total / total:.0f}%",
+        ]
+        for e in events[:top]
+    ]
     return table(["op", "calls", "self ms", "share"], rows), shares
 
 
@@ -229,10 +261,17 @@ def machine_info() -> dict[str, str]:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "n/a"
-    return {"date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "CPU": cpu,
-            "cores": str(os.cpu_count()), "load average at start (1/5/15 min)": load,
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "pyarrow": pyarrow.__version__, "platform": platform.platform()}
+    return {
+        "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "load average at start (1/5/15 min)": load,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "platform": platform.platform(),
+    }
 
 
 BARS_MARKER = "<!-- bars: "
@@ -246,5 +285,5 @@ def bars_comment(bars: list[Bar]) -> str:
 def parse_bars(block: str) -> list[Bar]:
     for line in block.splitlines():
         if line.startswith(BARS_MARKER):
-            return [Bar(**d) for d in json.loads(line[len(BARS_MARKER):-len(" -->")])]
+            return [Bar(**d) for d in json.loads(line[len(BARS_MARKER) : -len(" -->")])]
     return []

@@ -74,24 +74,91 @@ class Case:
 def cases(quick: bool) -> list[Case]:
     if quick:
         return [
-            Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, (64,), 64, 2, 2, (8,), (8,), digits=True),
+            Case(
+                "MLP 64-10-10 (digits, batch 64)",
+                "mlp",
+                {},
+                (64,),
+                64,
+                2,
+                2,
+                (8,),
+                (8,),
+                digits=True,
+            ),
             Case("CNN w16 (3x16x16, batch 8)", "cnn", {}, (3, 16, 16), 8, 2, 2, (8,), (8,)),
-            Case("ResNet-18 w8 (3x16x16, batch 4)", "resnet18", {"width": 8}, (3, 16, 16), 4, 2, 2, (8,), ()),
-            Case("DeiT-Tiny depth 1 (3x16x16, patch 4, batch 4)", "deit_tiny", {"patch_size": 4, "depth": 1},
-                 (3, 16, 16), 4, 2, 2, (8,), ()),
+            Case(
+                "ResNet-18 w8 (3x16x16, batch 4)",
+                "resnet18",
+                {"width": 8},
+                (3, 16, 16),
+                4,
+                2,
+                2,
+                (8,),
+                (),
+            ),
+            Case(
+                "DeiT-Tiny depth 1 (3x16x16, patch 4, batch 4)",
+                "deit_tiny",
+                {"patch_size": 4, "depth": 1},
+                (3, 16, 16),
+                4,
+                2,
+                2,
+                (8,),
+                (),
+            ),
         ]
     return [
         Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, (64,), 64, 7, 7, digits=True),
         Case("CNN w16 (3x32x32, batch 32)", "cnn", {}, (3, 32, 32), 32, 7, 5),
-        Case("ResNet-18 w64 (3x32x32, batch 32)", "resnet18", {"width": 64}, (3, 32, 32), 32, 5, 2, vmap_ns=(8,),
-             note="n=32 under vmap not timed: 64 stacked ResNet-18 copies take about a minute per call"),
-        Case("DeiT-Tiny depth 6 (3x32x32, patch 4, batch 32)", "deit_tiny", {"patch_size": 4, "depth": 6},
-             (3, 32, 32), 32, 5, 2, vmap_ns=(8,), note="n=32 under vmap not timed (about a minute per call)"),
+        Case(
+            "ResNet-18 w64 (3x32x32, batch 32)",
+            "resnet18",
+            {"width": 64},
+            (3, 32, 32),
+            32,
+            5,
+            2,
+            vmap_ns=(8,),
+            note="n=32 under vmap not timed: 64 stacked ResNet-18 copies take about a minute per call",
+        ),
+        Case(
+            "DeiT-Tiny depth 6 (3x32x32, patch 4, batch 32)",
+            "deit_tiny",
+            {"patch_size": 4, "depth": 6},
+            (3, 32, 32),
+            32,
+            5,
+            2,
+            vmap_ns=(8,),
+            note="n=32 under vmap not timed (about a minute per call)",
+        ),
         # The same nets at 4x the batch: 4x the forward FLOPs per parameter, the same per-parameter
         # work of a step (noise, perturbation, update). n-SPSA is left out (minutes per step).
-        Case("ResNet-18 w64 (3x32x32, batch 128)", "resnet18", {"width": 64}, (3, 32, 32), 128, 3, 1, (), ()),
-        Case("DeiT-Tiny depth 6 (3x32x32, patch 4, batch 128)", "deit_tiny", {"patch_size": 4, "depth": 6},
-             (3, 32, 32), 128, 3, 1, (), ()),
+        Case(
+            "ResNet-18 w64 (3x32x32, batch 128)",
+            "resnet18",
+            {"width": 64},
+            (3, 32, 32),
+            128,
+            3,
+            1,
+            (),
+            (),
+        ),
+        Case(
+            "DeiT-Tiny depth 6 (3x32x32, patch 4, batch 128)",
+            "deit_tiny",
+            {"patch_size": 4, "depth": 6},
+            (3, 32, 32),
+            128,
+            3,
+            1,
+            (),
+            (),
+        ),
     ]
 
 
@@ -124,7 +191,7 @@ def _setup(case: Case):
     torch.manual_seed(0)
     if case.digits:
         data = load_dataset("digits")
-        x, y = data.train_x[:case.batch], data.train_y[:case.batch]
+        x, y = data.train_x[: case.batch], data.train_y[: case.batch]
     else:
         x = torch.randn(case.batch, *case.input_shape)
         y = torch.randint(0, 10, (case.batch,))
@@ -137,20 +204,27 @@ def _setup(case: Case):
 def _stepper(name: str, options: dict, model, batch, cost):
     estimator = build_estimator(name, options, cost, seed=0, lr=0.0)
     estimator.prepare(model)
-    optimizer = None if estimator.updates_in_place else torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    optimizer = (
+        None
+        if estimator.updates_in_place
+        else torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    )
 
     def step():
         result = estimator.step(model, classification_loss, batch, 0.5)
         if optimizer is not None:
             optimizer.step()
         return result
+
     return step
 
 
 def measure(case: Case, quick: bool, log) -> Measured:
     base, batch = _setup(case)
     cost = measure_cost(base, classification_loss, batch)
-    out = Measured(case, forward_flops=cost.forward_flops, params=sum(p.numel() for p in base.parameters()))
+    out = Measured(
+        case, forward_flops=cost.forward_flops, params=sum(p.numel() for p in base.parameters())
+    )
     models = {name: copy.deepcopy(base) for name in ("ste", "fogzo", "mezo", "quzo", "nspsa")}
 
     def forward(model=base):
@@ -166,8 +240,16 @@ def measure(case: Case, quick: bool, log) -> Measured:
     steppers = {}
     for name in ("mezo", "quzo"):
         steppers[name] = _stepper(name, {}, models[name], batch, cost)
-        setattr(out, name, _ratio(steppers[name], mean_time(lambda m=models[name]: forward(m), k), case.reps,
-                                 b_scale=1 / k))
+        setattr(
+            out,
+            name,
+            _ratio(
+                steppers[name],
+                mean_time(lambda m=models[name]: forward(m), k),
+                case.reps,
+                b_scale=1 / k,
+            ),
+        )
         log(f"  {case.label}: {name}/forward {getattr(out, name).fmt()}")
     out.forward_s = statistics.median(out.mezo.b)
     params = [p for _, p in trainable_parameters(models["mezo"])]
@@ -181,12 +263,18 @@ def measure(case: Case, quick: bool, log) -> Measured:
         noise = rounded_noise(1234, 5678, 8, quantized)
         for i, p in enumerate(qparams):
             noise(i, p)
+
     out.gauss_pass = _ratio(gauss_pass, mean_time(forward, k), case.reps, b_scale=1 / k)
     out.rounded_pass = _ratio(rounded_pass, mean_time(forward, k), case.reps, b_scale=1 / k)
     for i, n in enumerate(case.ns):
         step = _stepper("nspsa", {"n": n}, models["nspsa"], batch, cost)
-        out.nspsa[n] = _ratio(step, mean_time(forward, k), case.reps if n <= 8 else case.heavy_reps,
-                             warmup=1 if i == 0 or case.model in ("mlp", "cnn") else 0, b_scale=2 * n / k)
+        out.nspsa[n] = _ratio(
+            step,
+            mean_time(forward, k),
+            case.reps if n <= 8 else case.heavy_reps,
+            warmup=1 if i == 0 or case.model in ("mlp", "cnn") else 0,
+            b_scale=2 * n / k,
+        )
         log(f"  {case.label}: n-SPSA n={n} / 2n forwards {out.nspsa[n].fmt()}")
     plan = perturbation_plan(base, "alpha", 1e-3)
     names, values = [p.name for p in plan], {p.name: p.param.detach() for p in plan}
@@ -200,8 +288,11 @@ def measure(case: Case, quick: bool, log) -> Measured:
 
         def batched(deltas=deltas):
             perturbed_losses(base, classification_loss, batch, plan, deltas, batched=True)
+
         cheap = case.model in ("mlp", "cnn")
-        out.vmap[n] = _ratio(looped, batched, case.reps if cheap else case.heavy_reps, warmup=1 if cheap else 0)
+        out.vmap[n] = _ratio(
+            looped, batched, case.reps if cheap else case.heavy_reps, warmup=1 if cheap else 0
+        )
         log(f"  {case.label}: loop/vmap n={n} {out.vmap[n].fmt()}")
         del deltas
     if not quick:
@@ -217,26 +308,54 @@ def _explain(out: Measured, ste, fogzo, steppers, models, batch, cost) -> None:
         def run():
             for _ in range(times):
                 step()
+
         return run
+
     if out.fogzo.median > FOGZO_BAR:
-        if case.model in ("mlp", "cnn"):  # small models are Python-bound: cProfile says which functions
-            out.profiles.append((f"{case.label}: 200 FOGZO n=1 steps, cProfile by cumulative time",
-                                 cprofile_summary(repeated(fogzo), sort="cumulative")))
-            out.profiles.append((f"{case.label}: 200 STE steps, cProfile by cumulative time (for comparison)",
-                                 cprofile_summary(repeated(ste), sort="cumulative")))
+        if case.model in (
+            "mlp",
+            "cnn",
+        ):  # small models are Python-bound: cProfile says which functions
+            out.profiles.append(
+                (
+                    f"{case.label}: 200 FOGZO n=1 steps, cProfile by cumulative time",
+                    cprofile_summary(repeated(fogzo), sort="cumulative"),
+                )
+            )
+            out.profiles.append(
+                (
+                    f"{case.label}: 200 STE steps, cProfile by cumulative time (for comparison)",
+                    cprofile_summary(repeated(ste), sort="cumulative"),
+                )
+            )
         else:
-            out.profiles.append((f"{case.label}: one FOGZO n=1 step, aten ops", op_profile_summary(fogzo)[0]))
+            out.profiles.append(
+                (f"{case.label}: one FOGZO n=1 step, aten ops", op_profile_summary(fogzo)[0])
+            )
     for name in ("mezo", "quzo"):
         if getattr(out, name).median > INPLACE_BAR:
             if case.model == "mlp":
-                out.profiles.append((f"{case.label}: 200 {name} steps, cProfile by cumulative time",
-                                     cprofile_summary(repeated(steppers[name]), sort="cumulative")))
+                out.profiles.append(
+                    (
+                        f"{case.label}: 200 {name} steps, cProfile by cumulative time",
+                        cprofile_summary(repeated(steppers[name]), sort="cumulative"),
+                    )
+                )
             elif case.model in ("resnet18", "deit_tiny"):
-                out.profiles.append((f"{case.label}: one {name} step, aten ops",
-                                     op_profile_summary(steppers[name])[0]))
-    if any(v.median > NSPSA_BAR for v in out.nspsa.values()) and case.model in ("resnet18", "deit_tiny"):
+                out.profiles.append(
+                    (
+                        f"{case.label}: one {name} step, aten ops",
+                        op_profile_summary(steppers[name])[0],
+                    )
+                )
+    if any(v.median > NSPSA_BAR for v in out.nspsa.values()) and case.model in (
+        "resnet18",
+        "deit_tiny",
+    ):
         step = _stepper("nspsa", {"n": 8}, models["nspsa"], batch, cost)
-        out.profiles.append((f"{case.label}: one n-SPSA n=8 step, aten ops", op_profile_summary(step)[0]))
+        out.profiles.append(
+            (f"{case.label}: one n-SPSA n=8 step, aten ops", op_profile_summary(step)[0])
+        )
 
 
 def run(quick: bool, workdir, log=print) -> Section:
@@ -250,12 +369,25 @@ def run(quick: bool, workdir, log=print) -> Section:
 def _measure_in_subprocess(index: int, quick: bool, log) -> Measured:
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "measured.pkl"
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.estimator_cost", str(index), str(int(quick)), str(out)],
-                              cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.estimator_cost",
+                str(index),
+                str(int(quick)),
+                str(out),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         for line in proc.stdout.splitlines():
             log(line)
         if proc.returncode != 0:
-            raise RuntimeError(f"estimator_cost case {index} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"estimator_cost case {index} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         with open(out, "rb") as f:
             return pickle.load(f)
 
@@ -276,7 +408,7 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
         "One torch thread (`torch.set_num_threads(1)`) throughout. Every ratio is median (min–max) over "
         "repetitions of two adjacent timings, order alternating; a timing repeats its callable until it "
         "lasts ≥ 0.2 s. Models are INT4 fake-quantized; inputs are random CIFAR-shaped images except the MLP "
-        "(digits). \"Forward\" = an inference forward + loss under `torch.no_grad()` in train mode (what a "
+        '(digits). "Forward" = an inference forward + loss under `torch.no_grad()` in train mode (what a '
         "zeroth-order estimator evaluates). STE and FOGZO steps include the SGD optimizer step.",
         "",
     ]
@@ -285,37 +417,86 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
         c = r.case
         ste_s = statistics.median(r.fogzo.b)
         extra = (r.fogzo.median - 1) * ste_s / r.forward_s
-        rows.append([c.label, fmt_s(r.forward_s), fmt_s(ste_s), r.fogzo.fmt(), f"{r.flops_ratio:.2f}", f"{extra:.2f}",
-                     r.mezo.fmt(), r.gauss_pass.fmt(), f"{2 + 3 * r.gauss_pass.median:.2f}", r.quzo.fmt(),
-                     r.rounded_pass.fmt(), len(r.fogzo.ratios)])
+        rows.append(
+            [
+                c.label,
+                fmt_s(r.forward_s),
+                fmt_s(ste_s),
+                r.fogzo.fmt(),
+                f"{r.flops_ratio:.2f}",
+                f"{extra:.2f}",
+                r.mezo.fmt(),
+                r.gauss_pass.fmt(),
+                f"{2 + 3 * r.gauss_pass.median:.2f}",
+                r.quzo.fmt(),
+                r.rounded_pass.fmt(),
+                len(r.fogzo.ratios),
+            ]
+        )
         bars.append(Bar(f"§1 FOGZO n=1 / STE wall, {c.label}", r.fogzo.median, FOGZO_BAR))
         bars.append(Bar(f"§1 MeZO step / forward, {c.label}", r.mezo.median, INPLACE_BAR))
         bars.append(Bar(f"§1 QuZO step / forward, {c.label}", r.quzo.median, INPLACE_BAR))
-    lines += ["**FOGZO, MeZO, QuZO.** Bars: FOGZO/STE wall ≤ 1.8 (cost model: (3F+B)/(F+B), printed as the "
-              "FLOPs column), MeZO and QuZO step / forward ≤ 2.2. \"noise pass\" = regenerating one direction "
-              "over all parameters (MeZO: Gaussian, `seeded.add_noise_`; QuZO: Gaussian + INT8 stochastic "
-              "rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 3 such passes "
-              "(+ε, −2ε, then restore and update folded into one) and 2 forwards; a QuZO step 3 Gaussian draws, "
-              "with 2 roundings for the perturbation, 2 in the update pass (u1 to restore, u2 to move) and the "
-              "stochastic rounding of the update onto the weight grid.", "",
-              table(["model", "forward", "STE step", "FOGZO n=1 / STE (wall)", "FOGZO / STE (FLOPs)",
-                     "FOGZO − STE, in forwards (ideal 2)", "MeZO / forward", "MeZO noise pass / forward",
-                     "2 + 3 × pass", "QuZO / forward", "QuZO noise pass / forward", "reps"], rows), ""]
+    lines += [
+        "**FOGZO, MeZO, QuZO.** Bars: FOGZO/STE wall ≤ 1.8 (cost model: (3F+B)/(F+B), printed as the "
+        'FLOPs column), MeZO and QuZO step / forward ≤ 2.2. "noise pass" = regenerating one direction '
+        "over all parameters (MeZO: Gaussian, `seeded.add_noise_`; QuZO: Gaussian + INT8 stochastic "
+        "rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 3 such passes "
+        "(+ε, −2ε, then restore and update folded into one) and 2 forwards; a QuZO step 3 Gaussian draws, "
+        "with 2 roundings for the perturbation, 2 in the update pass (u1 to restore, u2 to move) and the "
+        "stochastic rounding of the update onto the weight grid.",
+        "",
+        table(
+            [
+                "model",
+                "forward",
+                "STE step",
+                "FOGZO n=1 / STE (wall)",
+                "FOGZO / STE (FLOPs)",
+                "FOGZO − STE, in forwards (ideal 2)",
+                "MeZO / forward",
+                "MeZO noise pass / forward",
+                "2 + 3 × pass",
+                "QuZO / forward",
+                "QuZO noise pass / forward",
+                "reps",
+            ],
+            rows,
+        ),
+        "",
+    ]
     rows = []
     for r in results:
         for n, v in r.nspsa.items():
-            path = "vmap" if batching_pays_off(torch.device("cpu"), 2 * min(n, NSPSA_CHUNK), r.forward_flops) else "loop"
+            path = (
+                "vmap"
+                if batching_pays_off(torch.device("cpu"), 2 * min(n, NSPSA_CHUNK), r.forward_flops)
+                else "loop"
+            )
             vm = r.vmap.get(n)
-            rows.append([r.case.label, n, v.fmt(), fmt_s(v.median * 2 * n * r.forward_s), path,
-                         vm.fmt() if vm else f"not timed{': ' + r.case.note if r.case.note else ''}",
-                         len(v.ratios)])
+            rows.append(
+                [
+                    r.case.label,
+                    n,
+                    v.fmt(),
+                    fmt_s(v.median * 2 * n * r.forward_s),
+                    path,
+                    vm.fmt() if vm else f"not timed{': ' + r.case.note if r.case.note else ''}",
+                    len(v.ratios),
+                ]
+            )
             bars.append(Bar(f"§1 n-SPSA n={n} / 2n forwards, {r.case.label}", v.median, NSPSA_BAR))
-    lines += ["**n-SPSA.** Step wall / (2n inference forwards), bar ≤ 1.1. \"path\" = how the estimator "
-              "evaluates the 2n perturbed losses (`trainers.estimators.perturb.batching_pays_off`, see below). "
-              "\"loop / vmap\" = time of the Python loop (`_loop_losses`) / time of the batched vmap evaluation "
-              "(`perturbed_losses(batched=True)`) of the same 2n perturbed losses: above 1 vmap is faster.", "",
-              table(["model", "n", "step / 2n forwards", "step (approx.)", "path", "loop / vmap", "reps"], rows),
-              ""]
+    lines += [
+        '**n-SPSA.** Step wall / (2n inference forwards), bar ≤ 1.1. "path" = how the estimator '
+        "evaluates the 2n perturbed losses (`trainers.estimators.perturb.batching_pays_off`, see below). "
+        '"loop / vmap" = time of the Python loop (`_loop_losses`) / time of the batched vmap evaluation '
+        "(`perturbed_losses(batched=True)`) of the same 2n perturbed losses: above 1 vmap is faster.",
+        "",
+        table(
+            ["model", "n", "step / 2n forwards", "step (approx.)", "path", "loop / vmap", "reps"],
+            rows,
+        ),
+        "",
+    ]
     lines += _findings(results)
     profiles = [p for r in results for p in r.profiles]
     if profiles:
@@ -328,7 +509,9 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
 def _short(label: str) -> str:
     """``ResNet-18 w64 (3x32x32, batch 32)`` -> ``ResNet-18 w64, batch 32``."""
     name, _, rest = label.partition(" (")
-    batch = [part.strip() for part in rest.rstrip(")").split(",") if part.strip().startswith("batch")]
+    batch = [
+        part.strip() for part in rest.rstrip(")").split(",") if part.strip().startswith("batch")
+    ]
     return f"{name}, {batch[0]}" if batch else name
 
 
@@ -357,7 +540,8 @@ def _findings(results: list[Measured]) -> list[str]:
         "≤ 1e7 FLOPs with ≥ 8 evaluations (the MLP) and loops otherwise; the loop path no longer materialises "
         "the 2n model-sized ±εv deltas (one `addcmul` per row instead), and the estimate is accumulated with "
         "one in-place `addmv_` per tensor. (Single timings with the old code, earlier today on this machine: ResNet-18 n-SPSA 2.1x "
-        "(n=8) and 2.8x (n=32) of 2n forwards, CNN 2.4x / 3.5x; FOGZO/STE 2.3x on ResNet-18, 3.7x on the CNN.)")
+        "(n=8) and 2.8x (n=32) of 2n forwards, CNN 2.4x / 3.5x; FOGZO/STE 2.3x on ResNet-18, 3.7x on the CNN.)"
+    )
     mlp = by_model.get("mlp")
     if mlp:
         out.append(
@@ -368,7 +552,8 @@ def _findings(results: list[Measured]) -> list[str]:
             "sampling, two forwards with every parameter's `.data` swapped to its perturbed copy and back) costs "
             "more Python than the STE step itself; MeZO/QuZO re-seed a generator and regenerate noise per tensor three times. The "
             "cProfile tables below show the split. n-SPSA, whose 2n forwards share one vmapped call, is the one "
-            f"estimator here *cheaper* than its forwards ({', '.join(f'n={n}: {v.median:.2f}x' for n, v in mlp.nspsa.items())}).")
+            f"estimator here *cheaper* than its forwards ({', '.join(f'n={n}: {v.median:.2f}x' for n, v in mlp.nspsa.items())})."
+        )
     cnn = by_model.get("cnn")
     if cnn:
         over = (cnn.fogzo.median - 1) * statistics.median(cnn.fogzo.b) - 2 * cnn.forward_s
@@ -377,10 +562,14 @@ def _findings(results: list[Measured]) -> list[str]:
             f"forward): the zeroth-order half costs {extra(cnn):.2f} forwards instead of 2 — about "
             f"{fmt_s(max(over, 0.0))} per step of fixed Python work (perturbation plan, guide normalisation, "
             "direction draw, the parameter swaps around its two forwards), which a "
-            "millisecond-scale forward does not hide; see its cProfile below when it is above the bar.")
+            "millisecond-scale forward does not hide; see its cProfile below when it is above the bar."
+        )
     if big:
-        parts = ", ".join(f"{_short(r.case.label)} {r.mezo.median:.2f}x measured vs "
-                          f"{2 + 3 * r.gauss_pass.median:.2f}x predicted" for r in big)
+        parts = ", ".join(
+            f"{_short(r.case.label)} {r.mezo.median:.2f}x measured vs "
+            f"{2 + 3 * r.gauss_pass.median:.2f}x predicted"
+            for r in big
+        )
         out.append(
             f"- *MeZO and QuZO are bound by the random number generator.* A MeZO step is 2 forwards plus 3 "
             f"regenerations of z (the seed trick that keeps memory at inference level): {parts} from "
@@ -393,35 +582,55 @@ def _findings(results: list[Measured]) -> list[str]:
             f"its pass costs {', '.join(f'{r.rounded_pass.median:.2f}' for r in big)} forwards. The bar of 2.2 "
             "holds when noise is cheap relative to the forward (GPU, larger batches), not at batch 32 on one CPU "
             "core; the aten profiles below show `normal_` / `uniform_` as the largest non-conv items."
-            + (" At batch 128 (4x the forward FLOPs per parameter, the same noise): "
-               + ", ".join(f"{_short(r.case.label)} MeZO {r.mezo.median:.2f}x, QuZO {r.quzo.median:.2f}x"
-                           for r in big if r.case.batch > 32) + "." if any(r.case.batch > 32 for r in big) else ""))
-        parts = ", ".join(f"{_short(r.case.label)} {r.nspsa[8].median:.2f}x at n=8 "
-                          f"({r.forward_flops / r.params:,.0f} forward FLOPs per parameter)"
-                          for r in big if 8 in r.nspsa)
+            + (
+                " At batch 128 (4x the forward FLOPs per parameter, the same noise): "
+                + ", ".join(
+                    f"{_short(r.case.label)} MeZO {r.mezo.median:.2f}x, QuZO {r.quzo.median:.2f}x"
+                    for r in big
+                    if r.case.batch > 32
+                )
+                + "."
+                if any(r.case.batch > 32 for r in big)
+                else ""
+            )
+        )
+        parts = ", ".join(
+            f"{_short(r.case.label)} {r.nspsa[8].median:.2f}x at n=8 "
+            f"({r.forward_flops / r.params:,.0f} forward FLOPs per parameter)"
+            for r in big
+            if 8 in r.nspsa
+        )
         out.append(
             f"- *n-SPSA on the deep nets* ({parts}): per direction the step does work proportional to the "
             "parameter count — a uniform draw (scaled inside `uniform_`), θ ± εv for each of the two forwards, "
             "the c·v accumulation — while the forwards do work proportional to FLOPs. After the fix it is that "
             "elementwise work (visible as `uniform_`, `mul`, `addcmul`, `sub` in the profile below) that "
             "separates the step from its 2n forwards: "
-            + ", ".join(f"{_short(r.case.label)} +{max(v.median - 1, 0):.0%} at n={n}"
-                        for r in big for n, v in r.nspsa.items())
+            + ", ".join(
+                f"{_short(r.case.label)} +{max(v.median - 1, 0):.0%} at n={n}"
+                for r in big
+                for n, v in r.nspsa.items()
+            )
             + ". Fusing those passes or a faster generator would close the gap; larger batches (more FLOPs "
-            "per parameter) make it smaller.")
+            "per parameter) make it smaller."
+        )
     if cnn and any(v.median > NSPSA_BAR for v in cnn.nspsa.values()):
         out.append(
-            "- *n-SPSA on the small CNN above the bar* (" + ", ".join(f"n={n}: {v.median:.2f}x" for n, v in
-                                                             cnn.nspsa.items()) + "): this ratio is bimodal "
+            "- *n-SPSA on the small CNN above the bar* ("
+            + ", ".join(f"n={n}: {v.median:.2f}x" for n, v in cnn.nspsa.items())
+            + "): this ratio is bimodal "
             "across fresh processes, ≈1.0 or ≈1.5 at n=32, with the estimator code of before and after this "
             "section's changes alike. It is glibc malloc's dynamic mmap threshold (where the step's and the "
             "forward's buffers land): with `MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824` "
-            "the same measurement gave 1.03x in three runs out of three. Not the estimator's work.")
+            "the same measurement gave 1.03x in three runs out of three. Not the estimator's work."
+        )
     out.append("")
     return out
 
 
-if __name__ == "__main__":  # the child: through the package module, so the pickle names benchmarks.*
+if (
+    __name__ == "__main__"
+):  # the child: through the package module, so the pickle names benchmarks.*
     from benchmarks.estimator_cost import _child as child
 
     child(sys.argv[1:])

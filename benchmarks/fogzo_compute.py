@@ -21,8 +21,17 @@ KEY = "fogzo_compute"
 TITLE = "3. FOGZO vs n-SPSA (n = d): compute to the same loss"
 PAPER_BAR = 500.0
 
-COMMON = {"quantizer": "int", "bits": 2, "quant_options": {"surrogate": "identity"}, "model": "mlp",
-          "dataset": "digits", "batch_size": 64, "lr": 0.05, "seed": 0, "threads": 1}
+COMMON = {
+    "quantizer": "int",
+    "bits": 2,
+    "quant_options": {"surrogate": "identity"},
+    "model": "mlp",
+    "dataset": "digits",
+    "batch_size": 64,
+    "lr": 0.05,
+    "seed": 0,
+    "threads": 1,
+}
 
 
 @dataclass
@@ -43,11 +52,25 @@ class Case:
 
 def cases(quick: bool) -> list[Case]:
     if quick:
-        return [Case(10, 20, 128, 400, 20, False, "quick mode: 20 n-SPSA steps, 400 FOGZO steps", (0.05,)),
-                Case(20, 3, 256, 200, 20, True, "quick mode stand-in for the paper size: hidden 20, 3 n-SPSA steps",
-                     (0.05,))]
-    return [Case(10, 300, 128, 6000, 20, False),
-            Case(100, 100, 512, 6000, 20, True, "n-SPSA runs 100 steps, not 300 (see below)")]
+        return [
+            Case(
+                10, 20, 128, 400, 20, False, "quick mode: 20 n-SPSA steps, 400 FOGZO steps", (0.05,)
+            ),
+            Case(
+                20,
+                3,
+                256,
+                200,
+                20,
+                True,
+                "quick mode stand-in for the paper size: hidden 20, 3 n-SPSA steps",
+                (0.05,),
+            ),
+        ]
+    return [
+        Case(10, 300, 128, 6000, 20, False),
+        Case(100, 100, 512, 6000, 20, True, "n-SPSA runs 100 steps, not 300 (see below)"),
+    ]
 
 
 def _run(config: dict) -> tuple[list[dict], float]:
@@ -66,7 +89,9 @@ class Outcome:
     nspsa_forwards: int
     nspsa_wall: float
     nspsa_curve: list
-    fogzo: dict  # FOGZO lr -> (curve, wall seconds, first evaluation at or below the target or None)
+    fogzo: (
+        dict  # FOGZO lr -> (curve, wall seconds, first evaluation at or below the target or None)
+    )
 
     def ratio(self, lr: float) -> float:
         reached = self.fogzo[lr][2]
@@ -80,9 +105,14 @@ class Outcome:
 
 def measure(case: Case, log) -> Outcome:
     options = {"hidden": case.hidden}
-    nspsa = {**COMMON, "model_options": options, "estimator": "nspsa", "steps": case.nspsa_steps,
-             "num_evals": min(10, case.nspsa_steps),
-             "estimator_options": {"n": case.d, "chunk": case.nspsa_chunk}}
+    nspsa = {
+        **COMMON,
+        "model_options": options,
+        "estimator": "nspsa",
+        "steps": case.nspsa_steps,
+        "num_evals": min(10, case.nspsa_steps),
+        "estimator_options": {"n": case.d, "chunk": case.nspsa_chunk},
+    }
     log(f"  MLP 64-{case.hidden}-10 (d={case.d}): n-SPSA n=d, {case.nspsa_steps} steps ...")
     nspsa_curve, nspsa_wall = _run(nspsa)
     last = nspsa_curve[-1]
@@ -90,15 +120,25 @@ def measure(case: Case, log) -> Outcome:
     log(f"    target eval loss {target:.4f} after {nspsa_wall:.0f} s")
     fogzo = {}
     for lr in case.fogzo_lrs:
-        config = {**COMMON, "model_options": options, "estimator": "fogzo", "steps": case.fogzo_steps, "lr": lr,
-                  "num_evals": case.fogzo_steps // case.eval_every,
-                  "estimator_options": {"n": 1, "beta_start": 0.999, "beta_min": 0.999}}
+        config = {
+            **COMMON,
+            "model_options": options,
+            "estimator": "fogzo",
+            "steps": case.fogzo_steps,
+            "lr": lr,
+            "num_evals": case.fogzo_steps // case.eval_every,
+            "estimator_options": {"n": 1, "beta_start": 0.999, "beta_min": 0.999},
+        }
         curve, wall = _run(config)
         reached = next((m for m in curve if m["eval_loss"] <= target), None)
         fogzo[lr] = (curve, wall, reached)
-        log(f"    FOGZO lr {lr}: reached it at step {reached['step'] if reached else 'never'} ({wall:.0f} s)")
+        log(
+            f"    FOGZO lr {lr}: reached it at step {reached['step'] if reached else 'never'} ({wall:.0f} s)"
+        )
     forward_flops = last["flops"] / last["forwards"]
-    return Outcome(case, forward_flops, target, last["flops"], last["forwards"], nspsa_wall, nspsa_curve, fogzo)
+    return Outcome(
+        case, forward_flops, target, last["flops"], last["forwards"], nspsa_wall, nspsa_curve, fogzo
+    )
 
 
 def run(quick: bool, workdir, log=print) -> Section:
@@ -111,15 +151,33 @@ def run(quick: bool, workdir, log=print) -> Section:
     for o in outcomes:
         c = o.case
         for lr, (curve, _wall, r) in o.fogzo.items():
-            rows.append([f"64-{c.hidden}-10", c.d, f"{c.nspsa_steps} × n={c.d}", f"{o.nspsa_wall:.0f} s",
-                         f"{o.target:.4f}", f"{o.nspsa_flops:.3g}", f"{o.nspsa_forwards:,}", lr,
-                         f"{r['step']}" if r else f"not within {c.fogzo_steps}",
-                         f"{r['flops']:.3g}" if r else "—", f"{r['flops'] / o.forward_flops:,.0f}" if r else "—",
-                         f"**{o.ratio(lr):,.0f}x**" if r else "—",
-                         f"{min(m['eval_loss'] for m in curve):.4f}", f"{curve[-1]['eval_loss']:.4f}"])
+            rows.append(
+                [
+                    f"64-{c.hidden}-10",
+                    c.d,
+                    f"{c.nspsa_steps} × n={c.d}",
+                    f"{o.nspsa_wall:.0f} s",
+                    f"{o.target:.4f}",
+                    f"{o.nspsa_flops:.3g}",
+                    f"{o.nspsa_forwards:,}",
+                    lr,
+                    f"{r['step']}" if r else f"not within {c.fogzo_steps}",
+                    f"{r['flops']:.3g}" if r else "—",
+                    f"{r['flops'] / o.forward_flops:,.0f}" if r else "—",
+                    f"**{o.ratio(lr):,.0f}x**" if r else "—",
+                    f"{min(m['eval_loss'] for m in curve):.4f}",
+                    f"{curve[-1]['eval_loss']:.4f}",
+                ]
+            )
         if c.paper_size:
-            bars.append(Bar(f"§3 n-SPSA / FOGZO compute to n-SPSA's loss, d={c.d} (best FOGZO lr)", o.best_ratio,
-                            PAPER_BAR, ">="))
+            bars.append(
+                Bar(
+                    f"§3 n-SPSA / FOGZO compute to n-SPSA's loss, d={c.d} (best FOGZO lr)",
+                    o.best_ratio,
+                    PAPER_BAR,
+                    ">=",
+                )
+            )
         if c.note:
             notes.append(f"- d = {c.d}: {c.note}.")
         if c.paper_size and c.nspsa_steps < 300 and len(o.nspsa_curve) > 2:
@@ -133,13 +191,16 @@ def run(quick: bool, workdir, log=print) -> Section:
                 f"~{300 * per_step / 60:.0f} min — ~11 min at the 2.25 s/step measured under heavier load "
                 "earlier today — too much for a 20-minute benchmark; it runs 100. Its eval loss has flattened by "
                 f"then ({tail_losses} at steps {tail_steps}), so 300 steps would lower the target a little and "
-                "triple n-SPSA's compute: the ratio here is most likely an underestimate.")
+                "triple n-SPSA's compute: the ratio here is most likely an underestimate."
+            )
         nspsa_evals = ", ".join(f"{m['step']}: {m['eval_loss']:.3f}" for m in o.nspsa_curve)
         fogzo_walls = ", ".join(f"lr {lr}: {wall:.0f} s" for lr, (_, wall, _) in o.fogzo.items())
-        notes.append(f"- d = {c.d}: n-SPSA eval loss by step {nspsa_evals}. n-SPSA took {o.nspsa_wall:.0f} s "
-                     f"({o.nspsa_wall / c.nspsa_steps:.2f} s/step, chunked {c.nspsa_chunk} directions per "
-                     f"batched evaluation); FOGZO's {c.fogzo_steps} steps with {c.fogzo_steps // c.eval_every} "
-                     f"evaluations took {fogzo_walls}.")
+        notes.append(
+            f"- d = {c.d}: n-SPSA eval loss by step {nspsa_evals}. n-SPSA took {o.nspsa_wall:.0f} s "
+            f"({o.nspsa_wall / c.nspsa_steps:.2f} s/step, chunked {c.nspsa_chunk} directions per "
+            f"batched evaluation); FOGZO's {c.fogzo_steps} steps with {c.fogzo_steps // c.eval_every} "
+            f"evaluations took {fogzo_walls}."
+        )
     lines = [
         "2-layer MLP on digits, INT 2-bit per-tensor weights, identity STE, SGD (momentum 0.9), lr 0.05, "
         "batch 64, seed 0, via `trainers.run_trial`; n-SPSA at lr 0.05, FOGZO at lr 0.05 (as "
@@ -151,11 +212,30 @@ def run(quick: bool, workdir, log=print) -> Section:
         f"{outcomes[0].case.eval_every} steps, so its crossing is resolved to that many steps (an upper "
         "bound on its compute). Compute = the trial's cumulative FLOPs (cost model: forward and backward "
         "FLOPs measured once with `FlopCounterMode`); forward-equivalents = FLOPs / one forward's FLOPs. "
-        "FOGZO's step costs 3 forwards + 1 backward; n-SPSA's 2n forwards.", "",
-        table(["MLP", "d", "n-SPSA steps", "n-SPSA wall", "target eval loss", "n-SPSA FLOPs", "n-SPSA forwards",
-               "FOGZO lr", "FOGZO step reaching it", "FOGZO FLOPs", "FOGZO forward-equiv.",
-               "n-SPSA / FOGZO compute", "FOGZO best eval loss", "FOGZO final eval loss"], rows), "",
-        *notes, "",
+        "FOGZO's step costs 3 forwards + 1 backward; n-SPSA's 2n forwards.",
+        "",
+        table(
+            [
+                "MLP",
+                "d",
+                "n-SPSA steps",
+                "n-SPSA wall",
+                "target eval loss",
+                "n-SPSA FLOPs",
+                "n-SPSA forwards",
+                "FOGZO lr",
+                "FOGZO step reaching it",
+                "FOGZO FLOPs",
+                "FOGZO forward-equiv.",
+                "n-SPSA / FOGZO compute",
+                "FOGZO best eval loss",
+                "FOGZO final eval loss",
+            ],
+            rows,
+        ),
+        "",
+        *notes,
+        "",
         f"Bar: ≥ {PAPER_BAR:.0f}x at the paper size (d ≈ 7.5k; the paper reports 796x on MNIST with d ≈ 8k). "
         "The ratio grows with d: n-SPSA's step costs 2d forwards while FOGZO's costs ~4 forward-equivalents "
         "whatever d is.",

@@ -40,31 +40,64 @@ class Case:
 
 def cases(quick: bool) -> list[Case]:
     if quick:
-        return [Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, "digits", 64),
-                Case("CNN w16 (3x16x16, batch 4; stands in for ResNet-18)", "cnn", {}, "random16", 4),
-                Case("LLaMA tiny (text, batch 4 x 32 tokens)", "llama", {"size": "tiny"}, "text", 4, 32)]
-    return [Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, "digits", 64),
-            Case("ResNet-18 w64 (3x32x32, batch 32)", "resnet18", {"width": 64}, "random32", 32),
-            Case("LLaMA small (dim 256, depth 4; text, batch 16 x 64 tokens)", "llama", {"size": "small"}, "text",
-                 16, 64),
-            Case("LLaMA small (dim 256, depth 4; text, batch 2 x 64 tokens)", "llama", {"size": "small"}, "text",
-                 2, 64)]
+        return [
+            Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, "digits", 64),
+            Case("CNN w16 (3x16x16, batch 4; stands in for ResNet-18)", "cnn", {}, "random16", 4),
+            Case(
+                "LLaMA tiny (text, batch 4 x 32 tokens)", "llama", {"size": "tiny"}, "text", 4, 32
+            ),
+        ]
+    return [
+        Case("MLP 64-10-10 (digits, batch 64)", "mlp", {}, "digits", 64),
+        Case("ResNet-18 w64 (3x32x32, batch 32)", "resnet18", {"width": 64}, "random32", 32),
+        Case(
+            "LLaMA small (dim 256, depth 4; text, batch 16 x 64 tokens)",
+            "llama",
+            {"size": "small"},
+            "text",
+            16,
+            64,
+        ),
+        Case(
+            "LLaMA small (dim 256, depth 4; text, batch 2 x 64 tokens)",
+            "llama",
+            {"size": "small"},
+            "text",
+            2,
+            64,
+        ),
+    ]
 
 
-ARMS = [("inference", None, None), ("MeZO", "mezo", None), ("QuZO", "quzo", None), ("STE + SGD(momentum)", "ste", "sgd"),
-        ("STE + Adam", "ste", "adam")]
+ARMS = [
+    ("inference", None, None),
+    ("MeZO", "mezo", None),
+    ("QuZO", "quzo", None),
+    ("STE + SGD(momentum)", "ste", "sgd"),
+    ("STE + Adam", "ste", "adam"),
+]
 
 
 def _setup(case: Case):
     torch.manual_seed(0)
     if case.dataset == "text":
         data = load_dataset("text", seq_len=case.seq_len, n_train=max(256, case.batch), n_test=16)
-        x, y, shape, classes, loss_fn = data.train_x[:case.batch], data.train_y[:case.batch], data.input_shape, \
-            data.num_classes, token_loss
+        x, y, shape, classes, loss_fn = (
+            data.train_x[: case.batch],
+            data.train_y[: case.batch],
+            data.input_shape,
+            data.num_classes,
+            token_loss,
+        )
     elif case.dataset == "digits":
         data = load_dataset("digits")
-        x, y, shape, classes, loss_fn = data.train_x[:case.batch], data.train_y[:case.batch], data.input_shape, \
-            data.num_classes, classification_loss
+        x, y, shape, classes, loss_fn = (
+            data.train_x[: case.batch],
+            data.train_y[: case.batch],
+            data.input_shape,
+            data.num_classes,
+            classification_loss,
+        )
     else:
         side = 16 if case.dataset == "random16" else 32
         shape, classes, loss_fn = (3, side, side), 10, classification_loss
@@ -82,23 +115,29 @@ def measure(case: Case, log) -> dict[str, int]:
     for label, name, opt in ARMS:
         model = copy.deepcopy(base)
         if name is None:
+
             def fn(model=model):
                 with torch.no_grad():
                     return loss_fn(model(batch[0]), batch[1])
+
             objects: list = [model]
         else:
             estimator = build_estimator(name, {}, cost, seed=0, lr=1e-4)
             estimator.prepare(model)
             optimizer = None
             if not estimator.updates_in_place:
-                optimizer = (torch.optim.Adam(model.parameters(), lr=1e-4) if opt == "adam"
-                             else torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
+                optimizer = (
+                    torch.optim.Adam(model.parameters(), lr=1e-4)
+                    if opt == "adam"
+                    else torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+                )
 
             def fn(model=model, estimator=estimator, optimizer=optimizer):
                 result = estimator.step(model, loss_fn, batch, 0.0)
                 if optimizer is not None:
                     optimizer.step()
                 return result
+
             objects = [m for m in (model, optimizer) if m is not None]
         _, peaks[label] = track_peak_memory(fn, objects, CPU)
         log(f"  {case.label}: {label} {fmt_bytes(peaks[label])}")
@@ -112,12 +151,22 @@ def run(quick: bool, workdir, log=print) -> Section:
     rows = []
     for case, peaks in measured:
         inf = peaks["inference"]
-        rows.append([case.label, fmt_bytes(peaks["params"]), fmt_bytes(inf)]
-                    + [f"{fmt_bytes(peaks[label])} ({peaks[label] / inf:.2f}x)" for label, _, _ in ARMS[1:]])
+        rows.append(
+            [case.label, fmt_bytes(peaks["params"]), fmt_bytes(inf)]
+            + [f"{fmt_bytes(peaks[label])} ({peaks[label] / inf:.2f}x)" for label, _, _ in ARMS[1:]]
+        )
         for label in ("MeZO", "QuZO"):
-            bars.append(Bar(f"§2 {label} peak / inference peak, {case.label}", peaks[label] / inf, INPLACE_BAR))
+            bars.append(
+                Bar(
+                    f"§2 {label} peak / inference peak, {case.label}",
+                    peaks[label] / inf,
+                    INPLACE_BAR,
+                )
+            )
     llamas = [(case, peaks) for case, peaks in measured if case.model == "llama"]
-    ratios = [f"**{peaks['STE + Adam'] / peaks['QuZO']:.2f}x** on {case.label}" for case, peaks in llamas]
+    ratios = [
+        f"**{peaks['STE + Adam'] / peaks['QuZO']:.2f}x** on {case.label}" for case, peaks in llamas
+    ]
     case, peaks = llamas[0]
     params, train = peaks["params"], peaks["STE + Adam"]
     lines = [
@@ -125,9 +174,12 @@ def run(quick: bool, workdir, log=print) -> Section:
         "inside it), via `trainers.metering.track_peak_memory` — parameters, gradients, optimizer state, "
         "activations and temporaries; INT8 fake-quantized weights (fp32 storage). Inference = one forward + "
         "loss under `torch.no_grad()`. In parentheses: / inference. Deterministic counts, measured once. "
-        f"Bar: MeZO and QuZO ≤ {INPLACE_BAR}x inference.", "",
-        table(["model", "parameters", "inference", *[label for label, _, _ in ARMS[1:]]], rows), "",
-        "**First-order (STE + Adam) : QuZO**: " + "; ".join(ratios)
+        f"Bar: MeZO and QuZO ≤ {INPLACE_BAR}x inference.",
+        "",
+        table(["model", "parameters", "inference", *[label for label, _, _ in ARMS[1:]]], rows),
+        "",
+        "**First-order (STE + Adam) : QuZO**: "
+        + "; ".join(ratios)
         + f" (QuZO paper: {PAPER_FIRST_ORDER_VS_QUZO}x on LLaMA2-7B). "
         f"STE + Adam peaks inside the backward pass, when the gradients and the activations saved for backward "
         f"are live; Adam's two moments ({fmt_bytes(2 * params)}) are allocated in `optimizer.step()`, after the "
@@ -141,21 +193,32 @@ def run(quick: bool, workdir, log=print) -> Section:
     ]
     over = [b for b in bars if not b.met]
     if over:
-        lines += ["**Above the bar:** " + "; ".join(f"{b.name}: {b.value:.2f}x" for b in over) + ". "
-                  + _explain_over(measured), ""]
+        lines += [
+            "**Above the bar:** "
+            + "; ".join(f"{b.name}: {b.value:.2f}x" for b in over)
+            + ". "
+            + _explain_over(measured),
+            "",
+        ]
     else:
-        lines += ["MeZO and QuZO stay at inference memory: they regenerate their noise one parameter tensor at a "
-                  "time from a seed, so the step adds only a few temporaries of one tensor, and those live "
-                  "between forwards, when the activations are freed. (QuZO's stochastic rounding used to need "
-                  "seven such temporaries and put ResNet-18 at 1.28x; `stochastic_round_int` now works in place "
-                  "on its own buffers — same values — see the summary of changes.)", ""]
+        lines += [
+            "MeZO and QuZO stay at inference memory: they regenerate their noise one parameter tensor at a "
+            "time from a seed, so the step adds only a few temporaries of one tensor, and those live "
+            "between forwards, when the activations are freed. (QuZO's stochastic rounding used to need "
+            "seven such temporaries and put ResNet-18 at 1.28x; `stochastic_round_int` now works in place "
+            "on its own buffers — same values — see the summary of changes.)",
+            "",
+        ]
     return Section(KEY, TITLE, "\n".join(lines), bars)
 
 
 def _sgd_vs_adam(measured) -> str:
-    return ", ".join(f"{case.label.split(' (')[0]}{' batch ' + str(case.batch) if case.model == 'llama' else ''} "
-                     f"{fmt_bytes(p['STE + SGD(momentum)'])} vs {fmt_bytes(p['STE + Adam'])}"
-                     for case, p in measured if case.model != "mlp")
+    return ", ".join(
+        f"{case.label.split(' (')[0]}{' batch ' + str(case.batch) if case.model == 'llama' else ''} "
+        f"{fmt_bytes(p['STE + SGD(momentum)'])} vs {fmt_bytes(p['STE + Adam'])}"
+        for case, p in measured
+        if case.model != "mlp"
+    )
 
 
 def _activation_share(peaks: dict[str, int]) -> float:
@@ -168,9 +231,15 @@ def _explain_over(measured) -> str:
         for label in ("MeZO", "QuZO"):
             extra = peaks[label] - peaks["inference"]
             if peaks[label] / peaks["inference"] > INPLACE_BAR:
-                parts.append(f"{case.label} {label}: +{fmt_bytes(extra)} over inference "
-                             f"({extra / peaks['params']:.2f}x the parameter bytes)")
-    return ("Where the extra bytes are: " + "; ".join(parts) + ". MeZO/QuZO regenerate the noise one parameter "
-            "tensor at a time, so their overhead over inference is a few temporaries of the largest tensor "
-            "(noise, its rounding, the update) — small against a model whose activations dominate, large for a "
-            "tiny model whose inference peak is little more than its weights.")
+                parts.append(
+                    f"{case.label} {label}: +{fmt_bytes(extra)} over inference "
+                    f"({extra / peaks['params']:.2f}x the parameter bytes)"
+                )
+    return (
+        "Where the extra bytes are: "
+        + "; ".join(parts)
+        + ". MeZO/QuZO regenerate the noise one parameter "
+        "tensor at a time, so their overhead over inference is a few temporaries of the largest tensor "
+        "(noise, its rounding, the update) — small against a model whose activations dominate, large for a "
+        "tiny model whose inference peak is little more than its weights."
+    )

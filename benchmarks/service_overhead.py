@@ -41,6 +41,7 @@ NICE = 15
 
 # ------------------------------------------------------------------------------------- workers
 
+
 def _sequential(spec_path: str) -> dict[str, Any]:
     started = time.perf_counter()
     from service.spec import load_spec
@@ -56,8 +57,14 @@ def _sequential(spec_path: str) -> dict[str, Any]:
         last = run_trial(config, lambda metrics, **_: None)
         trials[planned.trial_id] = time.perf_counter() - t0
         train[planned.trial_id] = last["wall_s"]
-    return {"import_s": imported - started, "trials": trials, "train_s": train, "total_s": sum(trials.values()),
-            "cpu_share": (time.process_time() - cpu0) / sum(trials.values()), "load": os.getloadavg()[0]}
+    return {
+        "import_s": imported - started,
+        "trials": trials,
+        "train_s": train,
+        "total_s": sum(trials.values()),
+        "cpu_share": (time.process_time() - cpu0) / sum(trials.values()),
+        "load": os.getloadavg()[0],
+    }
 
 
 def _ray(spec_path: str, results: str, num_cpus: int, profile: bool = False) -> dict[str, Any]:
@@ -87,32 +94,57 @@ def _ray(spec_path: str, results: str, num_cpus: int, profile: bool = False) -> 
     import pyarrow.parquet as pq
 
     rows = pq.read_table(os.path.join(run.sweep_dir, "trials.parquet")).to_pylist()
-    trials = {r["trial_id"]: {"status": r["status"], "started": r["started_at"].timestamp(),
-                              "finished": r["finished_at"].timestamp() if r["finished_at"] else None,
-                              "wall_s": r["wall_s"]} for r in rows}
-    return {"import_s": imported - started, "ray_start_s": ray_up - imported, "sweep_s": swept - ray_up,
-            "shutdown_s": down - swept, "trials": trials, "load": os.getloadavg()[0], "profile": summary,
-            "wait_share": wait_share, "wall_start": wall_start, "wall_end": wall_end}
+    trials = {
+        r["trial_id"]: {
+            "status": r["status"],
+            "started": r["started_at"].timestamp(),
+            "finished": r["finished_at"].timestamp() if r["finished_at"] else None,
+            "wall_s": r["wall_s"],
+        }
+        for r in rows
+    }
+    return {
+        "import_s": imported - started,
+        "ray_start_s": ray_up - imported,
+        "sweep_s": swept - ray_up,
+        "shutdown_s": down - swept,
+        "trials": trials,
+        "load": os.getloadavg()[0],
+        "profile": summary,
+        "wait_share": wait_share,
+        "wall_start": wall_start,
+        "wall_end": wall_end,
+    }
 
 
 def _worker(argv: list[str]) -> None:
     mode, spec_path = argv[0], argv[1]
-    out = (_sequential(spec_path) if mode == "sequential"
-           else _ray(spec_path, argv[2], int(argv[3]), profile=len(argv) > 4 and argv[4] == "profile"))
+    out = (
+        _sequential(spec_path)
+        if mode == "sequential"
+        else _ray(spec_path, argv[2], int(argv[3]), profile=len(argv) > 4 and argv[4] == "profile")
+    )
     print(MARK + json.dumps(out), flush=True)
 
 
 def _spawn(args: list[str], log, timeout: float = 1200) -> dict[str, Any]:
     """Run one worker subprocess (at Ray's worker niceness); its JSON plus the process wall time."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.service_overhead", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=lambda: os.nice(NICE) if args[0] == "sequential" else None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.service_overhead", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.nice(NICE) if args[0] == "sequential" else None,
+    )
     wall = time.perf_counter() - started
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark worker {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    out = json.loads(lines[-1][len(MARK):])
+        raise RuntimeError(
+            f"benchmark worker {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    out = json.loads(lines[-1][len(MARK) :])
     out["process_s"] = wall
     return out
 
@@ -138,8 +170,15 @@ def quick_sweep_spec(workdir: Path, quick: bool) -> Path:
     return path
 
 
-LONG_TRIAL = {"estimator": "ste", "model": "cnn", "dataset": "digits", "batch_size": 64, "lr": 0.05,
-              "num_evals": 10, "threads": 1}
+LONG_TRIAL = {
+    "estimator": "ste",
+    "model": "cnn",
+    "dataset": "digits",
+    "batch_size": 64,
+    "lr": 0.05,
+    "num_evals": 10,
+    "threads": 1,
+}
 
 
 def calibrate_long_steps(target_s: float, log) -> tuple[int, float]:
@@ -160,24 +199,43 @@ def calibrate_long_steps(target_s: float, log) -> tuple[int, float]:
     per_step = max((t_long - t_short) / (long - short), 1e-6)
     fixed = max(t_short - short * per_step, 0.0)
     steps = max(long, int((target_s - fixed) / per_step))
-    log(f"  long trials: {per_step * 1e3:.2f} ms/step + {fixed:.1f} s set-up -> {steps} steps for ~{target_s:.0f} s")
+    log(
+        f"  long trials: {per_step * 1e3:.2f} ms/step + {fixed:.1f} s set-up -> {steps} steps for ~{target_s:.0f} s"
+    )
     return steps, per_step
 
 
 def long_sweep_spec(workdir: Path, steps: int) -> Path:
     """4 equal trials (STE, CNN on digits, bits 2/4 x seeds 0/1) of ``steps`` steps."""
-    trial = {k: v for k, v in LONG_TRIAL.items() if k not in ("estimator", "model", "dataset", "lr", "threads")}
-    data = {"name": "long", "results": str(workdir / "results"),
-            "grid": {"estimators": ["ste"], "bits": [2, 4], "models": ["cnn"], "datasets": ["digits"],
-                     "seeds": [0, 1]},
-            "trial": trial, "budget": {"steps": steps}, "estimators": {"ste": {"lr": LONG_TRIAL["lr"]}},
-            "resources": {"cpus": 1}, "retries": 1, "checkpoint_every": 5}
+    trial = {
+        k: v
+        for k, v in LONG_TRIAL.items()
+        if k not in ("estimator", "model", "dataset", "lr", "threads")
+    }
+    data = {
+        "name": "long",
+        "results": str(workdir / "results"),
+        "grid": {
+            "estimators": ["ste"],
+            "bits": [2, 4],
+            "models": ["cnn"],
+            "datasets": ["digits"],
+            "seeds": [0, 1],
+        },
+        "trial": trial,
+        "budget": {"steps": steps},
+        "estimators": {"ste": {"lr": LONG_TRIAL["lr"]}},
+        "resources": {"cpus": 1},
+        "retries": 1,
+        "checkpoint_every": 5,
+    }
     path = workdir / "long.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 # ------------------------------------------------------------------------------------- analysis
+
 
 def _summarise(seq: list[dict], ray_runs: dict[int, list[dict]]) -> dict[str, Any]:
     """Efficiency and overhead per worker count; medians (and ranges) over repetitions.
@@ -187,13 +245,31 @@ def _summarise(seq: list[dict], ray_runs: dict[int, list[dict]]) -> dict[str, An
     Tune's own start and stop (sweep start -> first trial start, last trial end -> fit
     returns) are a per-sweep cost, split off from the per-trial overhead.
     """
-    out: dict[str, Any] = {"seq_total": [s["total_s"] for s in seq], "workers": {},
-                           "seq_train": [sum(s["train_s"].values()) for s in seq],
-                           "cpu_share": [s["cpu_share"] for s in seq], "seq_load": [s["load"] for s in seq]}
+    out: dict[str, Any] = {
+        "seq_total": [s["total_s"] for s in seq],
+        "workers": {},
+        "seq_train": [sum(s["train_s"].values()) for s in seq],
+        "cpu_share": [s["cpu_share"] for s in seq],
+        "seq_load": [s["load"] for s in seq],
+    }
     n_trials = len(seq[0]["trials"])
     for workers, runs in ray_runs.items():
-        w: dict[str, list] = {k: [] for k in ("efficiency", "efficiency_steady", "fixed", "overhead", "inside", "gaps",
-                                              "slow", "ray_start", "sweep", "process", "load")}
+        w: dict[str, list] = {
+            k: []
+            for k in (
+                "efficiency",
+                "efficiency_steady",
+                "fixed",
+                "overhead",
+                "inside",
+                "gaps",
+                "slow",
+                "ray_start",
+                "sweep",
+                "process",
+                "load",
+            )
+        }
         for r, run in enumerate(runs):
             base = seq[min(r, len(seq) - 1)]
             done = [t for t in run["trials"].values() if t["finished"]]
@@ -208,14 +284,21 @@ def _summarise(seq: list[dict], ray_runs: dict[int, list[dict]]) -> dict[str, An
             w["overhead"].append((steady * workers - base["total_s"]) / n_trials)
             w["inside"].append((spans - base["total_s"]) / n_trials)
             w["gaps"].append((steady * workers - spans) / n_trials)
-            w["slow"].append(sum(t["wall_s"] or 0.0 for t in run["trials"].values()) / sum(base["train_s"].values()))
+            w["slow"].append(
+                sum(t["wall_s"] or 0.0 for t in run["trials"].values())
+                / sum(base["train_s"].values())
+            )
             w["ray_start"].append(run["ray_start_s"])
             w["sweep"].append(run["sweep_s"])
             w["process"].append(run["process_s"])
             w["load"].append(run["load"])
-        w["failed"] = sum(t["status"] != "completed" for run in runs for t in run["trials"].values())
+        w["failed"] = sum(
+            t["status"] != "completed" for run in runs for t in run["trials"].values()
+        )
         profiled = next((run for run in runs if run.get("profile")), None)
-        w["profile"], w["wait_share"] = (profiled["profile"], profiled["wait_share"]) if profiled else (None, None)
+        w["profile"], w["wait_share"] = (
+            (profiled["profile"], profiled["wait_share"]) if profiled else (None, None)
+        )
         out["workers"][workers] = w
     return out
 
@@ -230,8 +313,16 @@ def _fmt(values: list[float], digits: int = 2, pct: bool = False) -> str:
     return f"{med:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
-def _measure(spec: Path, workdir: Path, reps: int, one_cpu_reps: int, log, label: str,
-             profile_one_cpu: bool = False, seq_reps: int | None = None) -> dict[str, Any]:
+def _measure(
+    spec: Path,
+    workdir: Path,
+    reps: int,
+    one_cpu_reps: int,
+    log,
+    label: str,
+    profile_one_cpu: bool = False,
+    seq_reps: int | None = None,
+) -> dict[str, Any]:
     """``reps`` sequential/Ray-2 pairs (alternating order), ``one_cpu_reps`` Ray-1 runs."""
     seq, ray_runs = [], {2: [], 1: []}
     seq_reps = reps if seq_reps is None else seq_reps
@@ -246,19 +337,31 @@ def _measure(spec: Path, workdir: Path, reps: int, one_cpu_reps: int, log, label
                 log(f"  {label} rep {rep}: sequential {seq[-1]['total_s']:.1f} s")
             else:
                 results = workdir / f"results-{label}-{what}-{rep}"
-                args = ["ray", str(spec), str(results), str(what)] + (["profile"] if what == 1 and profile_one_cpu else [])
+                args = ["ray", str(spec), str(results), str(what)] + (
+                    ["profile"] if what == 1 and profile_one_cpu else []
+                )
                 ray_runs[what].append(_spawn(args, log))
                 run = ray_runs[what][-1]
-                log(f"  {label} rep {rep}: ray --num-cpus {what}: start {run['ray_start_s']:.1f} s, "
-                    f"sweep {run['sweep_s']:.1f} s")
+                log(
+                    f"  {label} rep {rep}: ray --num-cpus {what}: start {run['ray_start_s']:.1f} s, "
+                    f"sweep {run['sweep_s']:.1f} s"
+                )
     return _summarise(seq, ray_runs)
 
 
 def run(quick: bool, workdir: Path, log=print) -> Section:
     workdir.mkdir(parents=True, exist_ok=True)
     quick_spec = quick_sweep_spec(workdir, quick)
-    short = _measure(quick_spec, workdir, reps=1 if quick else 2, one_cpu_reps=0 if quick else 1, log=log,
-                     label="quick", profile_one_cpu=not quick, seq_reps=1)
+    short = _measure(
+        quick_spec,
+        workdir,
+        reps=1 if quick else 2,
+        one_cpu_reps=0 if quick else 1,
+        log=log,
+        label="quick",
+        profile_one_cpu=not quick,
+        seq_reps=1,
+    )
     if quick:  # one Ray session only: the smoke run must stay short
         return _render(short, None, quick, 0, 0.0)
     target = 21.0
@@ -268,9 +371,24 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
     return _render(short, long, quick, steps, target)
 
 
-_HEADER = ["sweep", "trials", "workers", "sequential total s", "ideal s", "sweep wall s", "parallel efficiency",
-           "efficiency without Tune start/stop", "Tune start + stop s", "overhead / trial s", "… inside trials s",
-           "… between trials s", "training time Ray / sequential", "Ray start-up s", "load avg", "failed"]
+_HEADER = [
+    "sweep",
+    "trials",
+    "workers",
+    "sequential total s",
+    "ideal s",
+    "sweep wall s",
+    "parallel efficiency",
+    "efficiency without Tune start/stop",
+    "Tune start + stop s",
+    "overhead / trial s",
+    "… inside trials s",
+    "… between trials s",
+    "training time Ray / sequential",
+    "Ray start-up s",
+    "load avg",
+    "failed",
+]
 
 
 def _rows(name: str, data: dict[str, Any], n_trials: int) -> list[list[str]]:
@@ -279,10 +397,26 @@ def _rows(name: str, data: dict[str, Any], n_trials: int) -> list[list[str]]:
     for workers, w in sorted(data["workers"].items(), reverse=True):
         if not w["sweep"]:
             continue
-        rows.append([name, n_trials, workers, _fmt(seq, 1), _fmt([s / workers for s in seq], 1), _fmt(w["sweep"], 1),
-                     _fmt(w["efficiency"], 0, pct=True), _fmt(w["efficiency_steady"], 0, pct=True),
-                     _fmt(w["fixed"], 1), _fmt(w["overhead"]), _fmt(w["inside"]), _fmt(w["gaps"]), _fmt(w["slow"]),
-                     _fmt(w["ray_start"], 1), _fmt(w["load"], 1), w["failed"]])
+        rows.append(
+            [
+                name,
+                n_trials,
+                workers,
+                _fmt(seq, 1),
+                _fmt([s / workers for s in seq], 1),
+                _fmt(w["sweep"], 1),
+                _fmt(w["efficiency"], 0, pct=True),
+                _fmt(w["efficiency_steady"], 0, pct=True),
+                _fmt(w["fixed"], 1),
+                _fmt(w["overhead"]),
+                _fmt(w["inside"]),
+                _fmt(w["gaps"]),
+                _fmt(w["slow"]),
+                _fmt(w["ray_start"], 1),
+                _fmt(w["load"], 1),
+                w["failed"],
+            ]
+        )
     return rows
 
 
@@ -292,13 +426,21 @@ def _render(short: dict, long: dict | None, quick: bool, steps: int, target: flo
     bars = []
     short_w2 = short["workers"][2]
     if long is None:
-        body = ("Quick mode: 4 short trials, sequential vs Ray with 2 workers only (no long trials, no 1-worker "
-                "run).\n\n" + table(_HEADER, rows))
+        body = (
+            "Quick mode: 4 short trials, sequential vs Ray with 2 workers only (no long trials, no 1-worker "
+            "run).\n\n" + table(_HEADER, rows)
+        )
         return Section(KEY, TITLE, body, bars)
     rows += _rows(f"long: 4 × STE CNN/digits, {steps} steps", long, 4)
     lw2 = long["workers"][2]
-    bars.append(Bar("§4 parallel efficiency, 2 workers, trials ≥ 20 s", statistics.median(lw2["efficiency"]),
-                    EFFICIENCY_BAR, ">="))
+    bars.append(
+        Bar(
+            "§4 parallel efficiency, 2 workers, trials ≥ 20 s",
+            statistics.median(lw2["efficiency"]),
+            EFFICIENCY_BAR,
+            ">=",
+        )
+    )
     scaling = [a / b for a, b in zip(long["workers"][1]["sweep"], long["workers"][2]["sweep"])]
     med = statistics.median
     lines = [
@@ -312,11 +454,13 @@ def _render(short: dict, long: dict | None, quick: bool, steps: int, target: flo
         "part = (rest of the sweep wall × workers − sequential total) / trials, itself split into *inside* "
         "trials (Tune's start→finish of a trial minus its in-process time: a fresh worker's process start "
         "and imports, checkpoints, `tune.report`, CPU contention) and *between* trials (slots idle while Tune "
-        "schedules the next). \"training time Ray / sequential\" compares the trials' own reported training "
+        'schedules the next). "training time Ray / sequential" compares the trials\' own reported training '
         "time (`wall_s`): above 1 means the same steps ran slower inside the sweep. Median (min–max) over "
         "repetitions; each Ray run is paired with the sequential run next to it. Load average = the machine's "
-        "1-minute load when the run ended (2 cores; other people's jobs included).", "",
-        table(_HEADER, rows), "",
+        "1-minute load when the run ended (2 cores; other people's jobs included).",
+        "",
+        table(_HEADER, rows),
+        "",
         f"- Long trials: {steps} steps each (calibrated to ~{target:.0f} s in one process). Scaling from 1 to 2 "
         f"workers (sweep wall, 1 worker / 2 workers): {_fmt(scaling)} (ideal 2.00).",
         f"- **Long trials, 2 workers: parallel efficiency {_fmt(lw2['efficiency'], 0, pct=True)}** (bar ≥ "
@@ -342,7 +486,8 @@ def _render(short: dict, long: dict | None, quick: bool, steps: int, target: flo
             "warm-up, per-trial set-up (dataset, model, FLOP count), checkpoints — and in CPU contention: "
             "on 2 cores, 2 trial processes share the machine with Ray's driver, raylet, GCS and agents "
             "(and here with other people's jobs), which the sequential baseline does not.",
-            "", w1["profile"],
+            "",
+            w1["profile"],
         ]
     return Section(KEY, TITLE, "\n".join(lines), bars)
 

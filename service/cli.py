@@ -26,17 +26,29 @@ from service.errors import SweepError
 from service.spec import SpecError, SweepSpec, load_spec, load_spec_text
 from service.storage import StorageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distributed sweeps of gradient estimators x bit-widths for quantized training.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distributed sweeps of gradient estimators x bit-widths for quantized training.",
+)
 console = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes: no wrapping
 
-ResultsOpt = Annotated[str | None, typer.Option("--results", help="override the spec's results location")]
-ScaleOpt = Annotated[str | None, typer.Option("--scale", help="a preset's scale (e.g. smoke, paper); default: its first")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")]
+ResultsOpt = Annotated[
+    str | None, typer.Option("--results", help="override the spec's results location")
+]
+ScaleOpt = Annotated[
+    str | None,
+    typer.Option("--scale", help="a preset's scale (e.g. smoke, paper); default: its first"),
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")
+]
 
 
 def user_errors(fn):
     """User mistakes: one line on stderr, exit 2. Bugs: one line plus a traceback file, exit 1."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -49,6 +61,7 @@ def user_errors(fn):
         except Exception as err:  # noqa: BLE001 - the last line of defence: never a bare errno
             print(crashlog.one_line(fn.__name__, err), file=sys.stderr)
             raise typer.Exit(1) from None
+
     return wrapper
 
 
@@ -65,21 +78,49 @@ def warn_if_dashboard_exposed(dashboard: bool, host: str, address: str | None) -
     """The embedded dashboard can run jobs: say so when it would listen beyond loopback."""
     if not dashboard or address or os.environ.get("RAY_ADDRESS") or _is_loopback(host):
         return
-    print(f"warning: --dashboard-host {host}: the Ray dashboard (and its job API, which runs code) will "
-          f"listen beyond this machine; keep the default 127.0.0.1 and reach it through an SSH tunnel "
-          f"(ssh -L 8265:127.0.0.1:8265 THIS_HOST)", file=sys.stderr)
+    print(
+        f"warning: --dashboard-host {host}: the Ray dashboard (and its job API, which runs code) will "
+        f"listen beyond this machine; keep the default 127.0.0.1 and reach it through an SSH tunnel "
+        f"(ssh -L 8265:127.0.0.1:8265 THIS_HOST)",
+        file=sys.stderr,
+    )
 
 
 def _trial_table(spec: SweepSpec) -> Table:
-    table = Table(title=f"{spec.name}: {len(spec.trials())} trials"
-                        + (f" (optuna samples {spec.search.num_samples} of these)" if spec.search.mode == "optuna" else ""))
-    for column in ("trial_id", "estimator", "quantizer", "bits", "model", "dataset", "seed", "lr", "options"):
+    table = Table(
+        title=f"{spec.name}: {len(spec.trials())} trials"
+        + (
+            f" (optuna samples {spec.search.num_samples} of these)"
+            if spec.search.mode == "optuna"
+            else ""
+        )
+    )
+    for column in (
+        "trial_id",
+        "estimator",
+        "quantizer",
+        "bits",
+        "model",
+        "dataset",
+        "seed",
+        "lr",
+        "options",
+    ):
         table.add_column(column)
     for trial in spec.trials():
         c = trial.config
         options = ", ".join(f"{k}={v}" for k, v in sorted(c["estimator_options"].items()))
-        table.add_row(trial.trial_id, c["estimator"], c["quantizer"], str(c["bits"]), c["model"], c["dataset"],
-                      str(c["seed"]), str(c.get("lr", "default")), options)
+        table.add_row(
+            trial.trial_id,
+            c["estimator"],
+            c["quantizer"],
+            str(c["bits"]),
+            c["model"],
+            c["dataset"],
+            str(c["seed"]),
+            str(c.get("lr", "default")),
+            options,
+        )
     return table
 
 
@@ -99,19 +140,40 @@ def print_headline(sweep_dir: str) -> None:
         return
     frame = trials.to_pandas()
     label = metric_label(frame)
-    table = Table(title=escape(f"final eval {label} (median [min–max] over seeds)"))  # [..] is not markup
-    for column in ("regime", "arm", "quantizer", "bits", "done/failed", label, "vs best", "eval loss", "FLOPs"):
+    table = Table(
+        title=escape(f"final eval {label} (median [min–max] over seeds)")
+    )  # [..] is not markup
+    for column in (
+        "regime",
+        "arm",
+        "quantizer",
+        "bits",
+        "done/failed",
+        label,
+        "vs best",
+        "eval loss",
+        "FLOPs",
+    ):
         table.add_column(column)
     for row in headline_table(frame).itertuples():
-        table.add_row(row.regime, escape(row.estimator), row.quantizer, str(row.bits), f"{row.completed}/{row.failed}",
-                      escape(fmt_spread(row.metric_median, row.metric_min, row.metric_max)), row.vs_best,
-                      escape(fmt_spread(row.loss_median, row.loss_min, row.loss_max)),
-                      "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}")
+        table.add_row(
+            row.regime,
+            escape(row.estimator),
+            row.quantizer,
+            str(row.bits),
+            f"{row.completed}/{row.failed}",
+            escape(fmt_spread(row.metric_median, row.metric_min, row.metric_max)),
+            row.vs_best,
+            escape(fmt_spread(row.loss_median, row.loss_min, row.loss_max)),
+            "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}",
+        )
     console.print(table)
     failed = frame[frame["status"] == "failed"]
     for row in failed.itertuples():
         last_line = ((row.error or "").strip().splitlines() or [""])[-1]  # the exception's message
-        console.print(f"failed: {row.trial_id}: {last_line}", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"failed: {row.trial_id}: {last_line}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @app.command()
@@ -138,15 +200,29 @@ def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) 
 
 @app.command()
 @user_errors
-def run(spec_file: Annotated[Path | None, typer.Argument(help="the sweep spec (YAML)")] = None,
-        results: ResultsOpt = None, address: AddressOpt = None, scale: ScaleOpt = None,
-        overwrite: Annotated[bool, typer.Option(help="delete earlier results of this sweep first")] = False,
-        dashboard: Annotated[bool, typer.Option(help="start the Ray dashboard (local Ray only)")] = True,
-        dashboard_host: Annotated[str, typer.Option(help="dashboard bind address")] = "127.0.0.1",
-        dashboard_port: int = 8265,
-        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (default: all)")] = None,
-        spec_from_env: Annotated[str | None, typer.Option(hidden=True, help="read the spec from this "
-                                                          "environment variable (qsweep submit's jobs)")] = None) -> None:
+def run(
+    spec_file: Annotated[Path | None, typer.Argument(help="the sweep spec (YAML)")] = None,
+    results: ResultsOpt = None,
+    address: AddressOpt = None,
+    scale: ScaleOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="delete earlier results of this sweep first")
+    ] = False,
+    dashboard: Annotated[
+        bool, typer.Option(help="start the Ray dashboard (local Ray only)")
+    ] = True,
+    dashboard_host: Annotated[str, typer.Option(help="dashboard bind address")] = "127.0.0.1",
+    dashboard_port: int = 8265,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of the embedded Ray (default: all)")
+    ] = None,
+    spec_from_env: Annotated[
+        str | None,
+        typer.Option(
+            hidden=True, help="read the spec from this environment variable (qsweep submit's jobs)"
+        ),
+    ] = None,
+) -> None:
     """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
     from service.runner import connect, prepare, run_sweep
 
@@ -155,8 +231,11 @@ def run(spec_file: Annotated[Path | None, typer.Argument(help="the sweep spec (Y
     sweep = prepare(spec, results, overwrite)
     crashlog.remember_sweep_dir(sweep.sweep_dir)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
-    console.print(f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
-                  markup=False, soft_wrap=True)
+    console.print(
+        f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
+        markup=False,
+        soft_wrap=True,
+    )
     run_sweep(sweep)
     _finish(sweep.sweep_dir)
 
@@ -167,7 +246,9 @@ def _finish(sweep_dir: str) -> None:
     from analysis.report import report_command
 
     print_headline(sweep_dir)
-    console.print(f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False, soft_wrap=True)
+    console.print(
+        f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False, soft_wrap=True
+    )
     try:
         html_path, _ = report_command([sweep_dir], None, "eval_loss", None, "nspsa", "fogzo")
         console.print(f"report:  {html_path}", markup=False, soft_wrap=True)
@@ -177,10 +258,15 @@ def _finish(sweep_dir: str) -> None:
 
 @app.command()
 @user_errors
-def resume(sweep_dir: str, address: AddressOpt = None,
-           retry_failed: Annotated[bool, typer.Option(help="also rerun trials that failed")] = False,
-           dashboard: bool = True, dashboard_host: str = "127.0.0.1", dashboard_port: int = 8265,
-           num_cpus: int | None = None) -> None:
+def resume(
+    sweep_dir: str,
+    address: AddressOpt = None,
+    retry_failed: Annotated[bool, typer.Option(help="also rerun trials that failed")] = False,
+    dashboard: bool = True,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
+    num_cpus: int | None = None,
+) -> None:
     """Continue an interrupted sweep: no lost and no duplicate rows."""
     from service.runner import connect, load_stored_spec, resume_sweep
 
@@ -201,23 +287,34 @@ def status(sweep_dir: str) -> None:
     crashlog.remember_sweep_dir(sweep_dir)
     info = sweep_status(sweep_dir)
     c = info["counts"]
-    console.print(f"{info['spec'].name}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
-                  f"{c['pending']} pending of {info['total']}; {info['curve_rows']} curve rows")
+    console.print(
+        f"{info['spec'].name}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
+        f"{c['pending']} pending of {info['total']}; {info['curve_rows']} curve rows"
+    )
     if info["trials"] is not None:
         print_headline(sweep_dir)
 
 
 @app.command()
 @user_errors
-def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job server, http://HEAD:8265")],
-           results: ResultsOpt = None, scale: ScaleOpt = None,
-           wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False) -> None:
+def submit(
+    spec_file: Path,
+    address: Annotated[str, typer.Option(help="Ray job server, http://HEAD:8265")],
+    results: ResultsOpt = None,
+    scale: ScaleOpt = None,
+    wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False,
+) -> None:
     """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it."""
     from service.jobs import submit_sweep
 
     spec = load_spec(spec_file, scale)
-    job_id, status_text = submit_sweep(spec, address, results, wait,
-                                       echo=lambda text: console.print(text, markup=False, highlight=False))
+    job_id, status_text = submit_sweep(
+        spec,
+        address,
+        results,
+        wait,
+        echo=lambda text: console.print(text, markup=False, highlight=False),
+    )
     console.print(f"job {job_id} submitted to {address}", markup=False)
     console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
     console.print(f"dashboard: {address} (Jobs tab)", markup=False)
@@ -229,14 +326,32 @@ def submit(spec_file: Path, address: Annotated[str, typer.Option(help="Ray job s
 
 @app.command()
 @user_errors
-def report(results: Annotated[list[str], typer.Argument(help="one or more sweep results folders to compare")],
-           out: Annotated[str | None, typer.Option(help="folder for report.html and plots/ (default: the first results folder)")] = None,
-           metric: Annotated[str, typer.Option(help="eval_loss, eval_metric or train_loss")] = "eval_loss",
-           target: Annotated[float | None, typer.Option(help="compute-to-target threshold (default: the reference's worst-seed final value)")] = None,
-           reference: Annotated[str, typer.Option(help="arm whose final value sets the target")] = "nspsa",
-           focus: Annotated[str, typer.Option(help="arm whose compute ratios are headlined")] = "fogzo",
-           claims: Annotated[bool, typer.Option("--claims", help="also print the FOGZO / QuZO paper claims "
-                                                "found in the results, each with its verdict")] = False) -> None:
+def report(
+    results: Annotated[
+        list[str], typer.Argument(help="one or more sweep results folders to compare")
+    ],
+    out: Annotated[
+        str | None,
+        typer.Option(help="folder for report.html and plots/ (default: the first results folder)"),
+    ] = None,
+    metric: Annotated[str, typer.Option(help="eval_loss, eval_metric or train_loss")] = "eval_loss",
+    target: Annotated[
+        float | None,
+        typer.Option(
+            help="compute-to-target threshold (default: the reference's worst-seed final value)"
+        ),
+    ] = None,
+    reference: Annotated[str, typer.Option(help="arm whose final value sets the target")] = "nspsa",
+    focus: Annotated[str, typer.Option(help="arm whose compute ratios are headlined")] = "fogzo",
+    claims: Annotated[
+        bool,
+        typer.Option(
+            "--claims",
+            help="also print the FOGZO / QuZO paper claims "
+            "found in the results, each with its verdict",
+        ),
+    ] = False,
+) -> None:
     """Write report.html (tables, plots, spec, versions, paper claims) and print the headline table."""
     from analysis.load import ResultsError
     from analysis.report import report_command

@@ -24,7 +24,12 @@ def remember_sweep_dir(sweep_dir: str) -> None:
 
 
 def _log_directory() -> str:
-    if _sweep_dir and "://" not in _sweep_dir and os.path.isdir(_sweep_dir) and os.access(_sweep_dir, os.W_OK):
+    if (
+        _sweep_dir
+        and "://" not in _sweep_dir
+        and os.path.isdir(_sweep_dir)
+        and os.access(_sweep_dir, os.W_OK)
+    ):
         return _sweep_dir
     return tempfile.gettempdir()
 
@@ -58,7 +63,7 @@ def _short(filename: str) -> str:
     parts = filename.replace(os.sep, "/").split("/")
     for anchor in ("site-packages", "lib"):
         if anchor in parts:
-            return "/".join(parts[len(parts) - parts[::-1].index(anchor):])
+            return "/".join(parts[len(parts) - parts[::-1].index(anchor) :])
     return "/".join(parts[-3:])
 
 

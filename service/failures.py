@@ -45,10 +45,20 @@ TRACEBACK_KEY = "qsweep_failure_traceback"
 MAX_REASON_CHARS = 300
 
 RETRIED: tuple[type[BaseException], ...] = (
-    OSError, MemoryError, torch.OutOfMemoryError, *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()),
-    RayError, TrialLimitExceeded)
+    OSError,
+    MemoryError,
+    torch.OutOfMemoryError,
+    *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()),
+    RayError,
+    TrialLimitExceeded,
+)
 # Exceptions whose message names what went wrong on its own: no type name in front of it.
-SELF_EXPLAINING: tuple[type[BaseException], ...] = (TrialDiverged, ConfigError, DatasetError, TrialLimitExceeded)
+SELF_EXPLAINING: tuple[type[BaseException], ...] = (
+    TrialDiverged,
+    ConfigError,
+    DatasetError,
+    TrialLimitExceeded,
+)
 
 
 def is_deterministic(err: BaseException) -> bool:
@@ -58,7 +68,7 @@ def is_deterministic(err: BaseException) -> bool:
 
 def _clip(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 def reason(err: BaseException) -> str:
@@ -72,7 +82,9 @@ def reason(err: BaseException) -> str:
 
 
 _GENERIC_ACTOR_LINES = {RayActorError.BASE_ERROR_MSG, ActorDiedError.BASE_ERROR_MSG}
-_EXCEPTION_LINE = re.compile(r"(?P<type>[A-Za-z_][\w.]*): (?P<message>.*)|(?P<bare>[A-Za-z_][\w.]*)")
+_EXCEPTION_LINE = re.compile(
+    r"(?P<type>[A-Za-z_][\w.]*): (?P<message>.*)|(?P<bare>[A-Za-z_][\w.]*)"
+)
 _SELF_EXPLAINING_NAMES = {f"{cls.__module__}.{cls.__qualname__}" for cls in SELF_EXPLAINING}
 _RAY_TASK_HEADER = re.compile(r"^(\x1b\[[0-9;]*m)?ray::\S+")
 
@@ -88,10 +100,20 @@ def _actor_death(text: str) -> str:
     else:
         kind = "worker died"
     # Ray's generic first line, tab-indented ids (class, actor id, pid, ip), then the cause.
-    ids = dict(line.strip().split(": ", 1) for line in text.splitlines() if line.startswith("\t") and ": " in line)
-    where = ", ".join(part for part in (f"pid {ids['pid']}" if "pid" in ids else "", ids.get("ip", "")) if part)
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("\t")]
-    detail = next((line for line in lines if line not in _GENERIC_ACTOR_LINES), lines[0] if lines else "")
+    ids = dict(
+        line.strip().split(": ", 1)
+        for line in text.splitlines()
+        if line.startswith("\t") and ": " in line
+    )
+    where = ", ".join(
+        part for part in (f"pid {ids['pid']}" if "pid" in ids else "", ids.get("ip", "")) if part
+    )
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("\t")
+    ]
+    detail = next(
+        (line for line in lines if line not in _GENERIC_ACTOR_LINES), lines[0] if lines else ""
+    )
     detail = detail.split(" Some common causes include")[0]  # Ray's guesses, not what happened
     return _clip(f"{kind}{f' ({where})' if where else ''}: {detail}")
 
@@ -111,7 +133,13 @@ def summarize(text: str | None) -> str | None:
     if lines[0].startswith("The actor "):
         return _actor_death(text or "")
     frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
-    after = lines[frames[-1] + 1:] if frames else lines[1:] if _RAY_TASK_HEADER.match(lines[0]) else lines
+    after = (
+        lines[frames[-1] + 1 :]
+        if frames
+        else lines[1:]
+        if _RAY_TASK_HEADER.match(lines[0])
+        else lines
+    )
     head = next((line for line in after if not line[0].isspace()), None)
     match = _EXCEPTION_LINE.fullmatch(head.strip()) if head else None
     if match is None:
@@ -135,8 +163,10 @@ def failure_result(err: BaseException, metric: str | None = None) -> dict[str, A
     With a search metric (Optuna, ASHA), Tune refuses a result without it, so it is NaN:
     the search and the scheduler see no value, never a made-up one.
     """
-    result: dict[str, Any] = {FAILURE_KEY: reason(err),
-                              TRACEBACK_KEY: "".join(traceback.format_exception(err)).strip()}
+    result: dict[str, Any] = {
+        FAILURE_KEY: reason(err),
+        TRACEBACK_KEY: "".join(traceback.format_exception(err)).strip(),
+    }
     if metric:
         result[metric] = math.nan
     return result
@@ -154,6 +184,8 @@ class FailOnce(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         trial.max_failures = self.retries
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
         if FAILURE_KEY in result:
             trial.max_failures = trial.run_metadata.num_failures  # the coming failure exceeds it

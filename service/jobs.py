@@ -45,11 +45,15 @@ def connect_job_server(address: str):
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as err:  # Ray sends the token only where RAY_AUTH_MODE=token
-        raise SweepError(f"the Ray job server at {address} wants its token: {_first_line(err)} "
-                         f"(export RAY_AUTH_MODE=token and give the cluster's token as RAY_AUTH_TOKEN, "
-                         f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)") from None
+        raise SweepError(
+            f"the Ray job server at {address} wants its token: {_first_line(err)} "
+            f"(export RAY_AUTH_MODE=token and give the cluster's token as RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        ) from None
     except Exception as err:  # connection refused, bad URL: one line for the user
-        raise SweepError(f"cannot reach the Ray job server at {address}: {_first_line(err)}") from None
+        raise SweepError(
+            f"cannot reach the Ray job server at {address}: {_first_line(err)}"
+        ) from None
 
 
 def _submit(client, address: str, **job) -> str:
@@ -58,17 +62,22 @@ def _submit(client, address: str, **job) -> str:
     while True:
         try:
             return client.submit_job(**job)
-        except Exception as err:  # the SDK raises RuntimeError("Request failed with status code ...")
+        except (
+            Exception
+        ) as err:  # the SDK raises RuntimeError("Request failed with status code ...")
             if NO_AGENT not in str(err):
-                raise SweepError(f"submitting the job to the Ray job server at {address} failed: "
-                                 f"{_first_line(err)}") from None
+                raise SweepError(
+                    f"submitting the job to the Ray job server at {address} failed: "
+                    f"{_first_line(err)}"
+                ) from None
             if time.monotonic() >= deadline:
                 raise SweepError(
                     f"the Ray job server at {address} has no job agent available to run the job "
                     f"(retried for {AGENT_WAIT_S:.0f} s): check that the head's dashboard agent is running — "
                     f"its log is dashboard_agent.log in the head's session logs (e.g. "
                     f"/tmp/ray/session_latest/logs/); two Ray nodes on one host need distinct "
-                    f"--dashboard-agent-listen-port, --metrics-export-port and --runtime-env-agent-port") from None
+                    f"--dashboard-agent-listen-port, --metrics-export-port and --runtime-env-agent-port"
+                ) from None
             time.sleep(2.0)
 
 
@@ -76,27 +85,43 @@ def _poll(address: str, what: str, call: Callable):
     try:
         return call()
     except Exception as err:
-        raise SweepError(f"{what} from the Ray job server at {address} failed: {_first_line(err)}") from None
+        raise SweepError(
+            f"{what} from the Ray job server at {address} failed: {_first_line(err)}"
+        ) from None
 
 
-def submit_sweep(spec: SweepSpec, address: str, results: str | None, wait: bool,
-                 echo: Callable[[str], None] = print) -> tuple[str, str]:
+def submit_sweep(
+    spec: SweepSpec,
+    address: str,
+    results: str | None,
+    wait: bool,
+    echo: Callable[[str], None] = print,
+) -> tuple[str, str]:
     location = results or spec.results
     if "://" not in location and not Path(location).is_absolute():
-        raise SweepError(f"results: {location!r} is relative, but a submitted sweep runs on the cluster — "
-                         f"give an absolute path on shared storage or a URI (--results s3://bucket/sweeps)")
+        raise SweepError(
+            f"results: {location!r} is relative, but a submitted sweep runs on the cluster — "
+            f"give an absolute path on shared storage or a URI (--results s3://bucket/sweeps)"
+        )
     client = connect_job_server(address)
     # The validated spec with its scale applied: the job runs exactly what was checked here.
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    job_id = _submit(client, address,
-                     entrypoint=f"qsweep run --spec-from-env {SPEC_ENV} --results {shlex.quote(location)}",
-                     runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
-                     metadata={"qsweep_sweep": spec.name})
-    status = _poll(address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value)
+    job_id = _submit(
+        client,
+        address,
+        entrypoint=f"qsweep run --spec-from-env {SPEC_ENV} --results {shlex.quote(location)}",
+        runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
+        metadata={"qsweep_sweep": spec.name},
+    )
+    status = _poll(
+        address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value
+    )
     if not wait:
         return job_id, status
     while status not in TERMINAL:
         time.sleep(1.0)
-        status = _poll(address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value)
+        status = _poll(
+            address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value
+        )
     echo(_poll(address, f"reading job {job_id}'s logs", lambda: client.get_job_logs(job_id)))
     return job_id, status

@@ -47,8 +47,12 @@ def resident_bytes() -> int | None:
 class LimitWatchdog:
     """``with LimitWatchdog(time_limit_s, memory_limit_mb): train()`` in the training thread."""
 
-    def __init__(self, time_limit_s: float | None, memory_limit_mb: float | None,
-                 interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self,
+        time_limit_s: float | None,
+        memory_limit_mb: float | None,
+        interval_s: float = INTERVAL_S,
+    ) -> None:
         self.time_limit_s = time_limit_s
         self.memory_limit_mb = memory_limit_mb
         self.interval_s = interval_s
@@ -72,8 +76,10 @@ class LimitWatchdog:
         if self.memory_limit_mb is not None:
             rss = resident_bytes()
             if rss is not None and rss > self.memory_limit_mb * 2**20:
-                return (f"memory limit of {self.memory_limit_mb:g} MB exceeded "
-                        f"(worker process resident memory {rss / 2**20:.0f} MB)")
+                return (
+                    f"memory limit of {self.memory_limit_mb:g} MB exceeded "
+                    f"(worker process resident memory {rss / 2**20:.0f} MB)"
+                )
         return None
 
     def check(self) -> None:
@@ -91,8 +97,9 @@ class LimitWatchdog:
             with self._lock:
                 if not self._closed.is_set():
                     self.reason = reason
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._target),
-                                                               ctypes.py_object(_Interrupt))
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self._target), ctypes.py_object(_Interrupt)
+                    )
             return
 
     def __enter__(self) -> LimitWatchdog:
@@ -103,8 +110,12 @@ class LimitWatchdog:
             self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         with self._lock:
             self._closed.set()
             if self.reason is not None:  # an interrupt not delivered yet must not fire later
@@ -113,5 +124,9 @@ class LimitWatchdog:
             self._thread.join()
         # A trial that got to its end keeps its result (its last evaluation was checked);
         # an interrupted one, or one that failed while being interrupted, fails for the limit.
-        if self.reason is not None and exc_type is not None and not issubclass(exc_type, TrialLimitExceeded):
+        if (
+            self.reason is not None
+            and exc_type is not None
+            and not issubclass(exc_type, TrialLimitExceeded)
+        ):
             raise TrialLimitExceeded(self.reason) from None

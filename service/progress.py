@@ -20,8 +20,13 @@ from service.spec import resolve_trial
 
 
 class SweepProgress(tune.Callback):
-    def __init__(self, planned: dict[str, dict[str, Any]], total: int, metric: str = "eval_metric",
-                 live: bool | None = None):
+    def __init__(
+        self,
+        planned: dict[str, dict[str, Any]],
+        total: int,
+        metric: str = "eval_metric",
+        live: bool | None = None,
+    ):
         self.planned, self.total, self.metric = planned, total, metric
         self.live = sys.stdout.isatty() if live is None else live
         self.status: dict[str, str] = {}
@@ -60,7 +65,10 @@ class SweepProgress(tune.Callback):
         self.status[trial_id] = status
         if not self.live:
             counts = self.counts()
-            print(f"[{counts['completed'] + counts['failed']}/{self.total}] {status:9s} {trial_id}", flush=True)
+            print(
+                f"[{counts['completed'] + counts['failed']}/{self.total}] {status:9s} {trial_id}",
+                flush=True,
+            )
         self._refresh()
 
     def counts(self) -> dict[str, int]:
@@ -71,8 +79,12 @@ class SweepProgress(tune.Callback):
 
     def table(self) -> Table:
         counts = self.counts()
-        table = Table(title=(f"{counts['completed']} done, {counts['running']} running, {counts['failed']} failed, "
-                             f"{counts['pending']} pending of {self.total}"))
+        table = Table(
+            title=(
+                f"{counts['completed']} done, {counts['running']} running, {counts['failed']} failed, "
+                f"{counts['pending']} pending of {self.total}"
+            )
+        )
         table.add_column("estimator")
         table.add_column("bits", justify="right")
         table.add_column(f"best {self.metric}", justify="right")
@@ -84,6 +96,8 @@ class SweepProgress(tune.Callback):
         if not self.live:
             return
         if self._display is None:
-            self._display = Live(self.table(), console=Console(), refresh_per_second=2, transient=False)
+            self._display = Live(
+                self.table(), console=Console(), refresh_per_second=2, transient=False
+            )
             self._display.start()
         self._display.update(self.table())

@@ -37,12 +37,22 @@ def versions() -> dict[str, str]:
 
     from service import __version__
 
-    return {"qsweep": __version__, "torch": torch.__version__, "ray": ray.__version__,
-            "pyarrow": pa.__version__, "python": platform.python_version()}
+    return {
+        "qsweep": __version__,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pa.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def connect(address: str | None, dashboard: bool = True, dashboard_host: str = "127.0.0.1",
-            dashboard_port: int = 8265, num_cpus: int | None = None) -> None:
+def connect(
+    address: str | None,
+    dashboard: bool = True,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
+    num_cpus: int | None = None,
+) -> None:
     """Join a cluster (``--address`` or a Ray job's RAY_ADDRESS) or start an embedded one.
 
     The embedded dashboard binds to 127.0.0.1 unless the user asks otherwise: it can run
@@ -61,10 +71,17 @@ def connect(address: str | None, dashboard: bool = True, dashboard_host: str = "
         try:
             ray.init(address=address or None, log_to_driver=False)
         except ConnectionError as err:
-            raise SweepError(f"joining the Ray cluster at {target} failed: {_first_line(err)}") from None
+            raise SweepError(
+                f"joining the Ray cluster at {target} failed: {_first_line(err)}"
+            ) from None
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-             dashboard_port=dashboard_port, log_to_driver=False)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host=dashboard_host,
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -76,10 +93,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return
     except ValueError:
-        raise SweepError(f"--address {address}: expected HOST:PORT, auto or ray://HOST:PORT") from None
+        raise SweepError(
+            f"--address {address}: expected HOST:PORT, auto or ray://HOST:PORT"
+        ) from None
     except OSError as err:
-        raise SweepError(f"cannot reach the Ray cluster at {address}: {err.strerror or _first_line(err)} "
-                         f"(is `ray start --head` running there, and is the GCS port open?)") from None
+        raise SweepError(
+            f"cannot reach the Ray cluster at {address}: {err.strerror or _first_line(err)} "
+            f"(is `ray start --head` running there, and is the GCS port open?)"
+        ) from None
 
 
 @dataclass
@@ -94,12 +115,15 @@ def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False
     fs, path = storage.resolve(sweep_dir)
     existing = storage.exists(fs, f"{path}/{TRIALS_FILE}")  # readable or not: it is a sweep's
     if existing and not overwrite:
-        raise SweepError(f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
-                         f"--overwrite starts over")
+        raise SweepError(
+            f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
+            f"--overwrite starts over"
+        )
     if overwrite and storage.exists(fs, path):
         storage.delete_dir(fs, path)
-    storage.write_text_atomic(fs, f"{path}/{SPEC_FILE}",
-                              yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    storage.write_text_atomic(
+        fs, f"{path}/{SPEC_FILE}", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
     return SweepRun(spec, sweep_dir)
 
 
@@ -127,7 +151,9 @@ def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
     try:
         sink = ParquetSink(run.sweep_dir, run.spec.name, planned, versions())
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated or foreign Parquet
-        raise SweepError(f"{run.sweep_dir}: cannot continue from unreadable results ({_first_line(err)})") from None
+        raise SweepError(
+            f"{run.sweep_dir}: cannot continue from unreadable results ({_first_line(err)})"
+        ) from None
     return [sink, SweepProgress(planned, _total(run.spec), live=live)]
 
 
@@ -141,8 +167,13 @@ def _pretrain_done(run: SweepRun) -> set[str]:
     from service.tuner import stage_location
 
     fs, _ = storage.resolve(run.sweep_dir)
-    return {t.trial_id for t in run.spec.pretrain_trials()
-            if storage.exists(fs, storage.resolve(stage_location(run.sweep_dir, STAGE_PREFIX + t.trial_id))[1])}
+    return {
+        t.trial_id
+        for t in run.spec.pretrain_trials()
+        if storage.exists(
+            fs, storage.resolve(stage_location(run.sweep_dir, STAGE_PREFIX + t.trial_id))[1]
+        )
+    }
 
 
 def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) -> None:
@@ -155,13 +186,17 @@ def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) 
         return
     callbacks = _callbacks(run, live)
     if tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR):
-        tuner = restore_tuner(run.spec, run.sweep_dir, callbacks, retry_failed, pretrain=stage, skip=done)
+        tuner = restore_tuner(
+            run.spec, run.sweep_dir, callbacks, retry_failed, pretrain=stage, skip=done
+        )
     else:
         tuner = build_tuner(run.spec, run.sweep_dir, callbacks, pretrain=stage, skip=done)
     tuner.fit()
     if len(_pretrain_done(run)) < len(stage):
-        raise SweepError(f"{run.sweep_dir}: the pre-training stage failed (see trials.parquet); "
-                         "fine-tuning trials need its checkpoint")
+        raise SweepError(
+            f"{run.sweep_dir}: the pre-training stage failed (see trials.parquet); "
+            "fine-tuning trials need its checkpoint"
+        )
 
 
 def run_sweep(run: SweepRun, live: bool | None = None) -> None:
@@ -178,7 +213,11 @@ def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
     if table is None:
         return set()
     final = {"completed", "stopped"} | (set() if retry_failed else {"failed"})
-    return {row["trial_id"] for row in table.select(["trial_id", "status"]).to_pylist() if row["status"] in final}
+    return {
+        row["trial_id"]
+        for row in table.select(["trial_id", "status"]).to_pylist()
+        if row["status"] in final
+    }
 
 
 def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None = None) -> SweepRun:
@@ -210,15 +249,24 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
     spec = load_stored_spec(sweep_dir)
     try:
         trials, curves = read_results(sweep_dir)
-    except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong schema or version
+    except (
+        pa.ArrowException,
+        OSError,
+        ValueError,
+    ) as err:  # corrupt, truncated, wrong schema or version
         raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
     table = trials.to_pandas() if trials is not None else None
     seen = table["status"].value_counts().to_dict() if table is not None else {}
     total = _total(spec)
     counts = {s: int(seen.get(s, 0)) for s in ("completed", "running", "failed", "stopped")}
     counts["pending"] = max(total - sum(counts.values()), 0)
-    return {"spec": spec, "counts": counts, "trials": table,
-            "curve_rows": 0 if curves is None else curves.num_rows, "total": total}
+    return {
+        "spec": spec,
+        "counts": counts,
+        "trials": table,
+        "curve_rows": 0 if curves is None else curves.num_rows,
+        "total": total,
+    }
 
 
 def dump_json(data: Any) -> str:

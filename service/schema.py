@@ -20,7 +20,12 @@ import pyarrow as pa
 #    (beta_min holds the effective value when the spec says ``auto``). Older tables read
 #    with these columns null (``upgrade_trials``).
 SCHEMA_VERSION = 5
-READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5)  # versions whose files this qsweep reads (``upgrade_trials``)
+READABLE_SCHEMA_VERSIONS = (
+    2,
+    3,
+    4,
+    5,
+)  # versions whose files this qsweep reads (``upgrade_trials``)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -40,7 +45,9 @@ HYPERPARAMETER_FIELDS: list[pa.Field] = [
     pa.field("perturb_bits", pa.int64()),
     pa.field("surrogate", pa.string()),
     pa.field("zo_params", pa.string()),  # fogzo: which tensors get the ZO mix (quantized | all)
-    pa.field("zo_max_bits", pa.int64()),  # fogzo: "quantized" means weights of at most this many bits
+    pa.field(
+        "zo_max_bits", pa.int64()
+    ),  # fogzo: "quantized" means weights of at most this many bits
     pa.field("kappa", pa.float64()),  # fogzo: 1 - beta_min = kappa / d_zo with beta_min: auto
     pa.field("grad_bits", pa.int64()),  # qfo: bits of the quantized gradient
     pa.field("lr_schedule", pa.string()),  # constant | linear | cosine
@@ -55,49 +62,67 @@ HYPERPARAMETER_FIELDS: list[pa.Field] = [
 MEASURED_SETTING_FIELDS: list[pa.Field] = [
     pa.field("d_zo", pa.int64()),  # elements the zeroth-order part perturbs
     pa.field("noise_to_guide", pa.float64()),  # fogzo: sqrt((1 - beta_min) * d_zo)
-    pa.field("layer_bits", pa.string()),  # JSON: layer -> its weight precision (first/last overrides visible)
+    pa.field(
+        "layer_bits", pa.string()
+    ),  # JSON: layer -> its weight precision (first/last overrides visible)
 ]
 
-TRIALS_SCHEMA = pa.schema([
-    pa.field("schema_version", pa.int32(), nullable=False),
-    pa.field("sweep", pa.string(), nullable=False),
-    pa.field("trial_id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),  # one line: "nspsa: training loss became inf at step 205", "worker died: ..."
-    pa.field("error_traceback", pa.string()),  # the failure as Ray Tune recorded it, traceback included
-    pa.field("estimator", pa.string()),
-    pa.field("bits", pa.int64()),
-    pa.field("quantizer", pa.string()),
-    pa.field("model", pa.string()),
-    pa.field("dataset", pa.string()),
-    pa.field("seed", pa.int64()),
-    *HYPERPARAMETER_FIELDS,
-    *MEASURED_SETTING_FIELDS,
-    pa.field("steps", pa.int64()),
-    pa.field("final_train_loss", pa.float64()),
-    pa.field("final_eval_loss", pa.float64()),
-    pa.field("final_eval_metric", pa.float64()),
-    pa.field("best_eval_loss", pa.float64()),
-    pa.field("best_eval_metric", pa.float64()),  # best = max for accuracy, min for perplexity
-    pa.field("metric_name", pa.string()),  # what eval_metric is: "accuracy" or "perplexity"
-    pa.field("forwards", pa.int64()),
-    pa.field("backwards", pa.int64()),
-    pa.field("flops", pa.float64()),
-    pa.field("wall_s", pa.float64()),
-    pa.field("peak_memory_bytes", pa.int64()),
-    pa.field("num_params", pa.int64()),
-    pa.field("host", pa.string()),
-    pa.field("node_id", pa.string()),
-    pa.field("attempts", pa.int64()),
-    pa.field("started_at", pa.timestamp("us", tz="UTC")),
-    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-    pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
-    pa.field("config", pa.string()),  # the full trial config as JSON
-], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"})
+TRIALS_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("sweep", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field(
+            "error", pa.string()
+        ),  # one line: "nspsa: training loss became inf at step 205", "worker died: ..."
+        pa.field(
+            "error_traceback", pa.string()
+        ),  # the failure as Ray Tune recorded it, traceback included
+        pa.field("estimator", pa.string()),
+        pa.field("bits", pa.int64()),
+        pa.field("quantizer", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("seed", pa.int64()),
+        *HYPERPARAMETER_FIELDS,
+        *MEASURED_SETTING_FIELDS,
+        pa.field("steps", pa.int64()),
+        pa.field("final_train_loss", pa.float64()),
+        pa.field("final_eval_loss", pa.float64()),
+        pa.field("final_eval_metric", pa.float64()),
+        pa.field("best_eval_loss", pa.float64()),
+        pa.field("best_eval_metric", pa.float64()),  # best = max for accuracy, min for perplexity
+        pa.field("metric_name", pa.string()),  # what eval_metric is: "accuracy" or "perplexity"
+        pa.field("forwards", pa.int64()),
+        pa.field("backwards", pa.int64()),
+        pa.field("flops", pa.float64()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("peak_memory_bytes", pa.int64()),
+        pa.field("num_params", pa.int64()),
+        pa.field("host", pa.string()),
+        pa.field("node_id", pa.string()),
+        pa.field("attempts", pa.int64()),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
+        pa.field("config", pa.string()),  # the full trial config as JSON
+    ],
+    metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"},
+)
 
 
-ADDED_IN_VERSION_5 = ("zo_params", "zo_max_bits", "kappa", "grad_bits", "lr_schedule", "warmup", "scale",
-                      "first_last", *(f.name for f in MEASURED_SETTING_FIELDS))
+ADDED_IN_VERSION_5 = (
+    "zo_params",
+    "zo_max_bits",
+    "kappa",
+    "grad_bits",
+    "lr_schedule",
+    "warmup",
+    "scale",
+    "first_last",
+    *(f.name for f in MEASURED_SETTING_FIELDS),
+)
 
 
 def _last_line(text: str | None) -> str | None:
@@ -114,7 +139,9 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
     if "error" in names and "error_traceback" not in names:
         index = names.index("error")
         full = table.column("error").to_pylist()
-        table = table.set_column(index, "error", pa.array([_last_line(t) for t in full], pa.string()))
+        table = table.set_column(
+            index, "error", pa.array([_last_line(t) for t in full], pa.string())
+        )
         table = table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"0").decode()
     if not found.isdigit() or int(found) >= 5:
@@ -122,50 +149,76 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
     missing = [name for name in ADDED_IN_VERSION_5 if name not in table.column_names]
     if not missing or set(table.column_names) | set(missing) != set(TRIALS_SCHEMA.names):
         return table  # nothing to add, or a table the cast to TRIALS_SCHEMA refuses anyway
-    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in TRIALS_SCHEMA]
-    return pa.Table.from_arrays(columns, names=TRIALS_SCHEMA.names).replace_schema_metadata(table.schema.metadata)
+    columns = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in TRIALS_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, names=TRIALS_SCHEMA.names).replace_schema_metadata(
+        table.schema.metadata
+    )
 
 
-CURVES_SCHEMA = pa.schema([
-    pa.field("schema_version", pa.int32(), nullable=False),
-    pa.field("sweep", pa.string(), nullable=False),
-    pa.field("trial_id", pa.string(), nullable=False),
-    pa.field("step", pa.int64(), nullable=False),
-    pa.field("forwards", pa.int64()),
-    pa.field("backwards", pa.int64()),
-    pa.field("flops", pa.float64()),
-    pa.field("wall_s", pa.float64()),
-    pa.field("train_loss", pa.float64()),
-    pa.field("eval_loss", pa.float64()),
-    pa.field("eval_metric", pa.float64()),
-    pa.field("peak_memory_bytes", pa.int64()),
-    # Denormalised so a curve can be grouped without a join.
-    pa.field("estimator", pa.string()),
-    pa.field("bits", pa.int64()),
-    pa.field("seed", pa.int64()),
-], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "curves"})
+CURVES_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("sweep", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("forwards", pa.int64()),
+        pa.field("backwards", pa.int64()),
+        pa.field("flops", pa.float64()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("train_loss", pa.float64()),
+        pa.field("eval_loss", pa.float64()),
+        pa.field("eval_metric", pa.float64()),
+        pa.field("peak_memory_bytes", pa.int64()),
+        # Denormalised so a curve can be grouped without a join.
+        pa.field("estimator", pa.string()),
+        pa.field("bits", pa.int64()),
+        pa.field("seed", pa.int64()),
+    ],
+    metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "curves"},
+)
 
 # The gradient-quality probe's figures (trainers.diagnostics.FIGURES, same order): the
 # trial's estimator ("est_") and STE ("ste_") against a large-n ZO reference gradient of the
 # smoothed quantized loss ("ref_"), and the probe's own cost (never in the training counters).
 DIAGNOSTIC_FIGURES = (
-    "est_cosine", "est_rel_bias", "est_variance", "est_snr", "est_norm",
-    "ste_cosine", "ste_rel_bias", "ste_variance", "ste_snr", "ste_norm",
-    "ref_norm", "ref_noise", "ref_n", "repeats", "probe_batch_size", "dim",
-    "probe_forwards", "probe_backwards", "probe_flops", "probe_wall_s",
+    "est_cosine",
+    "est_rel_bias",
+    "est_variance",
+    "est_snr",
+    "est_norm",
+    "ste_cosine",
+    "ste_rel_bias",
+    "ste_variance",
+    "ste_snr",
+    "ste_norm",
+    "ref_norm",
+    "ref_noise",
+    "ref_n",
+    "repeats",
+    "probe_batch_size",
+    "dim",
+    "probe_forwards",
+    "probe_backwards",
+    "probe_flops",
+    "probe_wall_s",
 )
 
-DIAGNOSTICS_SCHEMA = pa.schema([
-    pa.field("schema_version", pa.int32(), nullable=False),
-    pa.field("sweep", pa.string(), nullable=False),
-    pa.field("trial_id", pa.string(), nullable=False),
-    pa.field("step", pa.int64(), nullable=False),
-    pa.field("estimator", pa.string()),
-    pa.field("bits", pa.int64()),
-    pa.field("seed", pa.int64()),
-    *[pa.field(name, pa.float64()) for name in DIAGNOSTIC_FIGURES],
-], metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "diagnostics"})
+DIAGNOSTICS_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("sweep", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("estimator", pa.string()),
+        pa.field("bits", pa.int64()),
+        pa.field("seed", pa.int64()),
+        *[pa.field(name, pa.float64()) for name in DIAGNOSTIC_FIGURES],
+    ],
+    metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "diagnostics"},
+)
 
 TRIALS_FILE = "trials.parquet"
 CURVES_DIR = "curves"

@@ -63,8 +63,16 @@ __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 
 logger = logging.getLogger(__name__)
 
-_CURVE_METRICS = ("forwards", "backwards", "flops", "wall_s", "train_loss", "eval_loss", "eval_metric",
-                  "peak_memory_bytes")
+_CURVE_METRICS = (
+    "forwards",
+    "backwards",
+    "flops",
+    "wall_s",
+    "train_loss",
+    "eval_loss",
+    "eval_metric",
+    "peak_memory_bytes",
+)
 _COST_COLUMNS = ("forwards", "backwards", "flops", "wall_s", "peak_memory_bytes")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_ERROR_CHARS = 20_000  # a Ray traceback can be long; the message is at its end
@@ -83,7 +91,13 @@ def _coerce(value: Any, type_: pa.DataType) -> Any:
     """A reported number as its column's Python type (numpy scalars and 3.0-for-3 included)."""
     if value is None:
         return None
-    return int(value) if pa.types.is_integer(type_) else float(value) if pa.types.is_floating(type_) else value
+    return (
+        int(value)
+        if pa.types.is_integer(type_)
+        else float(value)
+        if pa.types.is_floating(type_)
+        else value
+    )
 
 
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,7 +108,9 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     the trial's estimator does not have is null. An invalid config keeps only what it says:
     its trial fails with the reason, and the row must still be written.
     """
-    cols: dict[str, Any] = {k: config.get(k) for k in ("estimator", "bits", "quantizer", "model", "dataset", "seed")}
+    cols: dict[str, Any] = {
+        k: config.get(k) for k in ("estimator", "bits", "quantizer", "model", "dataset", "seed")
+    }
     try:
         cfg = TrialConfig.from_dict(config)
         options = dataclasses.asdict(estimator_config(cfg.estimator, dict(cfg.estimator_options)))
@@ -102,15 +118,30 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     except (ConfigError, ValueError, TypeError):
         return cols
     quant = cfg.quant_spec()
-    cols.update(estimator=cfg.estimator, bits=quant.bits, quantizer=cfg.quantizer, model=cfg.model,
-                dataset=cfg.dataset, seed=cfg.seed, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, surrogate=surrogate,
-                budget_steps=cfg.steps, budget_flops=cfg.flops, lr_schedule=getattr(cfg, "lr_schedule", None),
-                warmup=getattr(cfg, "warmup", None),
-                scale=None if cfg.quantizer == "none" else getattr(quant, "scale", None),
-                first_last=None if cfg.quantizer == "none" else quant.first_last)
+    cols.update(
+        estimator=cfg.estimator,
+        bits=quant.bits,
+        quantizer=cfg.quantizer,
+        model=cfg.model,
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        surrogate=surrogate,
+        budget_steps=cfg.steps,
+        budget_flops=cfg.flops,
+        lr_schedule=getattr(cfg, "lr_schedule", None),
+        warmup=getattr(cfg, "warmup", None),
+        scale=None if cfg.quantizer == "none" else getattr(quant, "scale", None),
+        first_last=None if cfg.quantizer == "none" else quant.first_last,
+    )
     for f in schema.HYPERPARAMETER_FIELDS:
-        if f.name in options:  # a symbolic value (beta_min: auto) waits for the trial's measured one
+        if (
+            f.name in options
+        ):  # a symbolic value (beta_min: auto) waits for the trial's measured one
             cols[f.name] = options[f.name] if _fits(options[f.name], f.type) else None
     return cols
 
@@ -129,8 +160,11 @@ _MEASURED = {f.name: f.type for f in schema.MEASURED_SETTING_FIELDS} | {"beta_mi
 
 def measured_settings(row: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
     """The measured-settings columns a result carries (``d_zo``, ``noise_to_guide``, ...)."""
-    found = {name: _coerce(result[name], type_) for name, type_ in _MEASURED.items()
-             if result.get(name) is not None}
+    found = {
+        name: _coerce(result[name], type_)
+        for name, type_ in _MEASURED.items()
+        if result.get(name) is not None
+    }
     if "beta_min" in found and row.get("beta_min") is not None:
         del found["beta_min"]  # the spec's own number
     return found
@@ -177,8 +211,15 @@ class ParquetSink(Callback):
             alone (status changes always write at once).
     """
 
-    def __init__(self, sweep_dir: str, sweep: str, planned: dict[str, dict[str, Any]],
-                 versions: dict[str, str], flush_every_s: float = 2.0, clean_stale_temp: bool = True) -> None:
+    def __init__(
+        self,
+        sweep_dir: str,
+        sweep: str,
+        planned: dict[str, dict[str, Any]],
+        versions: dict[str, str],
+        flush_every_s: float = 2.0,
+        clean_stale_temp: bool = True,
+    ) -> None:
         self.sweep_dir = sweep_dir
         self.sweep = sweep
         self.planned = planned
@@ -189,15 +230,23 @@ class ParquetSink(Callback):
         self._curves_dir = join(root, CURVES_DIR)
         self._diagnostics_dir = join(root, DIAGNOSTICS_DIR)
         self._rows: dict[str, dict[str, Any]] = {}  # our trial id -> TRIALS_SCHEMA row
-        self._curves: dict[str, dict[int, dict[str, Any]]] = {}  # our trial id -> step -> CURVES row
-        self._diagnostics: dict[str, dict[int, dict[str, Any]]] = {}  # our trial id -> step -> DIAGNOSTICS row
+        self._curves: dict[
+            str, dict[int, dict[str, Any]]
+        ] = {}  # our trial id -> step -> CURVES row
+        self._diagnostics: dict[
+            str, dict[int, dict[str, Any]]
+        ] = {}  # our trial id -> step -> DIAGNOSTICS row
         self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> (our id, config)
         self._progress: dict[str, float | None] = {}  # our trial id -> last reported progress
         self._recovering: set[str] = set()  # retries already counted by on_trial_recover
-        self._failing: dict[str, tuple[str, str | None]] = {}  # our trial id -> (reason, traceback) reported
+        self._failing: dict[
+            str, tuple[str, str | None]
+        ] = {}  # our trial id -> (reason, traceback) reported
         self._dirty = False
         self._last_flush = 0.0
-        self.write_error: SweepError | None = None  # the first failed write; nothing is written after it
+        self.write_error: SweepError | None = (
+            None  # the first failed write; nothing is written after it
+        )
         if clean_stale_temp:
             self._remove_stale_temp_files()
         self._load()
@@ -205,8 +254,13 @@ class ParquetSink(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Only the arguments: Tune pickles its callbacks into ``tuner.pkl`` at the start, and
         ``Tuner.restore`` must get a sink that reads the files as they are then, not a snapshot."""
-        return {"sweep_dir": self.sweep_dir, "sweep": self.sweep, "planned": self.planned,
-                "versions": json.loads(self.versions_json), "flush_every_s": self.flush_every_s}
+        return {
+            "sweep_dir": self.sweep_dir,
+            "sweep": self.sweep,
+            "planned": self.planned,
+            "versions": json.loads(self.versions_json),
+            "flush_every_s": self.flush_every_s,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state, clean_stale_temp=False)  # a copy: the live sink may be writing
@@ -240,17 +294,26 @@ class ParquetSink(Callback):
                 continue
             storage.check_schema_version(table, path)
             for row in table.cast(DIAGNOSTICS_SCHEMA).to_pylist():
-                self._diagnostics.setdefault(row["trial_id"], {})[row["step"]] = row | {"schema_version": SCHEMA_VERSION}
+                self._diagnostics.setdefault(row["trial_id"], {})[row["step"]] = row | {
+                    "schema_version": SCHEMA_VERSION
+                }
         for tid in self._rows.keys() & self._curves.keys():  # curves are written first: they win
             self._summarize(tid)
 
     def _identify(self, trial: Trial) -> tuple[str, dict[str, Any]]:
         if trial.trial_id not in self._ids:
             try:
-                self._ids[trial.trial_id] = resolve_trial(self.planned, trial.config, trial.trial_id)
+                self._ids[trial.trial_id] = resolve_trial(
+                    self.planned, trial.config, trial.trial_id
+                )
             except (KeyError, TypeError, ValueError) as err:
                 # Not one of our planned trials: record it under Tune's id rather than crash the sweep.
-                logger.warning("trial %s: config %r is not a planned trial (%s)", trial.trial_id, trial.config, err)
+                logger.warning(
+                    "trial %s: config %r is not a planned trial (%s)",
+                    trial.trial_id,
+                    trial.config,
+                    err,
+                )
                 self._ids[trial.trial_id] = (trial.trial_id, dict(trial.config))
         return self._ids[trial.trial_id]
 
@@ -259,9 +322,15 @@ class ParquetSink(Callback):
         if tid not in self._rows:
             row: dict[str, Any] = dict.fromkeys(TRIALS_SCHEMA.names)
             row.update(config_columns(config))
-            row.update(schema_version=SCHEMA_VERSION, sweep=self.sweep, trial_id=tid, status="pending",
-                       attempts=0, versions=self.versions_json,
-                       config=json.dumps(config, sort_keys=True, default=str))
+            row.update(
+                schema_version=SCHEMA_VERSION,
+                sweep=self.sweep,
+                trial_id=tid,
+                status="pending",
+                attempts=0,
+                versions=self.versions_json,
+                config=json.dumps(config, sort_keys=True, default=str),
+            )
             self._rows[tid] = row
         return tid, self._rows[tid]
 
@@ -272,10 +341,23 @@ class ParquetSink(Callback):
             return
         rows = [curve[s] for s in sorted(curve)]
         last, row = rows[-1], self._rows[tid]
-        row.update({c: last[c] for c in _COST_COLUMNS}, steps=last["step"], final_train_loss=last["train_loss"],
-                   final_eval_loss=last["eval_loss"], final_eval_metric=last["eval_metric"])
-        losses = [r["eval_loss"] for r in rows if r["eval_loss"] is not None and not math.isnan(r["eval_loss"])]
-        metrics = [r["eval_metric"] for r in rows if r["eval_metric"] is not None and not math.isnan(r["eval_metric"])]
+        row.update(
+            {c: last[c] for c in _COST_COLUMNS},
+            steps=last["step"],
+            final_train_loss=last["train_loss"],
+            final_eval_loss=last["eval_loss"],
+            final_eval_metric=last["eval_metric"],
+        )
+        losses = [
+            r["eval_loss"]
+            for r in rows
+            if r["eval_loss"] is not None and not math.isnan(r["eval_loss"])
+        ]
+        metrics = [
+            r["eval_metric"]
+            for r in rows
+            if r["eval_metric"] is not None and not math.isnan(r["eval_metric"])
+        ]
         row["best_eval_loss"] = min(losses, default=None)
         lower_is_better = row.get("metric_name") == "perplexity"
         row["best_eval_metric"] = (min if lower_is_better else max)(metrics, default=None)
@@ -293,7 +375,8 @@ class ParquetSink(Callback):
             self.write_error = SweepError(
                 f"cannot write results to {self.sweep_dir}: {err.strerror or _first_line(err)} "
                 f"({path}); the sweep stopped — what was written before stays readable, "
-                f"`qsweep resume {self.sweep_dir}` continues once the location is writable")
+                f"`qsweep resume {self.sweep_dir}` continues once the location is writable"
+            )
             return False
         return True
 
@@ -307,7 +390,9 @@ class ParquetSink(Callback):
         Tune's flattened ``diagnostics/<figure>`` keys), under the curves' dedupe rule."""
         probe = result.get("diagnostics")
         if not isinstance(probe, Mapping):
-            probe = {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("diagnostics/")}
+            probe = {
+                k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("diagnostics/")
+            }
         stored = self._diagnostics.get(tid, {})
         stale = [s for s in stored if s >= step]  # a rewind: see the module docstring
         if not probe and not stale:
@@ -315,15 +400,25 @@ class ParquetSink(Callback):
         for s in stale:
             del stored[s]
         if probe:
-            stored[step] = {name: _coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES} | {
-                "schema_version": SCHEMA_VERSION, "sweep": self.sweep, "trial_id": tid, "step": step,
-                "estimator": row["estimator"], "bits": row["bits"], "seed": row["seed"]}
+            stored[step] = {
+                name: _coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES
+            } | {
+                "schema_version": SCHEMA_VERSION,
+                "sweep": self.sweep,
+                "trial_id": tid,
+                "step": step,
+                "estimator": row["estimator"],
+                "bits": row["bits"],
+                "seed": row["seed"],
+            }
         self._diagnostics[tid] = stored
         table = pa.Table.from_pylist([stored[s] for s in sorted(stored)], schema=DIAGNOSTICS_SCHEMA)
         self._write(join(self._diagnostics_dir, f"{tid}.parquet"), table)
 
     def _write_trials(self) -> None:
-        table = pa.Table.from_pylist([self._rows[t] for t in sorted(self._rows)], schema=TRIALS_SCHEMA)
+        table = pa.Table.from_pylist(
+            [self._rows[t] for t in sorted(self._rows)], schema=TRIALS_SCHEMA
+        )
         if self._write(self._trials_path, table):
             self._dirty = False
             self._last_flush = time.monotonic()
@@ -348,7 +443,9 @@ class ParquetSink(Callback):
         self._register(trials)
         self._maybe_flush()
 
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         self._register(trials)
         tid, row = self._row(trial)
         if row["status"] == "completed":
@@ -362,11 +459,15 @@ class ParquetSink(Callback):
         row["started_at"] = row["started_at"] or _now()
         self._write_trials()
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
         tid, row = self._row(trial)
         if failures.FAILURE_KEY in result and row["status"] != "completed":
-            self._failing[tid] = (str(result[failures.FAILURE_KEY]), result.get(failures.TRACEBACK_KEY))
+            self._failing[tid] = (
+                str(result[failures.FAILURE_KEY]),
+                result.get(failures.TRACEBACK_KEY),
+            )
             row["error"], row["error_traceback"] = self._failing[tid]
             self._dirty = True
             return  # the exception follows (on_trial_error); nothing to add to the curve
@@ -377,22 +478,36 @@ class ParquetSink(Callback):
         curve = self._curves.setdefault(tid, {})
         for stale in [s for s in curve if s >= step]:  # a rewind: see the module docstring
             del curve[stale]
-        curve[step] = {name: _coerce(result.get(name), CURVES_SCHEMA.field(name).type) for name in _CURVE_METRICS} | {
-            "schema_version": SCHEMA_VERSION, "sweep": self.sweep, "trial_id": tid, "step": step,
-            "estimator": row["estimator"], "bits": row["bits"], "seed": row["seed"]}
+        curve[step] = {
+            name: _coerce(result.get(name), CURVES_SCHEMA.field(name).type)
+            for name in _CURVE_METRICS
+        } | {
+            "schema_version": SCHEMA_VERSION,
+            "sweep": self.sweep,
+            "trial_id": tid,
+            "step": step,
+            "estimator": row["estimator"],
+            "bits": row["bits"],
+            "seed": row["seed"],
+        }
         self._write_curve(tid)
         self._record_diagnostics(tid, row, step, result)
         self._progress[tid] = result.get("progress")
         row.update(measured_settings(row, result))
-        row.update(status="running", host=result.get("host") or result.get("hostname") or row["host"],
-                   metric_name=result.get("metric_name") or row.get("metric_name"),
-                   node_id=result.get("node_id") or row["node_id"],
-                   num_params=_coerce(result.get("num_params", row["num_params"]), pa.int64()))
+        row.update(
+            status="running",
+            host=result.get("host") or result.get("hostname") or row["host"],
+            metric_name=result.get("metric_name") or row.get("metric_name"),
+            node_id=result.get("node_id") or row["node_id"],
+            num_params=_coerce(result.get("num_params", row["num_params"]), pa.int64()),
+        )
         self._summarize(tid)
         self._dirty = True
         self._maybe_flush()
 
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         """Completed if it reached its budget, ``stopped`` if a scheduler (ASHA) ended it early.
 
         Tune sets ``done`` on the result of a trial it stops, so ``done`` cannot tell the two
@@ -408,11 +523,17 @@ class ParquetSink(Callback):
             self._write_trials()
             return
         progress = self._progress.get(tid)
-        row.update(status="completed" if progress is None or progress >= 1.0 - 1e-9 else "stopped",
-                   error=None, error_traceback=None, finished_at=_now())
+        row.update(
+            status="completed" if progress is None or progress >= 1.0 - 1e-9 else "stopped",
+            error=None,
+            error_traceback=None,
+            finished_at=_now(),
+        )
         self._write_trials()
 
-    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         """A failure Tune will retry: one more attempt; the error stays visible while it runs."""
         tid, row = self._row(trial)
         if row["status"] == "completed":
@@ -424,15 +545,26 @@ class ParquetSink(Callback):
         self._recovering.add(tid)
         self._write_trials()
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         tid, row = self._row(trial)
         if row["status"] == "completed":
             return
         text = trial_error_text(trial)
         reason, reported = self._failing.pop(tid, (None, None))
-        error = reason or failures.summarize(text) or row["error"] or "trial failed; Ray Tune recorded no error"
-        row.update(status="failed", error=error, error_traceback=text or reported or row["error_traceback"],
-                   finished_at=_now())
+        error = (
+            reason
+            or failures.summarize(text)
+            or row["error"]
+            or "trial failed; Ray Tune recorded no error"
+        )
+        row.update(
+            status="failed",
+            error=error,
+            error_traceback=text or reported or row["error_traceback"],
+            finished_at=_now(),
+        )
         self._write_trials()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:

@@ -49,8 +49,19 @@ class SpecError(ValueError):
 
 
 _TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
-_GRID_OWNED = {"estimator", "bits", "quantizer", "model", "dataset", "seed", "steps", "flops", "estimator_options",
-               "init_from", "save_model_to"}
+_GRID_OWNED = {
+    "estimator",
+    "bits",
+    "quantizer",
+    "model",
+    "dataset",
+    "seed",
+    "steps",
+    "flops",
+    "estimator_options",
+    "init_from",
+    "save_model_to",
+}
 # Per-estimator keys that are trial settings rather than estimator options (lr, optimizer,
 # num_evals, ...); steps/flops override the budget (the FOGZO paper runs n-SPSA for 300
 # steps and FOGZO until it matches that loss).
@@ -63,8 +74,12 @@ class _Strict(BaseModel):
 
 _NEEDS_A_GRID = ("quzo", "qfo")  # estimators whose weights live on the quantizer's grid
 
-_REGISTRIES = {"estimators": (ESTIMATORS, "estimator"), "quantizers": (QUANT_KINDS, "quantizer"),
-               "models": (MODELS, "model"), "datasets": (DATASETS, "dataset")}
+_REGISTRIES = {
+    "estimators": (ESTIMATORS, "estimator"),
+    "quantizers": (QUANT_KINDS, "quantizer"),
+    "models": (MODELS, "model"),
+    "datasets": (DATASETS, "dataset"),
+}
 
 
 class Grid(_Strict):
@@ -107,14 +122,18 @@ def _check_model_section(model: str, section: dict[str, Any], grid: Grid) -> Non
         raise ValueError(f"{where}: not in grid.models {grid.models}")
     unknown = sorted(set(section) - _PER_ESTIMATOR_TRIAL_KEYS - {"datasets", "bits"})
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid: datasets, bits, "
-                         f"{', '.join(sorted(_PER_ESTIMATOR_TRIAL_KEYS))}")
+        raise ValueError(
+            f"{where}: unknown key {unknown[0]!r}; valid: datasets, bits, "
+            f"{', '.join(sorted(_PER_ESTIMATOR_TRIAL_KEYS))}"
+        )
     axes = {k: section[k] for k in ("datasets", "bits") if k in section}
     try:
         Grid.model_validate({"estimators": grid.estimators, **axes})
     except ValidationError as err:
         first = err.errors()[0]
-        raise ValueError(f"{where}.{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError(
+            f"{where}.{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}"
+        ) from None
 
 
 def _check_names(values: list[str], valid, kind: str) -> list[str]:
@@ -210,21 +229,33 @@ class SweepSpec(_Strict):
     resources: Resources = Resources()
     max_concurrent: int | None = Field(default=None, ge=1)
     retries: int = Field(default=1, ge=0)
-    checkpoint_every: int = Field(default=1, ge=0, description="checkpoint every k evaluations (0 = never)")
+    checkpoint_every: int = Field(
+        default=1, ge=0, description="checkpoint every k evaluations (0 = never)"
+    )
     time_limit_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
         description="wall-clock seconds one attempt of a trial may run (None = no limit); over it the "
-                    "attempt fails with 'time limit of ... exceeded' (retried like any failure)")
+        "attempt fails with 'time limit of ... exceeded' (retried like any failure)",
+    )
     memory_limit_mb: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
         description="resident memory (MB) a trial's worker process may reach (None = no limit); over it "
-                    "the attempt fails with 'memory limit of ... exceeded'")
+        "the attempt fails with 'memory limit of ... exceeded'",
+    )
     pretrain: dict[str, Any] | None = Field(
-        default=None, description="optional float pre-training stage: trial settings (with steps or flops); "
-                                  "the grid trials of its `estimators` (default: all) start from its checkpoint")
+        default=None,
+        description="optional float pre-training stage: trial settings (with steps or flops); "
+        "the grid trials of its `estimators` (default: all) start from its checkpoint",
+    )
     models: dict[str, dict[str, Any]] = Field(
-        default={}, description="per-model settings: `datasets` / `bits` (lists: that model's own axes, "
-                                "e.g. llama on text only) and trial settings; estimators' sections override them")
+        default={},
+        description="per-model settings: `datasets` / `bits` (lists: that model's own axes, "
+        "e.g. llama on text only) and trial settings; estimators' sections override them",
+    )
 
     @field_validator("pretrain")
     @classmethod
@@ -233,16 +264,23 @@ class SweepSpec(_Strict):
             return None
         unknown = sorted(set(values) - _TRIAL_FIELDS - {"estimators"})
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid: estimators, {', '.join(sorted(_TRIAL_FIELDS))}")
+            raise ValueError(
+                f"unknown key {unknown[0]!r}; valid: estimators, {', '.join(sorted(_TRIAL_FIELDS))}"
+            )
         chosen = values.get("estimators")
-        if chosen is not None and (not isinstance(chosen, list) or not chosen
-                                   or not all(isinstance(e, str) for e in chosen)):
+        if chosen is not None and (
+            not isinstance(chosen, list)
+            or not chosen
+            or not all(isinstance(e, str) for e in chosen)
+        ):
             raise ValueError("estimators: expected a non-empty list of estimator names")
         if values.get("steps") is None and values.get("flops") is None:
             raise ValueError("set steps or flops for the pre-training stage")
         fixed = sorted(set(values) & {"model", "init_from", "save_model_to"})
         if fixed:
-            raise ValueError(f"{fixed[0]!r} cannot be set here: one pre-training runs per grid model")
+            raise ValueError(
+                f"{fixed[0]!r} cannot be set here: one pre-training runs per grid model"
+            )
         return values
 
     @field_validator("name")
@@ -260,19 +298,27 @@ class SweepSpec(_Strict):
             raise ValueError(f"{owned[0]!r} is set by grid/budget/estimators, not trial")
         unknown = sorted(set(values) - _TRIAL_FIELDS)
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS - _GRID_OWNED))}")
+            raise ValueError(
+                f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS - _GRID_OWNED))}"
+            )
         return values
 
     @model_validator(mode="after")
     def _estimator_sections(self) -> SweepSpec:
         for name in self.estimators:
             if name not in ESTIMATORS:
-                raise ValueError(f"estimators.{name}: unknown estimator; valid: {', '.join(ESTIMATORS)}")
+                raise ValueError(
+                    f"estimators.{name}: unknown estimator; valid: {', '.join(ESTIMATORS)}"
+                )
             if name not in self.grid.estimators:
-                raise ValueError(f"estimators.{name}: not in grid.estimators {self.grid.estimators}")
+                raise ValueError(
+                    f"estimators.{name}: not in grid.estimators {self.grid.estimators}"
+                )
         for name in (self.pretrain or {}).get("estimators") or []:
             if name not in self.grid.estimators:
-                raise ValueError(f"pretrain.estimators: {name!r} is not in grid.estimators {self.grid.estimators}")
+                raise ValueError(
+                    f"pretrain.estimators: {name!r} is not in grid.estimators {self.grid.estimators}"
+                )
         for name, section in self.models.items():
             _check_model_section(name, section, self.grid)
         return self
@@ -282,7 +328,9 @@ class SweepSpec(_Strict):
         return self.models.get(model, {}).get(axis, getattr(self.grid, axis))
 
     def _model_settings(self, model: str) -> dict[str, Any]:
-        return {k: v for k, v in self.models.get(model, {}).items() if k not in ("datasets", "bits")}
+        return {
+            k: v for k, v in self.models.get(model, {}).items() if k not in ("datasets", "bits")
+        }
 
     def _pretrained_estimators(self) -> list[str]:
         return (self.pretrain or {}).get("estimators") or self.grid.estimators
@@ -300,10 +348,23 @@ class SweepSpec(_Strict):
         planned = []
         stage = {k: v for k, v in self.pretrain.items() if k != "estimators"}
         for model in self.grid.models:
-            shared = {k: v for k, v in self._model_settings(model).items() if k not in ("steps", "flops")}
-            config = {**self.trial, **shared, "estimator": "ste", "quantizer": "none", "bits": 8, "model": model,
-                      "dataset": self._model_axis(model, "datasets")[0], "seed": 0, "steps": None, "flops": None,
-                      "estimator_options": {}, **stage}
+            shared = {
+                k: v for k, v in self._model_settings(model).items() if k not in ("steps", "flops")
+            }
+            config = {
+                **self.trial,
+                **shared,
+                "estimator": "ste",
+                "quantizer": "none",
+                "bits": 8,
+                "model": model,
+                "dataset": self._model_axis(model, "datasets")[0],
+                "seed": 0,
+                "steps": None,
+                "flops": None,
+                "estimator_options": {},
+                **stage,
+            }
             _fill_defaults(config)
             tid = "pretrain-" + trial_id(config)
             config["save_model_to"] = STAGE_PREFIX + tid
@@ -318,22 +379,38 @@ class SweepSpec(_Strict):
         pretrained = dict(zip(self.grid.models, (t.trial_id for t in self.pretrain_trials())))
         g = self.grid
         for est, quantizer, bits, model, dataset, seed in (
-                (e, q, b, m, d, s) for e, q, m in itertools.product(g.estimators, g.quantizers, g.models)
-                for b in self._model_axis(m, "bits") for d in self._model_axis(m, "datasets") for s in g.seeds):
+            (e, q, b, m, d, s)
+            for e, q, m in itertools.product(g.estimators, g.quantizers, g.models)
+            for b in self._model_axis(m, "bits")
+            for d in self._model_axis(m, "datasets")
+            for s in g.seeds
+        ):
             if est in _NEEDS_A_GRID and quantizer == "none":
-                skipped.append(f"{est} x quantizer none ({est} keeps its weights on a quantized grid)")
+                skipped.append(
+                    f"{est} x quantizer none ({est} keeps its weights on a quantized grid)"
+                )
                 continue
             if quantizer.startswith("fp8") and bits != self._model_axis(model, "bits")[0]:
                 continue  # FP8 is 8-bit whatever the bits axis says: one trial, not one per bit
             for hp in _expand_lists(self.estimators.get(est, {})):
-                config = {**self.trial, "estimator": est, "quantizer": quantizer,
-                          "bits": 8 if quantizer.startswith("fp8") else bits, "model": model,
-                          "dataset": dataset, "seed": seed, "steps": self.budget.steps, "flops": self.budget.flops,
-                          **self._model_settings(model)}
+                config = {
+                    **self.trial,
+                    "estimator": est,
+                    "quantizer": quantizer,
+                    "bits": 8 if quantizer.startswith("fp8") else bits,
+                    "model": model,
+                    "dataset": dataset,
+                    "seed": seed,
+                    "steps": self.budget.steps,
+                    "flops": self.budget.flops,
+                    **self._model_settings(model),
+                }
                 options = {k: v for k, v in hp.items() if k not in _PER_ESTIMATOR_TRIAL_KEYS}
                 config.update({k: v for k, v in hp.items() if k in _PER_ESTIMATOR_TRIAL_KEYS})
                 config["estimator_options"] = options
-                if self.pretrain is not None and est in self._pretrained_estimators():  # fine-tune from it
+                if (
+                    self.pretrain is not None and est in self._pretrained_estimators()
+                ):  # fine-tune from it
                     config["init_from"] = STAGE_PREFIX + pretrained[model]
                 _fill_defaults(config)
                 planned.append(PlannedTrial(trial_id(config), config))
@@ -384,8 +461,10 @@ def _expand_lists(hp: dict[str, Any]) -> list[dict[str, Any]]:
 def trial_id(config: dict[str, Any]) -> str:
     """Readable and deterministic: the same config always gets the same id (resume, dedupe)."""
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
-    return (f"{config['estimator']}-{config['quantizer']}{config['bits']}-{config['model']}-"
-            f"{config['dataset']}-s{config['seed']}-{digest}")
+    return (
+        f"{config['estimator']}-{config['quantizer']}{config['bits']}-{config['model']}-"
+        f"{config['dataset']}-s{config['seed']}-{digest}"
+    )
 
 
 # Trial settings and estimator options are checked against their dataclasses' declared types,
@@ -410,12 +489,14 @@ def _check_values(data: Any) -> None:
             raise SpecError(f"spec: more than {_MAX_VALUES} values once YAML aliases are expanded")
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) > _INT_LIMIT:
-                raise SpecError(f"{where or 'spec'}: {value} is out of range (integers must be within ±2**62)")
+                raise SpecError(
+                    f"{where or 'spec'}: {value} is out of range (integers must be within ±2**62)"
+                )
         elif isinstance(value, (dict, list)):
             if id(value) in ancestors:
                 raise SpecError(f"{where or 'spec'}: a YAML alias that contains itself")
             ancestors.add(id(value))
-            for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            for key, item in value.items() if isinstance(value, dict) else enumerate(value):
                 walk(item, f"{where}.{key}" if where else str(key), ancestors)
             ancestors.discard(id(value))
 
@@ -427,8 +508,11 @@ def _check_values(data: Any) -> None:
 
 def _strict_model(config_class: type) -> type[BaseModel]:
     hints = typing.get_type_hints(config_class)
-    return create_model(f"Strict{config_class.__name__}", __config__=ConfigDict(strict=True, extra="ignore"),
-                        **{f.name: (hints[f.name], None) for f in dataclasses.fields(config_class)})
+    return create_model(
+        f"Strict{config_class.__name__}",
+        __config__=ConfigDict(strict=True, extra="ignore"),
+        **{f.name: (hints[f.name], None) for f in dataclasses.fields(config_class)},
+    )
 
 
 _TrialSettings = _strict_model(TrialConfig)
@@ -445,7 +529,9 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
             model.model_validate(values)
         except ValidationError as err:
             first = err.errors()[0]
-            raise SpecError(f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise SpecError(
+                f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
     try:
         TrialConfig.from_dict(config)
         estimator_config(config["estimator"], config["estimator_options"])
@@ -465,8 +551,11 @@ def _format_validation_error(err: ValidationError) -> str:
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (_deep_merge(merged[key], value)
-                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
+        merged[key] = (
+            _deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 
@@ -479,13 +568,21 @@ def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
         if scale is not None:
             raise SpecError(f"--scale {scale}: this spec defines no scales")
         return data
-    if not isinstance(scales, dict) or not scales or not all(isinstance(v, dict) for v in scales.values()):
+    if (
+        not isinstance(scales, dict)
+        or not scales
+        or not all(isinstance(v, dict) for v in scales.values())
+    ):
         raise SpecError("scales: expected a mapping of scale name -> overrides")
     name = scale if scale is not None else next(iter(scales))
     if name not in scales:
         raise SpecError(f"--scale {name}: not one of {', '.join(scales)}")
     resolved = _deep_merge({k: v for k, v in data.items() if k != "scales"}, scales[name])
-    resolved["name"] = f"{resolved.get('name', 'sweep')}-{name}" if isinstance(resolved.get("name"), str) else resolved.get("name")
+    resolved["name"] = (
+        f"{resolved.get('name', 'sweep')}-{name}"
+        if isinstance(resolved.get("name"), str)
+        else resolved.get("name")
+    )
     return resolved
 
 
@@ -502,8 +599,12 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepSpec:
     spec.trials()
     for key in spec.search.space:
         if key not in _TRIAL_FIELDS - _GRID_OWNED and not any(
-                key in {f.name for f in dataclasses.fields(ESTIMATORS[e].config_class)} for e in spec.grid.estimators):
-            raise SpecError(f"search.space.{key}: not a trial setting nor an option of any estimator in the grid")
+            key in {f.name for f in dataclasses.fields(ESTIMATORS[e].config_class)}
+            for e in spec.grid.estimators
+        ):
+            raise SpecError(
+                f"search.space.{key}: not a trial setting nor an option of any estimator in the grid"
+            )
     return spec
 
 
@@ -531,8 +632,9 @@ def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepSpe
     return parse_spec(data, scale)
 
 
-def resolve_trial(planned: dict[str, dict[str, Any]], config: dict[str, Any],
-                  tune_trial_id: str) -> tuple[str, dict[str, Any]]:
+def resolve_trial(
+    planned: dict[str, dict[str, Any]], config: dict[str, Any], tune_trial_id: str
+) -> tuple[str, dict[str, Any]]:
     """Our trial id and full trial config from a Tune trial's ``config``.
 
     Grid mode: ``{"planned_id": id}`` -> the planned trial. Optuna mode adds sampled values

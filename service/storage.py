@@ -111,7 +111,9 @@ def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], N
         _write_atomic_unnamed(fs, path, write)
 
 
-def _write_atomic_unnamed(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+def _write_atomic_unnamed(
+    fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], None]
+) -> None:
     parent = posixpath.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
@@ -178,16 +180,23 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[st
     """
     with naming("listing", directory):
         infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-    return sorted(info.path for info in infos if info.type == pafs.FileType.File
-                  and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_")))
+    return sorted(
+        info.path
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(suffix)
+        and not info.base_name.startswith((".", "_"))
+    )
 
 
 def check_schema_version(table: pa.Table, where: str) -> None:
     """Refuse files written under another version of the contract instead of misreading them."""
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"?").decode()
     if found not in {str(v) for v in READABLE_SCHEMA_VERSIONS}:
-        raise ValueError(f"{where}: written with qsweep schema version {found}, "
-                         f"this qsweep reads version {SCHEMA_VERSION}")
+        raise ValueError(
+            f"{where}: written with qsweep schema version {found}, "
+            f"this qsweep reads version {SCHEMA_VERSION}"
+        )
 
 
 def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:

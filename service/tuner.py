@@ -40,9 +40,16 @@ def stage_location(sweep_dir: str, value: str | None) -> str | None:
     return f"{sweep_dir.rstrip('/')}/{STAGES_DIR}/{value.removeprefix(STAGE_PREFIX)}.pt"
 
 
-def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
-              sweep_dir: str, time_limit_s: float | None = None, memory_limit_mb: float | None = None,
-              metric: str | None = None) -> None:
+def train_one(
+    config: dict[str, Any],
+    planned: dict[str, dict[str, Any]],
+    checkpoint_every: int,
+    cpus: float,
+    sweep_dir: str,
+    time_limit_s: float | None = None,
+    memory_limit_mb: float | None = None,
+    metric: str | None = None,
+) -> None:
     """Tune function trainable: resolve the trial, resume from a checkpoint if any, train
     (within the spec's time and memory limits, see ``service.limits``). A deterministic
     failure (a divergence, a configuration error) is reported before it is raised, so Tune
@@ -57,8 +64,14 @@ def train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkp
         raise
 
 
-def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], checkpoint_every: int, cpus: float,
-               sweep_dir: str, limits: LimitWatchdog) -> None:
+def _train_one(
+    config: dict[str, Any],
+    planned: dict[str, dict[str, Any]],
+    checkpoint_every: int,
+    cpus: float,
+    sweep_dir: str,
+    limits: LimitWatchdog,
+) -> None:
     trial_id, trial_config = resolve_trial(planned, config, tune.get_context().get_trial_id())
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
         if key in trial_config:
@@ -69,7 +82,11 @@ def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], check
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume_state = torch.load(os.path.join(directory, STATE_FILE), weights_only=False)
-    where = {"trial_id": trial_id, "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()}
+    where = {
+        "trial_id": trial_id,
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
     evaluations = 0
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
@@ -89,10 +106,16 @@ def _train_one(config: dict[str, Any], planned: dict[str, dict[str, Any]], check
 
 def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_dir: str):
     keep_cloud_keys_out_of_runtime_env()  # Ray would log them in plain text (service.credentials)
-    trainable = tune.with_parameters(train_one, planned=planned, checkpoint_every=spec.checkpoint_every,
-                                     cpus=spec.resources.cpus, sweep_dir=sweep_dir,
-                                     time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
-                                     metric=spec.search.metric)
+    trainable = tune.with_parameters(
+        train_one,
+        planned=planned,
+        checkpoint_every=spec.checkpoint_every,
+        cpus=spec.resources.cpus,
+        sweep_dir=sweep_dir,
+        time_limit_s=spec.time_limit_s,
+        memory_limit_mb=spec.memory_limit_mb,
+        metric=spec.search.metric,
+    )
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
@@ -104,39 +127,58 @@ def _search_domain(rng) -> Any:
     return (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
 
 
-def param_space_and_search(spec: SweepSpec, planned_ids: list[str]) -> tuple[dict[str, Any], Any, int]:
+def param_space_and_search(
+    spec: SweepSpec, planned_ids: list[str]
+) -> tuple[dict[str, Any], Any, int]:
     """Grid: every planned trial once. Optuna: a planned trial is one categorical choice."""
     if spec.search.mode == "grid":
         return {"planned_id": tune.grid_search(planned_ids)}, None, 1
     from ray.tune.search.optuna import OptunaSearch
 
-    space = {"planned_id": tune.choice(planned_ids),
-             **{key: _search_domain(rng) for key, rng in spec.search.space.items()}}
+    space = {
+        "planned_id": tune.choice(planned_ids),
+        **{key: _search_domain(rng) for key, rng in spec.search.space.items()},
+    }
     search = OptunaSearch(metric=spec.search.metric, mode=spec.search.direction)
     return space, search, spec.search.num_samples
 
 
-def stage_space(spec: SweepSpec, pretrain: list[PlannedTrial] | None = None,
-                skip: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, Any], Any, int]:
+def stage_space(
+    spec: SweepSpec,
+    pretrain: list[PlannedTrial] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any], Any, int]:
     """(param_space, search algorithm, num_samples) of the main sweep or, with ``pretrain``,
     of the float pre-training stage (always a plain grid), leaving out planned trials in
     ``skip`` (already finished; grid mode)."""
-    planned = [t.trial_id for t in (pretrain if pretrain is not None else spec.trials()) if t.trial_id not in skip]
+    planned = [
+        t.trial_id
+        for t in (pretrain if pretrain is not None else spec.trials())
+        if t.trial_id not in skip
+    ]
     if pretrain is not None:
         return {"planned_id": tune.grid_search(planned)}, None, 1
     return param_space_and_search(spec, planned)
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
-                pretrain: list[PlannedTrial] | None = None, skip: set[str] | frozenset[str] = frozenset()) -> tune.Tuner:
+def build_tuner(
+    spec: SweepSpec,
+    sweep_dir: str,
+    callbacks: list[tune.Callback],
+    pretrain: list[PlannedTrial] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tune.Tuner:
     """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid).
     Planned trials in ``skip`` (already finished, grid mode) are left out."""
     stage = pretrain is not None
     space, search, num_samples = stage_space(spec, pretrain, skip)
     scheduler = None
     if spec.early_stopping is not None and not stage:
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.early_stopping.grace_period,
-                                  reduction_factor=spec.early_stopping.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=spec.early_stopping.grace_period,
+            reduction_factor=spec.early_stopping.reduction_factor,
+        )
     needs_metric = search is not None or scheduler is not None
     return tune.Tuner(
         make_trainable(spec, all_planned(spec), sweep_dir),
@@ -144,13 +186,25 @@ def build_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
         tune_config=tune.TuneConfig(
             metric=spec.search.metric if needs_metric else None,
             mode=spec.search.direction if needs_metric else None,
-            search_alg=search, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR, storage_path=sweep_dir, verbose=0,
+            name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR,
+            storage_path=sweep_dir,
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see PruneCheckpoints
-            callbacks=[*callbacks, PruneCheckpoints(), failures.FailOnce(spec.retries), TBXLoggerCallback()]),
+            callbacks=[
+                *callbacks,
+                PruneCheckpoints(),
+                failures.FailOnce(spec.retries),
+                TBXLoggerCallback(),
+            ],
+        ),
     )
 
 
@@ -172,7 +226,9 @@ class PruneCheckpoints(tune.Callback):
         try:
             fs, trial_dir = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             for entry in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
-                if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                if entry.type == pafs.FileType.Directory and entry.base_name.startswith(
+                    "checkpoint_"
+                ):
                     fs.delete_dir(entry.path)
         except (OSError, RuntimeError):  # storage unreachable or the trial has no folder: keep them
             pass
@@ -193,8 +249,11 @@ def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
     pickled = fs.get_file_info(f"{path}/tuner.pkl")
     if pickled.type != pafs.FileType.File or not pickled.size:
         return False
-    snapshots = sorted(entry.path for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                       if entry.base_name.startswith("experiment_state") and entry.base_name.endswith(".json"))
+    snapshots = sorted(
+        entry.path
+        for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        if entry.base_name.startswith("experiment_state") and entry.base_name.endswith(".json")
+    )
     if not snapshots:
         return False
     try:
@@ -205,9 +264,14 @@ def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
     return True
 
 
-def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback],
-                  retry_failed: bool = False, pretrain: list[PlannedTrial] | None = None,
-                  skip: set[str] | frozenset[str] = frozenset()) -> tune.Tuner:
+def restore_tuner(
+    spec: SweepSpec,
+    sweep_dir: str,
+    callbacks: list[tune.Callback],
+    retry_failed: bool = False,
+    pretrain: list[PlannedTrial] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tune.Tuner:
     """Continue an interrupted sweep (or with ``pretrain`` its pre-training stage):
     unfinished trials resume from their last checkpoint; trials that already failed for
     good stay failed unless ``retry_failed``.
@@ -218,12 +282,22 @@ def restore_tuner(spec: SweepSpec, sweep_dir: str, callbacks: list[tune.Callback
     """
     stage_dir = PRETRAIN_TUNE_DIR if pretrain is not None else TUNE_DIR
     space, _, _ = stage_space(spec, pretrain, skip)
-    tuner = tune.Tuner.restore(f"{sweep_dir.rstrip('/')}/{stage_dir}", make_trainable(spec, all_planned(spec), sweep_dir),
-                               resume_unfinished=True, resume_errored=retry_failed, param_space=space)
+    tuner = tune.Tuner.restore(
+        f"{sweep_dir.rstrip('/')}/{stage_dir}",
+        make_trainable(spec, all_planned(spec), sweep_dir),
+        resume_unfinished=True,
+        resume_errored=retry_failed,
+        param_space=space,
+    )
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.
     run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [*callbacks, PruneCheckpoints(), failures.FailOnce(spec.retries), TBXLoggerCallback()]
+    run_config.callbacks = [
+        *callbacks,
+        PruneCheckpoints(),
+        failures.FailOnce(spec.retries),
+        TBXLoggerCallback(),
+    ]
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.
     run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)
     return tuner

@@ -32,23 +32,43 @@ class Namespace:
     of ours; ``argv()`` prefixes a command so that it runs inside it."""
 
     def __init__(self) -> None:
-        ip, unshare, nsenter = (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin") for t in ("ip", "unshare", "nsenter"))
+        ip, unshare, nsenter = (
+            shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin")
+            for t in ("ip", "unshare", "nsenter")
+        )
         if not (ip and unshare and nsenter):
             pytest.skip("needs ip, unshare and nsenter (util-linux, iproute2)")
         if os.geteuid() != 0:
             pytest.skip("needs root to make a network namespace (unshare --net)")
-        self.holder = subprocess.Popen([unshare, "--net", "sh", "-c", f"{ip} link set lo up && echo up && exec sleep 100000"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.holder = subprocess.Popen(
+            [unshare, "--net", "sh", "-c", f"{ip} link set lo up && echo up && exec sleep 100000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         if self.holder.stdout.readline().strip() != "up":
             self.close()
             pytest.skip(f"cannot make a network namespace: {self.holder.stderr.read().strip()}")
         self.prefix = [nsenter, f"--net=/proc/{self.holder.pid}/ns/net", "--"]
-        probe = subprocess.run(self.argv([sys.executable, "-c", "import socket; print(socket.gethostbyname(socket.gethostname()))"]),
-                               capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            self.argv(
+                [
+                    sys.executable,
+                    "-c",
+                    "import socket; print(socket.gethostbyname(socket.gethostname()))",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if not probe.stdout.startswith("127."):
             self.close()
-            pytest.skip(f"this host's name resolves to {probe.stdout.strip() or probe.stderr.strip()!r}, not to "
-                        f"loopback: Ray would take that for the node address, which this namespace lacks")
+            pytest.skip(
+                f"this host's name resolves to {probe.stdout.strip() or probe.stderr.strip()!r}, not to "
+                f"loopback: Ray would take that for the node address, which this namespace lacks"
+            )
 
     def argv(self, argv: list[str]) -> list[str]:
         return [*self.prefix, *argv]
@@ -62,7 +82,9 @@ class Namespace:
 class LocalCluster:
     ns: Namespace
     token_file: Path
-    client_env: dict[str, str]  # a user's shell on the head: the token as README.md's cluster section says
+    client_env: dict[
+        str, str
+    ]  # a user's shell on the head: the token as README.md's cluster section says
     sessions: list[int] = field(default_factory=list)
     tempdirs: list[Path] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -72,9 +94,16 @@ class LocalCluster:
         folders); clusters on (the default on Linux), in the namespace where only loopback exists."""
         tmp = short_tempdir("qsd-")
         self.tempdirs.append(tmp)
-        return {**self.client_env, **extra, "RAY_TMPDIR": str(tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+        return {
+            **self.client_env,
+            **extra,
+            "RAY_TMPDIR": str(tmp),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+        }
 
-    def start(self, argv: list[str], env: dict[str, str], own_temp_dir: bool = True) -> subprocess.Popen:
+    def start(
+        self, argv: list[str], env: dict[str, str], own_temp_dir: bool = True
+    ) -> subprocess.Popen:
         """``ray start ...`` with ``--temp-dir`` of the node's own: a worker node otherwise
         takes the head's temp dir from the GCS, and nodes sharing one session folder on one
         machine share its runtime-env folder (separate machines never do). ``own_temp_dir=False``
@@ -83,25 +112,42 @@ class LocalCluster:
         self.logs.append(log)
         if own_temp_dir:
             argv = [*argv, "--temp-dir", env["RAY_TMPDIR"]]
-        proc = subprocess.Popen(self.ns.argv(argv), env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)  # `ray start` daemons stay in this session
+        proc = subprocess.Popen(
+            self.ns.argv(argv),
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # `ray start` daemons stay in this session
         self.sessions.append(proc.pid)
         return proc
 
-    def run(self, argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.Popen(self.ns.argv(argv), env=env or self.client_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def run(
+        self, argv: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(
+            self.ns.argv(argv),
+            env=env or self.client_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.sessions.append(proc.pid)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_session(proc.pid)
             out, err = proc.communicate()
-            raise AssertionError(f"{shlex.join(argv)} ran over {timeout}s\n{out[-3000:]}\n{err[-3000:]}\n{self.log_tail()}") from None
+            raise AssertionError(
+                f"{shlex.join(argv)} ran over {timeout}s\n{out[-3000:]}\n{err[-3000:]}\n{self.log_tail()}"
+            ) from None
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def log_tail(self) -> str:
-        return "\n".join(f"--- {log}:\n{log.read_text()[-2000:]}" for log in self.logs if log.exists())
+        return "\n".join(
+            f"--- {log}:\n{log.read_text()[-2000:]}" for log in self.logs if log.exists()
+        )
 
     def close(self) -> None:
         for sid in self.sessions:
@@ -122,8 +168,6 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         cluster = LocalCluster(ns, token_file, client)
         stack.callback(cluster.close)
         yield cluster
-
-
 
 
 WAIT_FOR_NODES = """
@@ -155,10 +199,10 @@ print(json.dumps({"unauthenticated": unauthenticated,
 
 
 def wait_for_nodes(cluster: LocalCluster, count: int, dashboard_port: str) -> dict[str, Any]:
-    result = cluster.run([sys.executable, "-c", WAIT_FOR_NODES, str(count), dashboard_port], timeout=180)
+    result = cluster.run(
+        [sys.executable, "-c", WAIT_FOR_NODES, str(count), dashboard_port], timeout=180
+    )
     assert result.returncode == 0, explain(result) + cluster.log_tail()
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(info["nodes"]) == count, (info, cluster.log_tail())
     return info
-
-

@@ -20,8 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(300)
 def test_quick_benchmarks_write_every_section(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = out.read_text(encoding="utf-8")
     for key in SECTIONS:

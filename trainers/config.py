@@ -49,7 +49,9 @@ class TrialConfig:
     data_dir: str | None = None
     optimizer: str = "sgd"
     lr: float | None = None  # None: the estimator's own default for this optimizer (resolved below)
-    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at the end of the budget)
+    lr_schedule: str = (
+        "constant"  # constant | linear | cosine (decay to 0 at the end of the budget)
+    )
     warmup: float = 0.0  # fraction of the budget with a linear warm-up from 0 to lr
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -71,7 +73,9 @@ class TrialConfig:
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.steps is None and self.flops is None:
-            raise ConfigError("budget: set steps or flops (or both; training stops at the first reached)")
+            raise ConfigError(
+                "budget: set steps or flops (or both; training stops at the first reached)"
+            )
         for name in ("steps", "flops"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -114,18 +118,23 @@ class TrialConfig:
         from trainers.options import check_option_names
 
         for kind, name, options, registry, valid_for in (
-                ("model", self.model, self.model_options, MODELS, model_options),
-                ("dataset", self.dataset, self.dataset_options, DATASETS, dataset_options)):
+            ("model", self.model, self.model_options, MODELS, model_options),
+            ("dataset", self.dataset, self.dataset_options, DATASETS, dataset_options),
+        ):
             try:
                 check_option_names(kind, name, options, registry, valid_for)
             except ValueError as err:
-                raise ConfigError(f"{kind}_options: {err}" if name in registry else str(err)) from None
+                raise ConfigError(
+                    f"{kind}_options: {err}" if name in registry else str(err)
+                ) from None
 
     def quant_spec(self) -> QuantSpec:
         valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}
         unknown = sorted(set(self.quant_options) - valid)
         if unknown:
-            raise ConfigError(f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+            raise ConfigError(
+                f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
         bits = 8 if self.quantizer.startswith("fp8") else self.bits
         return QuantSpec(kind=self.quantizer, bits=bits, **self.quant_options)
 
@@ -141,14 +150,19 @@ class TrialConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - valid)
         if unknown:
-            raise ConfigError(f"unknown trial config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+            raise ConfigError(
+                f"unknown trial config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
         try:
             return cls(**values)
         except TypeError as err:
             raise ConfigError(str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (dict(v) if isinstance(v, Mapping) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)

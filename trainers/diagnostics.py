@@ -50,10 +50,26 @@ _PROBE_SEED = 4_000_037
 
 # Every figure a probe reports (the columns of the diagnostics table, in this order).
 FIGURES = (
-    "est_cosine", "est_rel_bias", "est_variance", "est_snr", "est_norm",
-    "ste_cosine", "ste_rel_bias", "ste_variance", "ste_snr", "ste_norm",
-    "ref_norm", "ref_noise", "ref_n", "repeats", "probe_batch_size", "dim",
-    "probe_forwards", "probe_backwards", "probe_flops", "probe_wall_s",
+    "est_cosine",
+    "est_rel_bias",
+    "est_variance",
+    "est_snr",
+    "est_norm",
+    "ste_cosine",
+    "ste_rel_bias",
+    "ste_variance",
+    "ste_snr",
+    "ste_norm",
+    "ref_norm",
+    "ref_noise",
+    "ref_n",
+    "repeats",
+    "probe_batch_size",
+    "dim",
+    "probe_forwards",
+    "probe_backwards",
+    "probe_flops",
+    "probe_wall_s",
 )
 
 
@@ -65,7 +81,9 @@ def diagnostics_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | 
         raise ValueError(f"diagnostics must be a mapping of {', '.join(DEFAULTS)}, got {options!r}")
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"diagnostics: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
+        raise ValueError(
+            f"diagnostics: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}"
+        )
     settings = {**DEFAULTS, **options}
     for key, least in (("every", 1), ("batch_size", 1), ("repeats", 2), ("reference_n", 1)):
         value = settings[key]
@@ -91,17 +109,31 @@ def estimate_stats(draws: Tensor, reference: Tensor) -> dict[str, float]:
     r = draws.shape[0]
     variance = float(((draws - mean) ** 2).sum() / (r - 1)) if r > 1 else 0.0
     ref_norm, mean_norm = float(reference.norm()), float(mean.norm())
-    cosine = float(mean @ reference) / (mean_norm * ref_norm) if mean_norm > 0 and ref_norm > 0 else math.nan
-    return {"cosine": cosine,
-            "rel_bias": float((mean - reference).norm()) / ref_norm if ref_norm > 0 else math.nan,
-            "variance": variance,
-            "snr": mean_norm ** 2 / variance if variance > 0 else math.inf,
-            "norm": mean_norm}
+    cosine = (
+        float(mean @ reference) / (mean_norm * ref_norm)
+        if mean_norm > 0 and ref_norm > 0
+        else math.nan
+    )
+    return {
+        "cosine": cosine,
+        "rel_bias": float((mean - reference).norm()) / ref_norm if ref_norm > 0 else math.nan,
+        "variance": variance,
+        "snr": mean_norm**2 / variance if variance > 0 else math.inf,
+        "norm": mean_norm,
+    }
 
 
-def reference_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, generator: torch.Generator,
-                       eps_mode: str = "alpha", eps: float = 1e-3, chunk: int = 256,
-                       forward_flops: float | None = None) -> tuple[Tensor, float]:
+def reference_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    n: int,
+    generator: torch.Generator,
+    eps_mode: str = "alpha",
+    eps: float = 1e-3,
+    chunk: int = 256,
+    forward_flops: float | None = None,
+) -> tuple[Tensor, float]:
     """Large-n two-sided ZO estimate of the smoothed loss's gradient (flat) and its relative
     noise. Eval-mode forwards: buffers are never updated. Spends ``2n`` forwards."""
     plan = perturbation_plan(model, eps_mode, eps)
@@ -109,14 +141,26 @@ def reference_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, 
     sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
     means = []
     for size in sizes:
-        grads, _ = zo_gradient(model, loss_fn, batch, plan, size, lambda k: sample_directions(plan, k, generator),
-                               min(chunk, size), forward_flops=forward_flops)
+        grads, _ = zo_gradient(
+            model,
+            loss_fn,
+            batch,
+            plan,
+            size,
+            lambda k: sample_directions(plan, k, generator),
+            min(chunk, size),
+            forward_flops=forward_flops,
+        )
         means.append(flatten(grads) * size)
     reference = torch.stack(means).sum(0) / n
-    if parts > 1:  # chunk means, weighted by size: variance of the mean ~ var of chunk means / parts
+    if (
+        parts > 1
+    ):  # chunk means, weighted by size: variance of the mean ~ var of chunk means / parts
         chunk_means = torch.stack([m / s for m, s in zip(means, sizes)])
         noise = float(((chunk_means - reference) ** 2).sum() / (parts - 1) / parts)
-        ref_noise = math.sqrt(noise) / float(reference.norm()) if float(reference.norm()) > 0 else math.nan
+        ref_noise = (
+            math.sqrt(noise) / float(reference.norm()) if float(reference.norm()) > 0 else math.nan
+        )
     else:
         ref_noise = math.nan
     return reference, ref_noise
@@ -125,11 +169,23 @@ def reference_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, n: int, 
 def ste_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
     """The STE gradient (flat); leaves it in ``p.grad`` of ``model`` (use a copy)."""
     first_order_loss(model, loss_fn, batch)
-    return flatten([p.grad if p.grad is not None else torch.zeros_like(p) for _, p in trainable_parameters(model)])
+    return flatten(
+        [
+            p.grad if p.grad is not None else torch.zeros_like(p)
+            for _, p in trainable_parameters(model)
+        ]
+    )
 
 
-def estimator_draws(estimator: Estimator, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float,
-                    repeats: int, generator: torch.Generator) -> tuple[Tensor, int, int]:
+def estimator_draws(
+    estimator: Estimator,
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    progress: float,
+    repeats: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, int, int]:
     """``repeats`` estimates (``[R, d]``) of the estimator at ``model``'s current point.
 
     Each draw runs on a fresh deep copy of ``model`` (which is never written) with a shallow
@@ -151,23 +207,45 @@ def estimator_draws(estimator: Estimator, model: nn.Module, loss_fn: LossFn, bat
         if estimator.updates_in_place:
             draws.append((flatten(params) - before) / -probe_est.lr)
         else:
-            draws.append(flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params]))
+            draws.append(
+                flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+            )
     return torch.stack(draws), forwards, backwards
 
 
-def probe(model: nn.Module, estimator: Estimator, loss_fn: LossFn, batch: Batch, progress: float,
-          settings: Mapping[str, Any], seed: int, step: int, train_batch_size: int | None = None) -> dict[str, float]:
+def probe(
+    model: nn.Module,
+    estimator: Estimator,
+    loss_fn: LossFn,
+    batch: Batch,
+    progress: float,
+    settings: Mapping[str, Any],
+    seed: int,
+    step: int,
+    train_batch_size: int | None = None,
+) -> dict[str, float]:
     """One probe at ``model``'s current point: a flat dict of floats (``FIGURES``).
 
     The model, its grads and buffers, and the estimator's generator are left untouched.
     ``train_batch_size`` (the batch the estimator's FLOP costs were measured on) rescales
     the probe's FLOPs to its own batch size."""
     with torch.random.fork_rng(devices=[]):  # belt and braces: the global RNG is left as it was
-        return _probe(model, estimator, loss_fn, batch, progress, settings, seed, step, train_batch_size)
+        return _probe(
+            model, estimator, loss_fn, batch, progress, settings, seed, step, train_batch_size
+        )
 
 
-def _probe(model: nn.Module, estimator: Estimator, loss_fn: LossFn, batch: Batch, progress: float,
-           settings: Mapping[str, Any], seed: int, step: int, train_batch_size: int | None) -> dict[str, float]:
+def _probe(
+    model: nn.Module,
+    estimator: Estimator,
+    loss_fn: LossFn,
+    batch: Batch,
+    progress: float,
+    settings: Mapping[str, Any],
+    seed: int,
+    step: int,
+    train_batch_size: int | None,
+) -> dict[str, float]:
     started = time.perf_counter()
     generator = torch.Generator().manual_seed((seed * 1_000_003 + step + _PROBE_SEED) % (2**62))
     work = copy.deepcopy(model)
@@ -176,11 +254,13 @@ def _probe(model: nn.Module, estimator: Estimator, loss_fn: LossFn, batch: Batch
     cfg = estimator.config
     eps_mode, eps = getattr(cfg, "eps_mode", "alpha"), getattr(cfg, "eps", 1e-3)
     cost = estimator.cost
-    reference, ref_noise = reference_gradient(work, loss_fn, batch, ref_n, generator, eps_mode, eps,
-                                              forward_flops=cost.forward_flops)
+    reference, ref_noise = reference_gradient(
+        work, loss_fn, batch, ref_n, generator, eps_mode, eps, forward_flops=cost.forward_flops
+    )
     ste = ste_gradient(work, loss_fn, batch).unsqueeze(0)
-    draws, forwards, backwards = estimator_draws(estimator, model, loss_fn, batch, progress,
-                                                 int(settings["repeats"]), generator)
+    draws, forwards, backwards = estimator_draws(
+        estimator, model, loss_fn, batch, progress, int(settings["repeats"]), generator
+    )
     forwards += 2 * ref_n + 1
     backwards += 1
     figures: dict[str, float] = {}
@@ -188,10 +268,16 @@ def _probe(model: nn.Module, estimator: Estimator, loss_fn: LossFn, batch: Batch
         figures.update({f"{prefix}_{k}": v for k, v in estimate_stats(samples, reference).items()})
     # The probe batch can differ in size from a training batch: scale the per-pass FLOPs.
     scale = len(batch[0]) / train_batch_size if train_batch_size else 1.0
-    figures.update(ref_norm=float(reference.norm()), ref_noise=ref_noise, ref_n=float(ref_n),
-                   repeats=float(settings["repeats"]), probe_batch_size=float(len(batch[0])), dim=float(dim),
-                   probe_forwards=float(forwards), probe_backwards=float(backwards),
-                   probe_flops=float(cost.flops(forwards, backwards) * scale),
-                   probe_wall_s=time.perf_counter() - started)
+    figures.update(
+        ref_norm=float(reference.norm()),
+        ref_noise=ref_noise,
+        ref_n=float(ref_n),
+        repeats=float(settings["repeats"]),
+        probe_batch_size=float(len(batch[0])),
+        dim=float(dim),
+        probe_forwards=float(forwards),
+        probe_backwards=float(backwards),
+        probe_flops=float(cost.flops(forwards, backwards) * scale),
+        probe_wall_s=time.perf_counter() - started,
+    )
     return {k: float(figures[k]) for k in FIGURES}
-

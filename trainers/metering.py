@@ -40,13 +40,19 @@ def _register_cpu_attention_flops() -> None:
         return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
 
     @fc.register_flop_formula(backward)
-    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    def _backward(
+        grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+    ) -> int:
         return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 try:
     _register_cpu_attention_flops()
-except (AttributeError, RuntimeError, ValueError):  # another torch build without these ops: nothing to add
+except (
+    AttributeError,
+    RuntimeError,
+    ValueError,
+):  # another torch build without these ops: nothing to add
     pass
 
 
@@ -108,14 +114,23 @@ def _existing_tensors(objects: list[object]) -> list[torch.Tensor]:
     tensors: list[torch.Tensor] = []
     for obj in objects:
         if isinstance(obj, nn.Module):
-            tensors += [t for t in obj.parameters()] + [p.grad for p in obj.parameters() if p.grad is not None]
+            tensors += [t for t in obj.parameters()] + [
+                p.grad for p in obj.parameters() if p.grad is not None
+            ]
             tensors += list(obj.buffers())
         elif isinstance(obj, torch.optim.Optimizer):
-            tensors += [v for state in obj.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+            tensors += [
+                v
+                for state in obj.state.values()
+                for v in state.values()
+                if isinstance(v, torch.Tensor)
+            ]
     return tensors
 
 
-def track_peak_memory(fn: Callable[[], T], objects: list[object], device: torch.device) -> tuple[T, int]:
+def track_peak_memory(
+    fn: Callable[[], T], objects: list[object], device: torch.device
+) -> tuple[T, int]:
     """Run ``fn``; return its result and the peak bytes of live tensors while it ran.
 
     ``objects`` (modules, optimizers) contribute the tensors that already exist.

@@ -6,12 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 
-def check_option_names(kind: str, name: str, options: Iterable[str], registry: Mapping[str, object],
-                       valid_for: Callable[[str], list[str]], error: type[Exception] = ValueError) -> None:
+def check_option_names(
+    kind: str,
+    name: str,
+    options: Iterable[str],
+    registry: Mapping[str, object],
+    valid_for: Callable[[str], list[str]],
+    error: type[Exception] = ValueError,
+) -> None:
     """Raise ``error`` naming the unknown ``kind`` or option names, and what is valid."""
     if name not in registry:
         raise error(f"unknown {kind} {name!r}; valid names: {', '.join(registry)}")
     valid = valid_for(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise error(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or '(none)'}")
+        raise error(
+            f"{name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or '(none)'}"
+        )

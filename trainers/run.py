@@ -35,20 +35,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainers.run", description=__doc__.split("\n")[0])
     p.add_argument("--estimator", default=defaults.estimator, help="ste, nspsa, fogzo, mezo, quzo")
     p.add_argument("--bits", type=int, default=defaults.bits)
-    p.add_argument("--quantizer", default=defaults.quantizer, help="none, int, lsq, fp8_e4m3, fp8_e5m2")
+    p.add_argument(
+        "--quantizer", default=defaults.quantizer, help="none, int, lsq, fp8_e4m3, fp8_e5m2"
+    )
     p.add_argument("--model", default=defaults.model)
     p.add_argument("--dataset", default=defaults.dataset)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--optimizer", default=defaults.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="default: the estimator's own (see README)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="default: the estimator's own (see README)"
+    )
     p.add_argument("--momentum", type=float, default=defaults.momentum)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--steps", type=int, default=None, help=f"step budget (default {defaults.steps} if no --flops)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"step budget (default {defaults.steps} if no --flops)",
+    )
     p.add_argument("--flops", type=float, default=None, help="training-FLOP budget")
     p.add_argument("--num-evals", type=int, default=defaults.num_evals)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device)
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="estimator option")
+    p.add_argument(
+        "--opt", action="append", default=[], metavar="KEY=VALUE", help="estimator option"
+    )
     p.add_argument("--quant-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE")
@@ -57,25 +68,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
-    steps = args.steps if (args.steps is not None or args.flops is not None) else TrialConfig().steps
-    return TrialConfig.from_dict({
-        "estimator": args.estimator, "bits": args.bits, "quantizer": args.quantizer, "model": args.model,
-        "dataset": args.dataset, "data_dir": args.data_dir, "optimizer": args.optimizer, "lr": args.lr,
-        "momentum": args.momentum, "batch_size": args.batch_size, "steps": steps, "flops": args.flops,
-        "num_evals": args.num_evals, "seed": args.seed, "device": args.device,
-        "estimator_options": _key_values(args.opt, "--opt"),
-        "quant_options": _key_values(args.quant_opt, "--quant-opt"),
-        "model_options": _key_values(args.model_opt, "--model-opt"),
-        "dataset_options": _key_values(args.dataset_opt, "--dataset-opt"),
-    })
+    steps = (
+        args.steps if (args.steps is not None or args.flops is not None) else TrialConfig().steps
+    )
+    return TrialConfig.from_dict(
+        {
+            "estimator": args.estimator,
+            "bits": args.bits,
+            "quantizer": args.quantizer,
+            "model": args.model,
+            "dataset": args.dataset,
+            "data_dir": args.data_dir,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "batch_size": args.batch_size,
+            "steps": steps,
+            "flops": args.flops,
+            "num_evals": args.num_evals,
+            "seed": args.seed,
+            "device": args.device,
+            "estimator_options": _key_values(args.opt, "--opt"),
+            "quant_options": _key_values(args.quant_opt, "--quant-opt"),
+            "model_options": _key_values(args.model_opt, "--model-opt"),
+            "dataset_options": _key_values(args.dataset_opt, "--dataset-opt"),
+        }
+    )
 
 
 def _print_row(metrics: dict[str, Any]) -> None:
     if metrics["step"] == 0:
-        print(f"{'step':>7} {'flops':>11} {'forwards':>9} {'wall_s':>8} {'train_loss':>10} "
-              f"{'eval_loss':>9} {'accuracy':>8}")
-    print(f"{metrics['step']:>7} {metrics['flops']:>11.3e} {metrics['forwards']:>9} {metrics['wall_s']:>8.2f} "
-          f"{metrics['train_loss']:>10.4f} {metrics['eval_loss']:>9.4f} {metrics['eval_metric']:>8.4f}", flush=True)
+        print(
+            f"{'step':>7} {'flops':>11} {'forwards':>9} {'wall_s':>8} {'train_loss':>10} "
+            f"{'eval_loss':>9} {'accuracy':>8}"
+        )
+    print(
+        f"{metrics['step']:>7} {metrics['flops']:>11.3e} {metrics['forwards']:>9} {metrics['wall_s']:>8.2f} "
+        f"{metrics['train_loss']:>10.4f} {metrics['eval_loss']:>9.4f} {metrics['eval_metric']:>8.4f}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

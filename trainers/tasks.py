@@ -35,14 +35,16 @@ class Task:
         return token_loss if self.name == "language_modeling" else classification_loss
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+    def evaluate(
+        self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int
+    ) -> tuple[float, float]:
         """Mean loss and the task metric over a whole split, with the quantized forward."""
         was_training = model.training
         model.eval()
         loss_sum, correct, count = 0.0, 0, 0
         for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size])
-            target = y[start:start + batch_size]
+            logits = model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
             flat_logits = logits.reshape(-1, logits.shape[-1])
             loss_sum += float(F.cross_entropy(flat_logits, target.reshape(-1), reduction="sum"))
             correct += int((flat_logits.argmax(-1) == target.reshape(-1)).sum())

@@ -54,8 +54,13 @@ def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
-              resume_state: dict[str, Any] | None = None, save_state: bool = False) -> dict[str, Any]:
+def run_trial(
+    config: TrialConfig | Mapping[str, Any],
+    report: Report,
+    *,
+    resume_state: dict[str, Any] | None = None,
+    save_state: bool = False,
+) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` at every evaluation.
 
     Metrics: step, forwards, backwards, flops (cumulative), wall_s (training time, not
@@ -97,14 +102,16 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
     # Cost of one pass on a full training batch, measured once (estimators.md).
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
     cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
-    estimator = build_estimator(cfg.estimator, cfg.estimator_options, cost, cfg.seed + _ESTIMATOR_SEED, cfg.lr)
+    estimator = build_estimator(
+        cfg.estimator, cfg.estimator_options, cost, cfg.seed + _ESTIMATOR_SEED, cfg.lr
+    )
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
     num_params = sum(p.numel() for p in model.parameters())
     diagnostics = cfg.diagnostics_settings()  # None: no gradient-quality probe
     if diagnostics is not None:  # one fixed probe batch: the first batch_size training examples
-        probe_batch = (train_x[:diagnostics["batch_size"]], train_y[:diagnostics["batch_size"]])
+        probe_batch = (train_x[: diagnostics["batch_size"]], train_y[: diagnostics["batch_size"]])
     counters = {"step": 0, "forwards": 0, "backwards": 0, "flops": 0.0, "wall_s": 0.0}
     peak_memory, next_eval, losses = 0, 1, []
     if resume_state is not None:
@@ -133,30 +140,57 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         return lr
 
     current_lr = lr_at(cfg.lr, cfg.lr_schedule, cfg.warmup, progress())
-    layer_bits = precision_summary(model)  # reported once per call: first / last / exclude overrides
+    layer_bits = precision_summary(
+        model
+    )  # reported once per call: first / last / exclude overrides
 
     def emit(done: bool) -> dict[str, Any]:
         nonlocal layer_bits
         eval_loss, eval_metric = task.evaluate(model, test_x, test_y, cfg.eval_batch_size)
         describe = getattr(estimator, "describe", None)
-        metrics = {**(describe() if describe is not None else {}),  # never overrides the keys below
-                   **counters, "train_loss": sum(losses) / len(losses) if losses else math.nan,
-                   "eval_loss": eval_loss, "eval_metric": eval_metric, "peak_memory_bytes": peak_memory,
-                   "num_params": num_params, "metric_name": task.metric_name,
-                   "progress": min(progress(), 1.0), "current_lr": current_lr, "done": done}
+        metrics = {
+            **(describe() if describe is not None else {}),  # never overrides the keys below
+            **counters,
+            "train_loss": sum(losses) / len(losses) if losses else math.nan,
+            "eval_loss": eval_loss,
+            "eval_metric": eval_metric,
+            "peak_memory_bytes": peak_memory,
+            "num_params": num_params,
+            "metric_name": task.metric_name,
+            "progress": min(progress(), 1.0),
+            "current_lr": current_lr,
+            "done": done,
+        }
         if layer_bits is not None:
             metrics["layer_bits"], layer_bits = layer_bits, None
         losses.clear()
         if diagnostics is not None and (next_eval - 1) % diagnostics["every"] == 0:
             # Never touches the model, its buffers or the estimator's RNG; cost kept apart.
-            metrics["diagnostics"] = diagnostics_probe(model, estimator, loss_fn, probe_batch, progress(),
-                                                       diagnostics, cfg.seed, counters["step"], len(probe))
+            metrics["diagnostics"] = diagnostics_probe(
+                model,
+                estimator,
+                loss_fn,
+                probe_batch,
+                progress(),
+                diagnostics,
+                cfg.seed,
+                counters["step"],
+                len(probe),
+            )
         if save_state:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-                     "estimator": estimator.state_dict(), "sampler": sampler.state_dict(),
-                     "augment": augment_gen.get_state(),
-                     "counters": dict(counters), "peak_memory": peak_memory, "next_eval": next_eval}
-            report(metrics, state=copy.deepcopy(state))  # a snapshot: training mutates these tensors
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer else None,
+                "estimator": estimator.state_dict(),
+                "sampler": sampler.state_dict(),
+                "augment": augment_gen.get_state(),
+                "counters": dict(counters),
+                "peak_memory": peak_memory,
+                "next_eval": next_eval,
+            }
+            report(
+                metrics, state=copy.deepcopy(state)
+            )  # a snapshot: training mutates these tensors
         else:
             report(metrics)
         return metrics
@@ -180,13 +214,17 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report, *,
         if counters["step"] < 2:
             # Peak memory over the first two steps: Adam-like optimizers create their state
             # inside the first step, so only from the second is it live through the backward.
-            result, peak = track_peak_memory(train_step, [m for m in (model, optimizer) if m], device)
+            result, peak = track_peak_memory(
+                train_step, [m for m in (model, optimizer) if m], device
+            )
             peak_memory = max(peak_memory, peak)
         else:
             result = train_step()
         counters["wall_s"] += time.perf_counter() - started
         if not math.isfinite(result.loss):
-            raise TrialDiverged(f"{cfg.estimator}: training loss became {result.loss} at step {counters['step'] + 1}")
+            raise TrialDiverged(
+                f"{cfg.estimator}: training loss became {result.loss} at step {counters['step'] + 1}"
+            )
         counters["step"] += 1
         counters["forwards"] += result.forwards
         counters["backwards"] += result.backwards

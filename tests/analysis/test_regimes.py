@@ -17,9 +17,22 @@ from analysis.summary import headline_table, regimes
 
 def _trial(tid: str, estimator: str, metric: float, init_from: str | None = None, **extra) -> dict:
     config = {"estimator": estimator} | ({"init_from": init_from} if init_from else {})
-    return {"sweep": "quick", "trial_id": tid, "status": "completed", "estimator": estimator, "quantizer": "int",
-            "bits": 2, "final_eval_metric": metric, "final_eval_loss": 1 - metric, "flops": 1e6,
-            "peak_memory_bytes": 1000, "metric_name": "accuracy", "config": json.dumps(config), "n": None, **extra}
+    return {
+        "sweep": "quick",
+        "trial_id": tid,
+        "status": "completed",
+        "estimator": estimator,
+        "quantizer": "int",
+        "bits": 2,
+        "final_eval_metric": metric,
+        "final_eval_loss": 1 - metric,
+        "flops": 1e6,
+        "peak_memory_bytes": 1000,
+        "metric_name": "accuracy",
+        "config": json.dumps(config),
+        "n": None,
+        **extra,
+    }
 
 
 def frame() -> pd.DataFrame:
@@ -45,20 +58,46 @@ def test_the_best_arm_is_picked_within_its_regime_and_option_arms_are_split():
     table = headline_table(frame()).set_index(["regime", "estimator", "bits"])
     assert table.loc[("fine-tune", "mezo", 2), "vs_best"] == "best"
     assert table.loc[("fine-tune", "qfo", 2), "vs_best"] == ""
-    assert table.loc[("from scratch", "ste", 2), "vs_best"] == "best"  # mezo's higher accuracy is another regime
+    assert (
+        table.loc[("from scratch", "ste", 2), "vs_best"] == "best"
+    )  # mezo's higher accuracy is another regime
     assert table.loc[("from scratch", "nspsa n=1", 2), "completed"] == 3
     assert table.loc[("from scratch", "nspsa n=760", 2), "metric_median"] == pytest.approx(0.41)
     assert table.loc[("pre-training", "float pre-training", 8), "completed"] == 1
-    assert list(dict.fromkeys(table.index.get_level_values("regime"))) == ["from scratch", "fine-tune", "pre-training"]
+    assert list(dict.fromkeys(table.index.get_level_values("regime"))) == [
+        "from scratch",
+        "fine-tune",
+        "pre-training",
+    ]
 
 
 def test_an_arm_at_the_target_before_training_is_a_sentence_not_a_crash():
-    ratios = pd.DataFrame([
-        {"model": "mlp", "dataset": "digits", "quantizer": "int", "bits": 8, "arm": "fogzo", "versus": "mezo",
-         "flops": 0.0, "arm_reached": "2/2", "versus_reached": "2/2"},
-        {"model": "mlp", "dataset": "digits", "quantizer": "int", "bits": 8, "arm": "fogzo", "versus": "ste",
-         "flops": 2.0, "arm_reached": "2/2", "versus_reached": "2/2"},
-    ])
+    ratios = pd.DataFrame(
+        [
+            {
+                "model": "mlp",
+                "dataset": "digits",
+                "quantizer": "int",
+                "bits": 8,
+                "arm": "fogzo",
+                "versus": "mezo",
+                "flops": 0.0,
+                "arm_reached": "2/2",
+                "versus_reached": "2/2",
+            },
+            {
+                "model": "mlp",
+                "dataset": "digits",
+                "quantizer": "int",
+                "bits": 8,
+                "arm": "fogzo",
+                "versus": "ste",
+                "flops": 2.0,
+                "arm_reached": "2/2",
+                "versus_reached": "2/2",
+            },
+        ]
+    )
     sentences = ratio_sentences(SimpleNamespace(ratios=ratios, reference="ste"), "flops")
     assert "at 8 bits: mezo is at the target before any training" in sentences[-1]
     assert "no finite ratio vs fogzo" in sentences[-1]

@@ -25,9 +25,13 @@ from tests.analysis.test_tradeoff import curve_rows, trial_row, write_sweep
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ERROR = "fogzo: training loss became nan at step 40"
-TRACEBACK = ("Traceback (most recent call last):\n  File \"trainers/trial.py\", line 140, in run_trial\n"
-             "    raise TrialDiverged(step, loss)\ntrainers.trial.TrialDiverged: fogzo: training loss became nan at step 40\n")
-SPEC = "name: e2e\ngrid:\n  estimators: [ste, nspsa, fogzo, mezo]\n  bits: [2, 4]\n  seeds: [0, 1]\n"
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "trainers/trial.py", line 140, in run_trial\n'
+    "    raise TrialDiverged(step, loss)\ntrainers.trial.TrialDiverged: fogzo: training loss became nan at step 40\n"
+)
+SPEC = (
+    "name: e2e\ngrid:\n  estimators: [ste, nspsa, fogzo, mezo]\n  bits: [2, 4]\n  seeds: [0, 1]\n"
+)
 # How fast each estimator's eval loss falls with compute, and where it levels off.
 SPEEDS = {"ste": (40.0, 0.2), "fogzo": (25.0, 0.3), "nspsa": (4.0, 0.6), "mezo": (0.5, 2.0)}
 MEMORY = {"ste": 33_040, "fogzo": 60_004, "nspsa": 53_920, "mezo": 27_108}
@@ -42,17 +46,29 @@ def realistic_sweep(root: Path, running: bool = False) -> str:
             for seed in (0, 1):
                 flops = [1.2e7 * i for i in range(11)]
                 slowdown = 1.0 if bits == 4 else 0.7
-                losses = [floor + (2.3 - floor) * math.exp(-speed * slowdown * f / 1.2e8) + 0.02 * seed for f in flops]
+                losses = [
+                    floor + (2.3 - floor) * math.exp(-speed * slowdown * f / 1.2e8) + 0.02 * seed
+                    for f in flops
+                ]
                 accs = [max(0.1, 1 - loss / 2.4) for loss in losses]
                 failed = estimator == "fogzo" and bits == 4 and seed == 1
                 is_running = running and estimator == "ste" and bits == 2 and seed == 1
                 n = 4 if failed or is_running else 11
                 status = "failed" if failed else "running" if is_running else "completed"
-                trial = trial_row("e2e", estimator, bits, seed, status=status, error=ERROR if failed else None,
-                                  error_traceback=TRACEBACK if failed else None,
-                                  flops=flops[n - 1], final_eval_loss=None if n < 11 else losses[-1],
-                                  final_eval_metric=None if n < 11 else accs[-1], peak_memory_bytes=MEMORY[estimator],
-                                  wall_s=flops[n - 1] / 1.5e8)
+                trial = trial_row(
+                    "e2e",
+                    estimator,
+                    bits,
+                    seed,
+                    status=status,
+                    error=ERROR if failed else None,
+                    error_traceback=TRACEBACK if failed else None,
+                    flops=flops[n - 1],
+                    final_eval_loss=None if n < 11 else losses[-1],
+                    final_eval_metric=None if n < 11 else accs[-1],
+                    peak_memory_bytes=MEMORY[estimator],
+                    wall_s=flops[n - 1] / 1.5e8,
+                )
                 trials.append(trial)
                 curves += curve_rows(trial, losses[:n], accs[:n], flops[:n])
     return write_sweep(root, "e2e", trials, curves, spec=SPEC)
@@ -69,7 +85,9 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("results")
-    return report_command([realistic_sweep(root)], str(root / "out"), "eval_loss", 1.0, "nspsa", "fogzo")
+    return report_command(
+        [realistic_sweep(root)], str(root / "out"), "eval_loss", 1.0, "nspsa", "fogzo"
+    )
 
 
 def test_report_html_embeds_every_plot(written: tuple[Path, str]) -> None:
@@ -81,7 +99,12 @@ def test_report_html_embeds_every_plot(written: tuple[Path, str]) -> None:
     assert len(embedded) == len(pngs) == 4
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
     assert not re.search(r'src="(?!data:)|<link |<script', page)  # self-contained: nothing to fetch
-    expected = {"curves": (1300, 750), "memory": (900, 550), "pareto": (900, 550), "quality": (900, 550)}
+    expected = {
+        "curves": (1300, 750),
+        "memory": (900, 550),
+        "pareto": (900, 550),
+        "quality": (900, 550),
+    }
     for png in pngs:
         assert png_size(png.read_bytes()) == expected[png.name.split("_")[0]], png.name
         assert png.stat().st_size > 10_000, f"{png.name} looks blank"
@@ -101,7 +124,10 @@ def test_headline_text_has_table_and_focus_ratios(written: tuple[Path, str]) -> 
     _, text = written
     assert "final accuracy" in text and "± " not in text
     # median [min–max] over seeds: ste at 4 bits, its two seeds' final accuracy
-    ste4 = [1 - (0.2 + 2.1 * math.exp(-40.0 * 10 * 1.2e7 / 1.2e8) + 0.02 * seed) / 2.4 for seed in (0, 1)]
+    ste4 = [
+        1 - (0.2 + 2.1 * math.exp(-40.0 * 10 * 1.2e7 / 1.2e8) + 0.02 * seed) / 2.4
+        for seed in (0, 1)
+    ]
     assert f"{np.median(ste4):.3f} [{min(ste4):.3f}–{max(ste4):.3f}]" in text
     assert re.search(r"at 2 bits: fogzo needs \d+\.\d+x less compute \(flops\) than nspsa", text)
     assert re.search(r"at 4 bits: fogzo needs \d+\.\d+x less compute \(flops\) than nspsa", text)
@@ -118,9 +144,14 @@ def test_headline_marks_arms_within_noise_of_the_best(tmp_path: Path) -> None:
         best = rows["final_metric_median"].idxmax()
         assert table.loc[(bits, best), "vs best"] == "best"
         for arm, row in rows.drop(index=best).iterrows():
-            overlap = row.final_metric_min <= rows.loc[best, "final_metric_max"] and \
-                rows.loc[best, "final_metric_min"] <= row.final_metric_max
-            assert table.loc[(bits, arm), "vs best"] == ("within noise" if overlap else ""), (bits, arm)
+            overlap = (
+                row.final_metric_min <= rows.loc[best, "final_metric_max"]
+                and rows.loc[best, "final_metric_min"] <= row.final_metric_max
+            )
+            assert table.loc[(bits, arm), "vs best"] == ("within noise" if overlap else ""), (
+                bits,
+                arm,
+            )
     assert (table["vs best"] == "").any()  # mezo is clearly behind
 
 
@@ -129,8 +160,9 @@ def test_headline_table_of_qsweep_run_flags_noise(tmp_path: Path) -> None:
     table = headline_table(trials).set_index(["estimator", "bits"])
     done = trials[trials["status"] == "completed"]
     ste = done[(done["estimator"] == "ste") & (done["bits"] == 2)]["final_eval_metric"]
-    assert table.loc[("ste", 2), ["metric_median", "metric_min", "metric_max"]].tolist() == pytest.approx(
-        [ste.median(), ste.min(), ste.max()])
+    assert table.loc[
+        ("ste", 2), ["metric_median", "metric_min", "metric_max"]
+    ].tolist() == pytest.approx([ste.median(), ste.min(), ste.max()])
     assert set(table["vs_best"]) <= {"best", "within noise", ""}
     assert (table.groupby("bits")["vs_best"].apply(lambda s: (s == "best").sum()) == 1).all()
     assert table.loc[("mezo", 2), "vs_best"] == ""
@@ -152,13 +184,20 @@ def test_a_version_3_folder_reports_the_last_line_of_its_error(tmp_path: Path) -
     table = pq.read_table(path)
     index = table.schema.get_field_index("error")
     errors = [TRACEBACK if e else None for e in table["error"].to_pylist()]
-    table = table.drop_columns(["error_traceback"]).set_column(index, "error", pa.array(errors, pa.string()))
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"3"}), path)
+    table = table.drop_columns(["error_traceback"]).set_column(
+        index, "error", pa.array(errors, pa.string())
+    )
+    pq.write_table(
+        table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"3"}),
+        path,
+    )
     results = load_results(folder)
     failed = results.trials[results.trials["status"] == "failed"]
     assert failed["error"].tolist() == [f"trainers.trial.TrialDiverged: {ERROR}"]
     assert failed["error_traceback"].tolist() == [TRACEBACK]
-    assert build_report(results).failed["error"].tolist() == [f"trainers.trial.TrialDiverged: {ERROR}"]
+    assert build_report(results).failed["error"].tolist() == [
+        f"trainers.trial.TrialDiverged: {ERROR}"
+    ]
 
 
 def test_reference_target_is_reference_worst_seed_final(tmp_path: Path) -> None:
@@ -169,8 +208,14 @@ def test_reference_target_is_reference_worst_seed_final(tmp_path: Path) -> None:
 
 
 def test_running_sweep_is_flagged_as_partial(tmp_path: Path) -> None:
-    html_path, text = report_command([realistic_sweep(tmp_path, running=True)], str(tmp_path / "out"),
-                                     "eval_loss", None, "nspsa", "fogzo")
+    html_path, text = report_command(
+        [realistic_sweep(tmp_path, running=True)],
+        str(tmp_path / "out"),
+        "eval_loss",
+        None,
+        "nspsa",
+        "fogzo",
+    )
     assert "still running" in text and "results are partial" in html_path.read_text()
 
 
@@ -203,7 +248,10 @@ def test_wrong_schema_version_is_one_line_error(tmp_path: Path) -> None:
     folder = realistic_sweep(tmp_path)
     path = Path(folder, "trials.parquet")
     table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"999"}), path)
+    pq.write_table(
+        table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"999"}),
+        path,
+    )
     assert "999" in _one_line_error([folder], tmp_path)
 
 
@@ -211,7 +259,9 @@ def test_missing_column_and_bad_spec_are_one_line_errors(tmp_path: Path) -> None
     folder = realistic_sweep(tmp_path)
     path = Path(folder, "trials.parquet")
     table = pq.read_table(path)
-    pq.write_table(table.drop_columns(["host"]), path)  # version 1 metadata, but not the contract's columns
+    pq.write_table(
+        table.drop_columns(["host"]), path
+    )  # version 1 metadata, but not the contract's columns
     assert "field names" in _one_line_error([folder], tmp_path)
     pq.write_table(table, path)
     Path(folder, "sweep.yaml").write_text("name: [unclosed\n  - x: {\n")
@@ -224,9 +274,13 @@ def test_unknown_metric_is_refused(tmp_path: Path) -> None:
 
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
-    code = ("import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, analysis.summary, "
-            "analysis.claims, analysis.bootstrap\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
-            "print(bad)\nsys.exit(1 if bad else 0)\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, analysis.summary, "
+        "analysis.claims, analysis.bootstrap\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
+        "print(bad)\nsys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr

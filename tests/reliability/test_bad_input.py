@@ -33,11 +33,23 @@ from service.spec import SpecError, SweepSpec, load_spec, parse_spec
 from tests.service.harness import user_error, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
-BASE = {"name": "fuzz", "grid": {"estimators": ["ste", "fogzo"], "bits": [2, 4]}, "trial": {"num_evals": 2},
-        "budget": {"steps": 10}, "resources": {"cpus": 1}, "retries": 1, "checkpoint_every": 1}
+BASE = {
+    "name": "fuzz",
+    "grid": {"estimators": ["ste", "fogzo"], "bits": [2, 4]},
+    "trial": {"num_evals": 2},
+    "budget": {"steps": 10},
+    "resources": {"cpus": 1},
+    "retries": 1,
+    "checkpoint_every": 1,
+}
 
 
 def _parses_or_spec_error(data) -> SweepSpec | None:
@@ -52,27 +64,85 @@ def _parses_or_spec_error(data) -> SweepSpec | None:
 
 # --- strategies ----------------------------------------------------------------------------
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
-           | st.sampled_from([0, -1, 2**63, -(2**63), 10**400, 1e308, -1e-308])
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
-           | st.sampled_from(["../x", "a/b", "nope", "ste", "", "\u00e9\u00df\u2603", "1e3", "NaN", "-inf"]))
-values = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
-                      | st.dictionaries(st.text(max_size=8) | st.sampled_from(["lr", "n", "eps", "steps"]),
-                                        children, max_size=4), max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.sampled_from([0, -1, 2**63, -(2**63), 10**400, 1e308, -1e-308])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ["../x", "a/b", "nope", "ste", "", "\u00e9\u00df\u2603", "1e3", "NaN", "-inf"]
+    )
+)
+values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8) | st.sampled_from(["lr", "n", "eps", "steps"]), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
 # Every place a spec has a value, known keys and some unknown ones.
-PATHS = [("name",), ("results",), ("grid",), ("grid", "estimators"), ("grid", "bits"), ("grid", "quantizers"),
-         ("grid", "models"), ("grid", "datasets"), ("grid", "seeds"), ("grid", "extra"), ("trial",),
-         ("trial", "lr"), ("trial", "num_evals"), ("trial", "batch_size"), ("trial", "optimizer"),
-         ("trial", "momentum"), ("trial", "quant_options"), ("trial", "model_options"), ("trial", "device"),
-         ("trial", "threads"), ("trial", "steps"), ("trial", "eval_batch_size"), ("estimators",),
-         ("estimators", "ste"), ("estimators", "fogzo"), ("estimators", "fogzo", "n"),
-         ("estimators", "fogzo", "eps"), ("estimators", "fogzo", "lr"), ("estimators", "fogzo", "steps"),
-         ("estimators", "quzo"), ("estimators", "bogus"), ("budget",), ("budget", "steps"), ("budget", "flops"),
-         ("search",), ("search", "mode"), ("search", "num_samples"), ("search", "metric"), ("search", "space"),
-         ("search", "space", "lr"), ("early_stopping",), ("early_stopping", "grace_period"),
-         ("early_stopping", "reduction_factor"), ("resources",), ("resources", "cpus"), ("resources", "gpus"),
-         ("max_concurrent",), ("retries",), ("checkpoint_every",), ("time_limit_s",), ("memory_limit_mb",),
-         ("pretrain",), ("pretrain", "steps"), ("scales",), ("unknown_top_level",)]
+PATHS = [
+    ("name",),
+    ("results",),
+    ("grid",),
+    ("grid", "estimators"),
+    ("grid", "bits"),
+    ("grid", "quantizers"),
+    ("grid", "models"),
+    ("grid", "datasets"),
+    ("grid", "seeds"),
+    ("grid", "extra"),
+    ("trial",),
+    ("trial", "lr"),
+    ("trial", "num_evals"),
+    ("trial", "batch_size"),
+    ("trial", "optimizer"),
+    ("trial", "momentum"),
+    ("trial", "quant_options"),
+    ("trial", "model_options"),
+    ("trial", "device"),
+    ("trial", "threads"),
+    ("trial", "steps"),
+    ("trial", "eval_batch_size"),
+    ("estimators",),
+    ("estimators", "ste"),
+    ("estimators", "fogzo"),
+    ("estimators", "fogzo", "n"),
+    ("estimators", "fogzo", "eps"),
+    ("estimators", "fogzo", "lr"),
+    ("estimators", "fogzo", "steps"),
+    ("estimators", "quzo"),
+    ("estimators", "bogus"),
+    ("budget",),
+    ("budget", "steps"),
+    ("budget", "flops"),
+    ("search",),
+    ("search", "mode"),
+    ("search", "num_samples"),
+    ("search", "metric"),
+    ("search", "space"),
+    ("search", "space", "lr"),
+    ("early_stopping",),
+    ("early_stopping", "grace_period"),
+    ("early_stopping", "reduction_factor"),
+    ("resources",),
+    ("resources", "cpus"),
+    ("resources", "gpus"),
+    ("max_concurrent",),
+    ("retries",),
+    ("checkpoint_every",),
+    ("time_limit_s",),
+    ("memory_limit_mb",),
+    ("pretrain",),
+    ("pretrain", "steps"),
+    ("scales",),
+    ("unknown_top_level",),
+]
 
 
 def _set(data: dict, path: tuple[str, ...], value) -> dict:
@@ -97,6 +167,7 @@ def mutated_specs(draw) -> dict:
 
 # --- the spec loader -----------------------------------------------------------------------
 
+
 def test_the_base_spec_is_valid():
     assert len(parse_spec(BASE).trials()) == 4
 
@@ -117,23 +188,46 @@ def test_every_trial_of_a_valid_spec_can_be_recorded(data):
         return
     for trial in spec.trials():
         row = dict.fromkeys(TRIALS_SCHEMA.names)
-        row.update(config_columns(trial.config), schema_version=1, sweep=spec.name, trial_id=trial.trial_id,
-                   status="pending", config="{}")
+        row.update(
+            config_columns(trial.config),
+            schema_version=1,
+            sweep=spec.name,
+            trial_id=trial.trial_id,
+            status="pending",
+            config="{}",
+        )
         pa.Table.from_pylist([row], schema=TRIALS_SCHEMA)
 
 
-@pytest.mark.parametrize(("section", "message"), [
-    ({"trial": {"momentum": "high"}}, "estimators.ste: momentum: Input should be a valid number"),
-    ({"estimators": {"fogzo": {"steps": 1.5e9}}}, "estimators.fogzo: steps: Input should be a valid integer"),
-    ({"estimators": {"fogzo": {"n": True}}}, "estimators.fogzo: estimator_options.n: Input should be a valid integer"),
-    ({"grid": {"estimators": ["ste"], "seeds": [2**63]}}, "grid.seeds.0: 9223372036854775808 is out of range"),
-    ({"trial": {"lr": 10**400}}, "trial.lr: 1000"),
-    ({"estimators": {"ste": {"lr\n": 1}}}, "estimators.ste: ste: unknown option(s) lr\\n"),
-])
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"trial": {"momentum": "high"}},
+            "estimators.ste: momentum: Input should be a valid number",
+        ),
+        (
+            {"estimators": {"fogzo": {"steps": 1.5e9}}},
+            "estimators.fogzo: steps: Input should be a valid integer",
+        ),
+        (
+            {"estimators": {"fogzo": {"n": True}}},
+            "estimators.fogzo: estimator_options.n: Input should be a valid integer",
+        ),
+        (
+            {"grid": {"estimators": ["ste"], "seeds": [2**63]}},
+            "grid.seeds.0: 9223372036854775808 is out of range",
+        ),
+        ({"trial": {"lr": 10**400}}, "trial.lr: 1000"),
+        ({"estimators": {"ste": {"lr\n": 1}}}, "estimators.ste: ste: unknown option(s) lr\\n"),
+    ],
+)
 def test_values_the_parquet_cannot_hold_are_spec_errors(section, message):
     with pytest.raises(SpecError) as info:
         parse_spec({**BASE, **section})
-    assert str(info.value).startswith(message.split(" is out")[0]) and "\n" not in str(info.value), str(info.value)
+    assert str(info.value).startswith(message.split(" is out")[0]) and "\n" not in str(
+        info.value
+    ), str(info.value)
 
 
 @FUZZ
@@ -143,8 +237,29 @@ def test_any_document_at_all_parses_or_is_one_spec_error(data):
 
 
 _names = st.text(min_size=0, max_size=30) | st.sampled_from(
-    ["../x", "a/b", "..", ".", "/abs", "x/../y", "a\\b", "..\\x", "~", "~root", "a\x00b", "a\nb", " x", "x ", "-x",
-     ".hidden", "\u2024\u2024/x", "\uff0e\uff0e", "con", "x" * 101])
+    [
+        "../x",
+        "a/b",
+        "..",
+        ".",
+        "/abs",
+        "x/../y",
+        "a\\b",
+        "..\\x",
+        "~",
+        "~root",
+        "a\x00b",
+        "a\nb",
+        " x",
+        "x ",
+        "-x",
+        ".hidden",
+        "\u2024\u2024/x",
+        "\uff0e\uff0e",
+        "con",
+        "x" * 101,
+    ]
+)
 
 
 @FUZZ
@@ -155,7 +270,10 @@ def test_a_name_never_leads_out_of_the_results_folder(name):
         return
     root = "/srv/results"
     location = sweep_location(root, spec.name)
-    assert os.path.dirname(location) == root and os.path.normpath(location) == location, (name, location)
+    assert os.path.dirname(location) == root and os.path.normpath(location) == location, (
+        name,
+        location,
+    )
     assert not spec.name.startswith(".") and "/" not in spec.name and "\\" not in spec.name
 
 
@@ -174,15 +292,21 @@ def test_a_scale_cannot_smuggle_a_path_into_the_name(scale):
 
 @pytest.mark.parametrize("estimator", ["sgd", "STE", "fogzo ", "", "../ste"])
 def test_unknown_estimators_are_one_spec_error_listing_the_valid_ones(estimator):
-    with pytest.raises(SpecError, match=r"^grid\.estimators(\.0)?: unknown estimator .*; valid: ste, "):
+    with pytest.raises(
+        SpecError, match=r"^grid\.estimators(\.0)?: unknown estimator .*; valid: ste, "
+    ):
         parse_spec({**BASE, "grid": {"estimators": [estimator]}})
 
 
 @FUZZ
-@given(st.one_of(st.builds(lambda d: yaml.safe_dump(d, allow_unicode=True), mutated_specs()),
-                 st.text(max_size=200),
-                 st.builds(lambda d, cut: yaml.safe_dump(d)[:cut], mutated_specs(), st.integers(0, 400))),
-       st.booleans())
+@given(
+    st.one_of(
+        st.builds(lambda d: yaml.safe_dump(d, allow_unicode=True), mutated_specs()),
+        st.text(max_size=200),
+        st.builds(lambda d, cut: yaml.safe_dump(d)[:cut], mutated_specs(), st.integers(0, 400)),
+    ),
+    st.booleans(),
+)
 def test_any_yaml_text_loads_or_is_one_spec_error(tmp_path_factory, text, as_latin1):
     """YAML documents, arbitrary text, and documents cut anywhere; written as UTF-8 or as
     Latin-1 (then not always valid UTF-8) into a folder that must stay as it was."""
@@ -197,18 +321,29 @@ def test_any_yaml_text_loads_or_is_one_spec_error(tmp_path_factory, text, as_lat
 
 
 VALID_HEAD = "name: x\ngrid: {estimators: [ste]}\nbudget: {steps: 1}\n"
-ALIAS_BOMB = (VALID_HEAD + "trial:\n  model_options:\n    a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
-              + "".join(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)))
+ALIAS_BOMB = (
+    VALID_HEAD
+    + "trial:\n  model_options:\n    a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    + "".join(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+)
 HOSTILE = {  # name -> (document, the start of its error after "<path>: " where the loader names the file)
     "deep brackets": ("[" * 5000, "not valid YAML"),
     "deep mappings": ("a: " + "{b: " * 3000, "not valid YAML"),
     "not utf-8": ("\xff\xfe\x00name: x", "not UTF-8 text"),
-    "python object": ("!!python/object/apply:os.system ['touch /tmp/qsweep-pwned']", "not valid YAML"),
+    "python object": (
+        "!!python/object/apply:os.system ['touch /tmp/qsweep-pwned']",
+        "not valid YAML",
+    ),
     "python name": ("name: !!python/name:os.system x", "not valid YAML"),
     "alias cycle": ("a: &a [*a]", "a.0: a YAML alias that contains itself"),
-    "alias cycle in a free-form setting": (VALID_HEAD + "trial: {model_options: &m {x: *m}}\n",
-                                           "trial.model_options.x: a YAML alias that contains itself"),
-    "alias bomb (9**10 values)": (ALIAS_BOMB, "spec: more than 100000 values once YAML aliases are expanded"),
+    "alias cycle in a free-form setting": (
+        VALID_HEAD + "trial: {model_options: &m {x: *m}}\n",
+        "trial.model_options.x: a YAML alias that contains itself",
+    ),
+    "alias bomb (9**10 values)": (
+        ALIAS_BOMB,
+        "spec: more than 100000 values once YAML aliases are expanded",
+    ),
 }
 
 
@@ -221,15 +356,26 @@ def test_hostile_yaml_is_one_spec_error_quickly_and_runs_nothing(tmp_path, case)
     with pytest.raises(SpecError) as info:
         load_spec(path)
     message = str(info.value)
-    assert "\n" not in message and (message.startswith(f"{path}: {expected}") or message.startswith(expected)), message
+    assert "\n" not in message and (
+        message.startswith(f"{path}: {expected}") or message.startswith(expected)
+    ), message
     assert time.monotonic() - started < 10
     assert not Path("/tmp/qsweep-pwned").exists()
 
 
 CLI_CASES = {  # spec file contents -> the start of the error line
-    "traversal": ("name: ../../escape\ngrid: {estimators: [ste]}\nbudget: {steps: 1}\n", "name: use letters"),
-    "estimator": ("name: x\ngrid: {estimators: [adamw]}\nbudget: {steps: 1}\n", "grid.estimators: unknown estimator"),
-    "budget": ("name: x\ngrid: {estimators: [ste]}\nbudget: {steps: -5}\n", "budget.steps: Input should be greater"),
+    "traversal": (
+        "name: ../../escape\ngrid: {estimators: [ste]}\nbudget: {steps: 1}\n",
+        "name: use letters",
+    ),
+    "estimator": (
+        "name: x\ngrid: {estimators: [adamw]}\nbudget: {steps: 1}\n",
+        "grid.estimators: unknown estimator",
+    ),
+    "budget": (
+        "name: x\ngrid: {estimators: [ste]}\nbudget: {steps: -5}\n",
+        "budget.steps: Input should be greater",
+    ),
     "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe".decode("latin-1"), "not UTF-8 text"),
 }
 
@@ -241,13 +387,23 @@ def test_bad_specs_through_the_cli_exit_2_with_one_line_and_write_nothing(qsweep
         error = user_error(qsweep("validate", path, timeout=120))
         assert expected in error, (case, error)
     before = sorted(p.name for p in tmp_path.iterdir())
-    run = qsweep("run", tmp_path / "traversal.yaml", "--results", tmp_path / "results", "--no-dashboard", timeout=120)
+    run = qsweep(
+        "run",
+        tmp_path / "traversal.yaml",
+        "--results",
+        tmp_path / "results",
+        "--no-dashboard",
+        timeout=120,
+    )
     assert "name: use letters" in user_error(run)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no results folder, nothing escaped
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == before
+    )  # no results folder, nothing escaped
     assert not (tmp_path.parent / "escape").exists()
 
 
 # --- corrupt Parquet -----------------------------------------------------------------------
+
 
 def _cut_in_half(path: Path) -> None:
     data = path.read_bytes()
@@ -260,12 +416,17 @@ def _foreign_table(path: Path) -> None:
 
 def _other_version(path: Path) -> None:
     table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"999"}), path)
+    pq.write_table(
+        table.replace_schema_metadata({**table.schema.metadata, b"qsweep_schema_version": b"999"}),
+        path,
+    )
 
 
 def _missing_columns(path: Path) -> None:
     table = pq.read_table(path)
-    pq.write_table(table.drop_columns(["status", "error"]).replace_schema_metadata(table.schema.metadata), path)
+    pq.write_table(
+        table.drop_columns(["status", "error"]).replace_schema_metadata(table.schema.metadata), path
+    )
 
 
 CORRUPTIONS = {  # name -> (which file, how), and a phrase of the one-line error
@@ -282,9 +443,17 @@ CORRUPTIONS = {  # name -> (which file, how), and a phrase of the one-line error
 
 def _corrupt_copy(finished_sweep, tmp_path: Path, case: str) -> Path:
     sweep_dir = tmp_path / "sweep"
-    shutil.copytree(finished_sweep.sweep_dir, sweep_dir, ignore=shutil.ignore_patterns("tune", "plots", "*.html"))
+    shutil.copytree(
+        finished_sweep.sweep_dir,
+        sweep_dir,
+        ignore=shutil.ignore_patterns("tune", "plots", "*.html"),
+    )
     which, corrupt, _ = CORRUPTIONS[case]
-    corrupt(sweep_dir / "trials.parquet" if which == "trials" else sorted((sweep_dir / "curves").iterdir())[0])
+    corrupt(
+        sweep_dir / "trials.parquet"
+        if which == "trials"
+        else sorted((sweep_dir / "curves").iterdir())[0]
+    )
     return sweep_dir
 
 
@@ -298,8 +467,12 @@ def test_corrupt_parquet_is_one_results_error_and_one_sweep_error(finished_sweep
     assert message.startswith(str(sweep_dir)) and "\n" not in message and phrase in message, message
     with pytest.raises(SweepError) as info:  # qsweep status
         sweep_status(str(sweep_dir))
-    assert str(info.value).startswith(f"{sweep_dir}: unreadable results (") and "\n" not in str(info.value)
-    with pytest.raises(SweepError, match="cannot continue from unreadable results"):  # qsweep resume, before Ray
+    assert str(info.value).startswith(f"{sweep_dir}: unreadable results (") and "\n" not in str(
+        info.value
+    )
+    with pytest.raises(
+        SweepError, match="cannot continue from unreadable results"
+    ):  # qsweep resume, before Ray
         _callbacks(SweepRun(load_spec(finished_sweep.spec_file), str(sweep_dir)), live=False)
 
 
@@ -309,7 +482,11 @@ def test_status_and_report_of_corrupt_parquet_exit_2_with_one_line(finished_swee
         sweep_dir = _corrupt_copy(finished_sweep, tmp_path / case.replace(" ", "-"), case)
         for command in ("status", "report"):
             error = user_error(cli(command, sweep_dir, timeout=120))
-            assert error.startswith(f"error: {sweep_dir}"), (case, command, error)  # names the folder or file
+            assert error.startswith(f"error: {sweep_dir}"), (
+                case,
+                command,
+                error,
+            )  # names the folder or file
             assert "unreadable" in error or "schema version ?" in error, (case, command, error)
         assert not (sweep_dir / "report.html").exists()
 
@@ -331,10 +508,15 @@ UNSAFE = {
 }
 # The only exceptions, each with its reason.
 ALLOWED = {
-    ("service/tuner.py", "torch.load"): "the trainable reloads the state.pt it saved itself into Tune's checkpoint "
-                                        "(optimizer and RNG state need full unpickling); no user file",
-    ("trainers/data/safe_pickle.py", r"\bpickle\.Unpickler\b"): "RestrictedUnpickler: find_class answers only an "
-                                                                "allow-list of numpy globals",
+    (
+        "service/tuner.py",
+        "torch.load",
+    ): "the trainable reloads the state.pt it saved itself into Tune's checkpoint "
+    "(optimizer and RNG state need full unpickling); no user file",
+    (
+        "trainers/data/safe_pickle.py",
+        r"\bpickle\.Unpickler\b",
+    ): "RestrictedUnpickler: find_class answers only an allow-list of numpy globals",
 }
 
 
@@ -347,7 +529,7 @@ def _calls(source: str, name: str) -> list[str]:
             depth += {"(": 1, ")": -1}.get(source[end], 0)
             if depth == 0:
                 break
-        found.append(source[match.start(): end + 1])
+        found.append(source[match.start() : end + 1])
     return found
 
 

@@ -19,49 +19,98 @@ TIME_LIMIT_S = 10  # the tiny siblings take 1-3 s even on a busy machine
 MEMORY_LIMIT_MB = 1000  # a tiny trial's worker holds ~500 MB; the 300000-wide MLP needs ~1.9 GB
 
 
-def test_each_bad_trial_fails_with_its_reason_after_its_retries_and_the_siblings_complete(qsweep, tmp_path):
+def test_each_bad_trial_fails_with_its_reason_after_its_retries_and_the_siblings_complete(
+    qsweep, tmp_path
+):
     spec_file = write_spec(
-        tmp_path, "bad", grid={"estimators": ["ste", "nspsa", "mezo", "quzo", "fogzo"]},
-        trial={"num_evals": 2}, budget={"steps": 40}, retries=1, checkpoint_every=0,
-        time_limit_s=TIME_LIMIT_S, memory_limit_mb=MEMORY_LIMIT_MB,
+        tmp_path,
+        "bad",
+        grid={"estimators": ["ste", "nspsa", "mezo", "quzo", "fogzo"]},
+        trial={"num_evals": 2},
+        budget={"steps": 40},
+        retries=1,
+        checkpoint_every=0,
+        time_limit_s=TIME_LIMIT_S,
+        memory_limit_mb=MEMORY_LIMIT_MB,
         estimators={
             "ste": {"lr": [0.05, 0.1]},  # two well-behaved siblings
             "nspsa": {"model_options": {"hidden": -1}},  # raises ValueError when the model is built
             "mezo": {"lr": 1e30},  # the loss becomes NaN at step 2: TrialDiverged
-            "quzo": {"steps": 10**9},  # would run for hours: stopped between evaluations by the watchdog
+            "quzo": {
+                "steps": 10**9
+            },  # would run for hours: stopped between evaluations by the watchdog
             "fogzo": {"model_options": {"hidden": 300_000}},  # ~1.9 GB resident if let run
-        })
+        },
+    )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
     assert len(planned) == 6
     started = time.monotonic()
-    run = qsweep("run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2, timeout=400)
+    run = qsweep(
+        "run",
+        spec_file,
+        "--results",
+        tmp_path / "results",
+        "--no-dashboard",
+        "--num-cpus",
+        2,
+        timeout=400,
+    )
     elapsed = time.monotonic() - started
     assert run.returncode == 0, explain(run)  # failed trials are results, not a failed sweep
 
-    rows = {r["trial_id"]: r for r in pq.read_table(tmp_path / "results" / "bad" / "trials.parquet").to_pylist()}
+    rows = {
+        r["trial_id"]: r
+        for r in pq.read_table(tmp_path / "results" / "bad" / "trials.parquet").to_pylist()
+    }
     assert rows.keys() == planned.keys()
     by_estimator: dict[str, list[dict]] = {}
     for tid, row in rows.items():
         by_estimator.setdefault(planned[tid]["estimator"], []).append(row)
 
     for row in by_estimator["ste"]:  # siblings: untouched by the failures around them
-        assert (row["status"], row["error"], row["attempts"], row["steps"]) == ("completed", None, 1, 40), row
+        assert (row["status"], row["error"], row["attempts"], row["steps"]) == (
+            "completed",
+            None,
+            1,
+            40,
+        ), row
     expected = {  # estimator: (attempts, the one-line error, the exception line of the traceback)
-        "nspsa": (1, "ValueError: mlp: option hidden=-1 must be a positive integer",
-                  "ValueError: mlp: option hidden=-1 must be a positive integer"),
-        "mezo": (1, "mezo: training loss became nan at step 2",
-                 "trainers.trial.TrialDiverged: mezo: training loss became nan at step 2"),
-        "quzo": (2, f"time limit of {TIME_LIMIT_S} s exceeded (ran ",
-                 f"service.limits.TrialLimitExceeded: time limit of {TIME_LIMIT_S} s exceeded"),
-        "fogzo": (2, f"memory limit of {MEMORY_LIMIT_MB} MB exceeded (worker process resident memory ",
-                  f"service.limits.TrialLimitExceeded: memory limit of {MEMORY_LIMIT_MB} MB exceeded"),
+        "nspsa": (
+            1,
+            "ValueError: mlp: option hidden=-1 must be a positive integer",
+            "ValueError: mlp: option hidden=-1 must be a positive integer",
+        ),
+        "mezo": (
+            1,
+            "mezo: training loss became nan at step 2",
+            "trainers.trial.TrialDiverged: mezo: training loss became nan at step 2",
+        ),
+        "quzo": (
+            2,
+            f"time limit of {TIME_LIMIT_S} s exceeded (ran ",
+            f"service.limits.TrialLimitExceeded: time limit of {TIME_LIMIT_S} s exceeded",
+        ),
+        "fogzo": (
+            2,
+            f"memory limit of {MEMORY_LIMIT_MB} MB exceeded (worker process resident memory ",
+            f"service.limits.TrialLimitExceeded: memory limit of {MEMORY_LIMIT_MB} MB exceeded",
+        ),
     }
     for estimator, (attempts, error, exception) in expected.items():
         (row,) = by_estimator[estimator]
-        assert row["status"] == "failed" and row["attempts"] == attempts, (estimator, row["status"], row["attempts"])
-        assert row["error"].startswith(error) and "\n" not in row["error"], (estimator, row["error"])
+        assert row["status"] == "failed" and row["attempts"] == attempts, (
+            estimator,
+            row["status"],
+            row["attempts"],
+        )
+        assert row["error"].startswith(error) and "\n" not in row["error"], (
+            estimator,
+            row["error"],
+        )
         assert row["error_traceback"].rstrip().splitlines()[-1].startswith(exception), (
-            estimator, row["error_traceback"][-2000:])
+            estimator,
+            row["error_traceback"][-2000:],
+        )
         assert row["finished_at"] is not None
     # The time-limited trial ran its two attempts for about the limit each, not for its budget.
     assert elapsed < 300, elapsed
@@ -92,13 +141,18 @@ def test_the_watchdog_interrupts_a_busy_python_loop_at_its_time_limit():
     assert not thread.is_alive()
     assert time.monotonic() - started < 5
     (error,) = errors
-    assert isinstance(error, TrialLimitExceeded) and str(error).startswith("time limit of 0.3 s exceeded (ran 0.")
+    assert isinstance(error, TrialLimitExceeded) and str(error).startswith(
+        "time limit of 0.3 s exceeded (ran 0."
+    )
 
 
 def test_the_watchdog_checks_memory_and_leaves_a_trial_within_its_limits_alone():
     rss = resident_bytes()
     assert rss is not None and rss > 0
-    with pytest.raises(TrialLimitExceeded, match=r"memory limit of 1 MB exceeded \(worker process resident memory \d+ MB\)"):
+    with pytest.raises(
+        TrialLimitExceeded,
+        match=r"memory limit of 1 MB exceeded \(worker process resident memory \d+ MB\)",
+    ):
         with LimitWatchdog(None, memory_limit_mb=1) as limits:
             limits.check()
     with LimitWatchdog(time_limit_s=60, memory_limit_mb=10**6, interval_s=0.01) as limits:

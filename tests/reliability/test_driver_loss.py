@@ -35,8 +35,15 @@ STEPS = 1500  # ~1 s of training per ste trial and ~3-4 s per fogzo trial on one
 
 
 def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_path):
-    spec_file = write_spec(tmp_path, "crashes", grid={"estimators": ["ste", "fogzo"], "bits": [2, 4, 8]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS}, retries=0, checkpoint_every=1)
+    spec_file = write_spec(
+        tmp_path,
+        "crashes",
+        grid={"estimators": ["ste", "fogzo"], "bits": [2, 4, 8]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+        retries=0,
+        checkpoint_every=1,
+    )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
     sweep_dir = tmp_path / "results" / "crashes"
     logs = iter(tmp_path / f"driver-{i}.log" for i in range(10))
@@ -44,13 +51,21 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
     def start(*args):
         log_path = next(logs)
         log = log_path.open("w")
-        return qsweep.start(*args, "--no-dashboard", "--num-cpus", 2, stdout=log, stderr=log), log_path
+        return qsweep.start(
+            *args, "--no-dashboard", "--num-cpus", 2, stdout=log, stderr=log
+        ), log_path
 
     # 1. During start-up: the spec is stored and Ray is coming up (GCS or raylet started),
     #    no trial has started, and Tune has not written its state.
     driver, log = start("run", spec_file, "--results", tmp_path / "results")
-    wait_for(lambda: (sweep_dir / "sweep.yaml").exists() and len(session_pids(driver.pid)) > 1,
-             60, "Ray to start", driver, log, every=0.01)
+    wait_for(
+        lambda: (sweep_dir / "sweep.yaml").exists() and len(session_pids(driver.pid)) > 1,
+        60,
+        "Ray to start",
+        driver,
+        log,
+        every=0.01,
+    )
     kill_driver(driver)
     assert not (sweep_dir / "tune" / "tuner.pkl").exists()
     assert not (sweep_dir / "trials.parquet").exists() and not (sweep_dir / "curves").exists()
@@ -64,10 +79,14 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
         midway = {t for t, c in curves.items() if t not in done and 2 <= len(c) <= NUM_EVALS}
         return (done, midway) if done and midway else None
 
-    done, midway = wait_for(one_done_one_midway, 240, "a trial done and another half-way", driver, log)
+    done, midway = wait_for(
+        one_done_one_midway, 240, "a trial done and another half-way", driver, log
+    )
     kill_driver(driver)
     rows_before, curves_before = poll_state(sweep_dir)
-    assert rows_before and len([r for r in rows_before.values() if r["status"] == "completed"]) < len(planned)
+    assert rows_before and len(
+        [r for r in rows_before.values() if r["status"] == "completed"]
+    ) < len(planned)
 
     # 3. Mid-write: kill on the creation of the atomic writer's temp file.
     leftover, tries = [], 0
@@ -78,22 +97,31 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
         watch = CreateWatch(sweep_dir, sweep_dir / "curves")
         try:
             driver, log = start("resume", sweep_dir)
-            created = watch.wait(TEMP_NAME.fullmatch, 240, alive=lambda proc=driver: proc.poll() is None)
+            created = watch.wait(
+                TEMP_NAME.fullmatch, 240, alive=lambda proc=driver: proc.poll() is None
+            )
             assert created is not None, f"no write seen:\n{log.read_text()[-3000:]}"
             kill_driver(driver)
         finally:
             watch.close()
         leftover = temp_files(sweep_dir)
-        assert all(path == created for path in leftover), (created, leftover)  # at most the one being written
-    rows_mid, _ = poll_state(sweep_dir)  # every file it names still reads: the old or the new version
+        assert all(path == created for path in leftover), (
+            created,
+            leftover,
+        )  # at most the one being written
+    rows_mid, _ = poll_state(
+        sweep_dir
+    )  # every file it names still reads: the old or the new version
     assert rows_mid.keys() >= rows_before.keys()
 
     # The last resume tidies the temp file up and finishes the sweep.
     started = time.monotonic()
     final = qsweep("resume", sweep_dir, "--no-dashboard", "--num-cpus", 2, timeout=400)
     assert final.returncode == 0, explain(final)
-    print(f"\nfaults: 3 driver kills (+{tries - 1} mid-write retries), leftover temp file {leftover[0].name}; "
-          f"final resume {time.monotonic() - started:.0f}s")
+    print(
+        f"\nfaults: 3 driver kills (+{tries - 1} mid-write retries), leftover temp file {leftover[0].name}; "
+        f"final resume {time.monotonic() - started:.0f}s"
+    )
 
     assert temp_files(sweep_dir) == [] and not leftover[0].exists()
     rows = check_every_trial_once(sweep_dir, planned, NUM_EVALS, STEPS)
@@ -102,9 +130,16 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
             assert rows[tid] == row  # finished before a crash: final, never rewritten
     for tid in midway:
         assert rows[tid]["attempts"] >= 2  # started by one driver, finished by another
-    for tid, config in planned.items():  # costs counted once: resumed trials end like uninterrupted ones
-        assert (rows[tid]["forwards"], rows[tid]["backwards"]) == straight_through_costs(config, STEPS), tid
+    for (
+        tid,
+        config,
+    ) in planned.items():  # costs counted once: resumed trials end like uninterrupted ones
+        assert (rows[tid]["forwards"], rows[tid]["backwards"]) == straight_through_costs(
+            config, STEPS
+        ), tid
 
     status = qsweep("status", sweep_dir)
-    assert f"crashes: {len(planned)} completed, 0 running, 0 failed, 0 pending of {len(planned)}; " \
-           f"{len(planned) * (NUM_EVALS + 1)} curve rows" in status.stdout, explain(status)
+    assert (
+        f"crashes: {len(planned)} completed, 0 running, 0 failed, 0 pending of {len(planned)}; "
+        f"{len(planned) * (NUM_EVALS + 1)} curve rows" in status.stdout
+    ), explain(status)

@@ -38,8 +38,12 @@ from tests.service.harness import (
 
 NUM_EVALS = 6
 STEPS = 6000  # ~4-6 s of training per ste trial on one (shared) core
-FAST_HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
-                      "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+FAST_HEALTH_CHECKS = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
 
 
 @pytest.fixture
@@ -54,14 +58,22 @@ def cluster():
         for key, value in FAST_HEALTH_CHECKS.items():
             mp.setenv(key, value)
         refresh_ray_auth_config()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
+        )
         cli = None
         try:
             for i in (1, 2):
                 cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}")
             cluster.wait_for_nodes()
-            cli = Qsweep(cli_env(Path(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
-                                 **FAST_HEALTH_CHECKS))
+            cli = Qsweep(
+                cli_env(
+                    Path(ray_tmp),
+                    RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN_PATH=str(token_file),
+                    **FAST_HEALTH_CHECKS,
+                )
+            )
             yield cluster, cli
         finally:
             if cli is not None:
@@ -71,25 +83,50 @@ def cluster():
 
 def test_trials_of_a_killed_node_resume_from_their_checkpoints_on_the_survivor(cluster, tmp_path):
     cluster, cli = cluster
-    spec_file = write_spec(tmp_path, "nodeloss", grid={"estimators": ["ste"], "seeds": [0, 1, 2, 3]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS}, retries=2, checkpoint_every=1)
+    spec_file = write_spec(
+        tmp_path,
+        "nodeloss",
+        grid={"estimators": ["ste"], "seeds": [0, 1, 2, 3]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+        retries=2,
+        checkpoint_every=1,
+    )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
     sweep_dir = tmp_path / "results" / "nodeloss"
     log_path = tmp_path / "driver.log"
     log = log_path.open("w")
-    driver = cli.start("run", spec_file, "--results", tmp_path / "results", "--address", cluster.address,
-                       stdout=log, stderr=log)
+    driver = cli.start(
+        "run",
+        spec_file,
+        "--results",
+        tmp_path / "results",
+        "--address",
+        cluster.address,
+        stdout=log,
+        stderr=log,
+    )
     nodes = {node.node_id: node for node in cluster.worker_nodes}
 
     def a_checkpointed_trial_on_each_node():
         rows, curves = poll_state(sweep_dir)
         running = {}
         for tid, row in rows.items():  # node_id is in the row from the trial's first result on
-            if row["status"] == "running" and row["node_id"] in nodes and 2 <= len(curves.get(tid, [])) < NUM_EVALS:
+            if (
+                row["status"] == "running"
+                and row["node_id"] in nodes
+                and 2 <= len(curves.get(tid, [])) < NUM_EVALS
+            ):
                 running.setdefault(row["node_id"], set()).add(tid)
         return running if len(running) == 2 else None
 
-    running = wait_for(a_checkpointed_trial_on_each_node, 240, "a checkpointed trial on each node", driver, log_path)
+    running = wait_for(
+        a_checkpointed_trial_on_each_node,
+        240,
+        "a checkpointed trial on each node",
+        driver,
+        log_path,
+    )
     victim_node, survivor = sorted(running)
     _, curves = poll_state(sweep_dir)
     victims = {tid: len(curves[tid]) for tid in running[victim_node]}
@@ -105,8 +142,14 @@ def test_trials_of_a_killed_node_resume_from_their_checkpoints_on_the_survivor(c
         for tid in victims:
             if tid in curves:
                 shortest[tid] = min(shortest[tid], len(curves[tid]))
-        if recovered_after is None and rows and all(
-                rows.get(t, {}).get("node_id") == survivor and len(curves.get(t, [])) > victims[t] for t in victims):
+        if (
+            recovered_after is None
+            and rows
+            and all(
+                rows.get(t, {}).get("node_id") == survivor and len(curves.get(t, [])) > victims[t]
+                for t in victims
+            )
+        ):
             recovered_after = time.monotonic() - killed_at
         assert time.monotonic() - killed_at < 300, "the sweep did not finish after the node loss"
         time.sleep(0.05)
@@ -121,6 +164,8 @@ def test_trials_of_a_killed_node_resume_from_their_checkpoints_on_the_survivor(c
     assert {r["node_id"] for r in rows.values()} <= {victim_node, survivor}
     # Costs are counted once: a resumed trial ends with the counts of one that ran straight through.
     assert len({(r["forwards"], r["backwards"]) for r in rows.values()}) == 1
-    print(f"\nnode loss: {len(victims)} trial(s) on the killed node, retried on the survivor; "
-          f"their progress resumed {recovered_after or float('nan'):.1f}s after the kill; "
-          f"{len(rows)} of {len(planned)} trials completed once")
+    print(
+        f"\nnode loss: {len(victims)} trial(s) on the killed node, retried on the survivor; "
+        f"their progress resumed {recovered_after or float('nan'):.1f}s after the kill; "
+        f"{len(rows)} of {len(planned)} trials completed once"
+    )

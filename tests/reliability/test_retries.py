@@ -30,7 +30,9 @@ def trial_worker(sid: int, planned_id: str) -> int | None:
     ``planned_id`` (Tune runs it in that trial's working directory, whose name holds its config)."""
     for pid in session_pids(sid):
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            title = (
+                Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            )
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
@@ -50,44 +52,104 @@ def tune_trials(sweep_dir: Path) -> dict[str, tuple[str, int]]:
 
 
 def test_a_divergence_fails_once_and_a_killed_worker_is_retried(qsweep, tmp_path):
-    spec_file = write_spec(tmp_path, "once", grid={"estimators": ["ste", "nspsa"]}, trial={"num_evals": NUM_EVALS},
-                           budget={"steps": STEPS}, estimators={"nspsa": {"lr": 1e30}}, retries=2,
-                           checkpoint_every=1, max_concurrent=1)
+    spec_file = write_spec(
+        tmp_path,
+        "once",
+        grid={"estimators": ["ste", "nspsa"]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+        estimators={"nspsa": {"lr": 1e30}},
+        retries=2,
+        checkpoint_every=1,
+        max_concurrent=1,
+    )
     planned = {t.config["estimator"]: t.trial_id for t in load_spec(spec_file).trials()}
     sweep_dir = tmp_path / "results" / "once"
     log_path = tmp_path / "run.log"
     with log_path.open("w") as log:
-        driver = qsweep.start("run", spec_file, "--results", tmp_path / "results", "--no-dashboard",
-                              "--num-cpus", 2, stdout=log, stderr=log)
+        driver = qsweep.start(
+            "run",
+            spec_file,
+            "--results",
+            tmp_path / "results",
+            "--no-dashboard",
+            "--num-cpus",
+            2,
+            stdout=log,
+            stderr=log,
+        )
         # Kill ste's worker once it has reported (and checkpointed) its first evaluation.
-        wait_for(lambda: len(poll_state(sweep_dir)[1].get(planned["ste"], [])) >= 1, 240,
-                 "ste's first evaluation", driver, log_path)
-        victim = wait_for(lambda: trial_worker(driver.pid, planned["ste"]), 30, "ste's worker process", driver, log_path)
+        wait_for(
+            lambda: len(poll_state(sweep_dir)[1].get(planned["ste"], [])) >= 1,
+            240,
+            "ste's first evaluation",
+            driver,
+            log_path,
+        )
+        victim = wait_for(
+            lambda: trial_worker(driver.pid, planned["ste"]),
+            30,
+            "ste's worker process",
+            driver,
+            log_path,
+        )
         os.kill(victim, signal.SIGKILL)
         # While the retry runs, the row names the fault in one line.
-        retried = wait_for(lambda: (row := poll_state(sweep_dir)[0].get(planned["ste"])) and row["attempts"] == 2
-                           and row, 120, "ste's retry", driver, log_path)
+        retried = wait_for(
+            lambda: (
+                (row := poll_state(sweep_dir)[0].get(planned["ste"]))
+                and row["attempts"] == 2
+                and row
+            ),
+            120,
+            "ste's retry",
+            driver,
+            log_path,
+        )
         assert driver.wait(timeout=300) == 0, log_path.read_text()[-4000:]
     assert retried["error"].startswith(f"worker died (pid {victim}"), retried["error"]
     assert "\n" not in retried["error"], retried["error"]
-    assert retried["error_traceback"].startswith("The actor died unexpectedly"), retried["error_traceback"]
+    assert retried["error_traceback"].startswith("The actor died unexpectedly"), retried[
+        "error_traceback"
+    ]
     assert f"pid: {victim}" in retried["error_traceback"]
 
     rows, curves = read_state(sweep_dir)
     ste, nspsa = rows[planned["ste"]], rows[planned["nspsa"]]
     # The infrastructure fault was retried from the checkpoint, and the trial completed.
-    assert (ste["status"], ste["attempts"], ste["error"], ste["error_traceback"]) == ("completed", 2, None, None), ste
-    assert [r["step"] for r in curves[planned["ste"]]] == [i * STEPS // NUM_EVALS for i in range(NUM_EVALS + 1)]
+    assert (ste["status"], ste["attempts"], ste["error"], ste["error_traceback"]) == (
+        "completed",
+        2,
+        None,
+        None,
+    ), ste
+    assert [r["step"] for r in curves[planned["ste"]]] == [
+        i * STEPS // NUM_EVALS for i in range(NUM_EVALS + 1)
+    ]
     # The divergence was not: one attempt, one line, the traceback beside it.
     assert (nspsa["status"], nspsa["attempts"]) == ("failed", 1), nspsa
     assert DIVERGED.fullmatch(nspsa["error"]), nspsa["error"]
-    assert nspsa["error_traceback"].startswith("ray::ImplicitFunc.train()"), nspsa["error_traceback"][:500]
-    assert 'trainers/trial.py", line' in nspsa["error_traceback"] and "in run_trial" in nspsa["error_traceback"]
-    assert nspsa["error_traceback"].rstrip().endswith(f"trainers.trial.TrialDiverged: {nspsa['error']}")
-    assert [r["step"] for r in curves[planned["nspsa"]]] == [0]  # evaluated at step 0; the failure is no row
+    assert nspsa["error_traceback"].startswith("ray::ImplicitFunc.train()"), nspsa[
+        "error_traceback"
+    ][:500]
+    assert (
+        'trainers/trial.py", line' in nspsa["error_traceback"]
+        and "in run_trial" in nspsa["error_traceback"]
+    )
+    assert (
+        nspsa["error_traceback"]
+        .rstrip()
+        .endswith(f"trainers.trial.TrialDiverged: {nspsa['error']}")
+    )
+    assert [r["step"] for r in curves[planned["nspsa"]]] == [
+        0
+    ]  # evaluated at step 0; the failure is no row
     assert len(pq.read_table(sweep_dir / "trials.parquet")) == 2
     # Tune's own state agrees: ERROR after one failure, no retry; ste recovered from one.
-    assert tune_trials(sweep_dir) == {planned["ste"]: ("TERMINATED", 1), planned["nspsa"]: ("ERROR", 1)}
+    assert tune_trials(sweep_dir) == {
+        planned["ste"]: ("TERMINATED", 1),
+        planned["nspsa"]: ("ERROR", 1),
+    }
 
     status = qsweep("status", sweep_dir)
     assert status.returncode == 0, explain(status)
@@ -100,6 +162,8 @@ def test_a_divergence_fails_once_and_a_killed_worker_is_retried(qsweep, tmp_path
     rows, curves = read_state(sweep_dir)
     assert rows[planned["ste"]] == ste  # completed rows are final
     rerun = rows[planned["nspsa"]]
-    assert (rerun["status"], rerun["attempts"], rerun["error"]) == ("failed", 2, nspsa["error"]), rerun
+    assert (rerun["status"], rerun["attempts"], rerun["error"]) == ("failed", 2, nspsa["error"]), (
+        rerun
+    )
     assert [r["step"] for r in curves[planned["nspsa"]]] == [0]
     assert tune_trials(sweep_dir)[planned["nspsa"]] == ("ERROR", 2)

@@ -24,31 +24,51 @@ def test_the_embedded_dashboard_listens_on_loopback_only(finished_sweep):
     assert finished_sweep.dashboard_listen == {"127.0.0.1"}, finished_sweep.dashboard_listen
     if finished_sweep.ss_output:  # the same seen by ss: one listener, on 127.0.0.1
         listeners = [line for line in finished_sweep.ss_output.splitlines() if "LISTEN" in line]
-        assert len(listeners) == 1 and f"127.0.0.1:{finished_sweep.dashboard_port}" in listeners[0], \
-            finished_sweep.ss_output
+        assert (
+            len(listeners) == 1 and f"127.0.0.1:{finished_sweep.dashboard_port}" in listeners[0]
+        ), finished_sweep.ss_output
 
 
 def test_a_dashboard_host_beyond_loopback_prints_a_warning(finished_sweep):
     """Against a sweep that exists already, so the command stops (exit 2) before starting Ray:
     the warning comes first, and nothing is bound to 0.0.0.0 by the test."""
-    cli, spec, results = finished_sweep.qsweep, finished_sweep.spec_file, finished_sweep.sweep_dir.parent
+    cli, spec, results = (
+        finished_sweep.qsweep,
+        finished_sweep.spec_file,
+        finished_sweep.sweep_dir.parent,
+    )
     exposed = cli("run", spec, "--results", results, "--dashboard-host", "0.0.0.0", timeout=120)
     assert exposed.returncode == 2
     lines = [line for line in exposed.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("warning: --dashboard-host 0.0.0.0: the Ray dashboard") and "SSH tunnel" in lines[0]
+    assert (
+        lines[0].startswith("warning: --dashboard-host 0.0.0.0: the Ray dashboard")
+        and "SSH tunnel" in lines[0]
+    )
     assert lines[1].startswith("error: ") and "already holds a sweep" in lines[1]
     default = cli("run", spec, "--results", results, timeout=120)
     assert "already holds a sweep" in user_error(default)  # one line: no warning for 127.0.0.1
 
 
-@pytest.mark.parametrize(("host", "warns"), [("0.0.0.0", True), ("::", True), ("10.1.2.3", True),
-                                             ("head.example", True), ("127.0.0.1", False),
-                                             ("localhost", False), ("::1", False), ("127.0.1.1", False)])
+@pytest.mark.parametrize(
+    ("host", "warns"),
+    [
+        ("0.0.0.0", True),
+        ("::", True),
+        ("10.1.2.3", True),
+        ("head.example", True),
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+        ("127.0.1.1", False),
+    ],
+)
 def test_which_dashboard_hosts_warn(host, warns, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     warn_if_dashboard_exposed(True, host, None)
     assert capsys.readouterr().err.startswith("warning: ") == warns
-    warn_if_dashboard_exposed(False, host, None)  # no dashboard, or joining a cluster: nothing to say
+    warn_if_dashboard_exposed(
+        False, host, None
+    )  # no dashboard, or joining a cluster: nothing to say
     warn_if_dashboard_exposed(True, host, "127.0.0.1:6379")
     assert capsys.readouterr().err == ""
 
@@ -60,12 +80,21 @@ def test_the_docs_say_to_reach_the_dashboard_through_an_ssh_tunnel():
 
 def _strings_of_parquet(path: Path) -> str:
     table = pq.read_table(path)
-    return "\n".join(str(v) for column in table.columns if pa.types.is_string(column.type)
-                     for v in column.to_pylist())
+    return "\n".join(
+        str(v)
+        for column in table.columns
+        if pa.types.is_string(column.type)
+        for v in column.to_pylist()
+    )
 
 
 def _leaks(secrets: dict[str, str], places: dict[str, bytes]) -> list[tuple[str, str]]:
-    return [(var, where) for var, value in secrets.items() for where, data in places.items() if value.encode() in data]
+    return [
+        (var, where)
+        for var, value in secrets.items()
+        for where, data in places.items()
+        if value.encode() in data
+    ]
 
 
 def _ray_logs(finished_sweep) -> dict[str, bytes]:
@@ -81,7 +110,9 @@ def test_no_credential_reaches_parquet_reports_tune_files_or_cli_output(finished
     assert row["config"] and row["versions"]  # the columns that could carry one are filled
 
     places: dict[str, bytes] = {}
-    for path in sweep_dir.rglob("*"):  # Parquet, curves, report.html, plots, sweep.yaml, Tune's files
+    for path in sweep_dir.rglob(
+        "*"
+    ):  # Parquet, curves, report.html, plots, sweep.yaml, Tune's files
         if path.is_file():
             places[str(path)] = path.read_bytes()
             if path.suffix == ".parquet":  # the strings decoded too: Parquet pages are compressed

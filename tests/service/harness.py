@@ -41,8 +41,13 @@ def cli_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh shell: no Ray address or auth settings leaked from this
     process (an in-process ``ray.init()`` sets RAY_AUTH_MODE here), Ray on loopback only."""
     env = {k: v for k, v in os.environ.items() if k not in (*AUTH_VARS, "RAY_ADDRESS")}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1", PATH=os.pathsep.join([VENV_BIN, env.get("PATH", "")]))
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_TMPDIR=str(ray_tmp),
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        PATH=os.pathsep.join([VENV_BIN, env.get("PATH", "")]),
+    )
     env.update(extra)
     return env
 
@@ -56,8 +61,16 @@ def qsweep_command() -> list[str]:
 
 def write_spec(directory: Path, name: str, **fields: Any) -> Path:
     """A tiny sweep spec (MLP on digits, 40 steps, 3 evaluations); ``fields`` replace sections."""
-    spec = {"name": name, "grid": {"estimators": ["ste"]}, "trial": {"num_evals": 3},
-            "budget": {"steps": 40}, "resources": {"cpus": 1}, "retries": 0, "checkpoint_every": 1, **fields}
+    spec = {
+        "name": name,
+        "grid": {"estimators": ["ste"]},
+        "trial": {"num_evals": 3},
+        "budget": {"steps": 40},
+        "resources": {"cpus": 1},
+        "retries": 0,
+        "checkpoint_every": 1,
+        **fields,
+    }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -166,16 +179,28 @@ class Qsweep:
         self.env = env
         self._sessions: list[int] = []
 
-    def start(self, *args: Any, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    def start(
+        self, *args: Any, env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.Popen:
         popen.setdefault("stdout", subprocess.PIPE)
         popen.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen([*qsweep_command(), *map(str, args)], env=env or self.env, text=True,
-                                start_new_session=True, **popen)
+        proc = subprocess.Popen(
+            [*qsweep_command(), *map(str, args)],
+            env=env or self.env,
+            text=True,
+            start_new_session=True,
+            **popen,
+        )
         self._sessions.append(proc.pid)
         return proc
 
-    def __call__(self, *args: Any, timeout: float = 300, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self,
+        *args: Any,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run to the end; returns the CompletedProcess (the test checks the exit code)."""
         proc = self.start(*args, env=env, cwd=cwd)
         try:
@@ -183,7 +208,9 @@ class Qsweep:
         except subprocess.TimeoutExpired:
             kill_session(proc.pid)
             out, err = proc.communicate()
-            raise AssertionError(f"qsweep {args} ran over {timeout}s\nstdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}") from None
+            raise AssertionError(
+                f"qsweep {args} ran over {timeout}s\nstdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}"
+            ) from None
         finally:
             kill_session(proc.pid)  # nothing of a finished command may linger
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -203,9 +230,15 @@ def read_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]
     """(trial rows by id, curve rows by trial id) as the files are now; missing files read empty.
     Raises OSError / ArrowInvalid while a file is being replaced (callers polling retry)."""
     trials_file = sweep_dir / "trials.parquet"
-    rows = {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()} if trials_file.exists() else {}
+    rows = (
+        {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()}
+        if trials_file.exists()
+        else {}
+    )
     curves = {}
     if (sweep_dir / "curves").is_dir():
-        for path in (sweep_dir / "curves").glob("*.parquet"):  # glob skips the writer's hidden temp files
+        for path in (sweep_dir / "curves").glob(
+            "*.parquet"
+        ):  # glob skips the writer's hidden temp files
             curves[path.stem] = pq.read_table(path).to_pylist()
     return rows, curves

@@ -81,12 +81,21 @@ def cluster():
         mp.setenv("RAY_AUTH_MODE", "token")
         mp.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
         mp.delenv("RAY_AUTH_TOKEN", raising=False)
-        mp.setenv("PATH", os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))  # a job runs `qsweep`
+        mp.setenv(
+            "PATH", os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")])
+        )  # a job runs `qsweep`
         refresh_ray_auth_config()
         dashboard_port = free_port()
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port()})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": dashboard_port,
+                "dashboard_agent_listen_port": free_port(),
+            },
+        )
         cli = None
         try:
             # One session directory serves every node here, runtime-env folder included, as when
@@ -96,7 +105,9 @@ def cluster():
             cluster.wait_for_nodes()
             dashboard = f"http://127.0.0.1:{dashboard_port}"
             wait_for_http(f"{dashboard}/api/version")
-            cli = Qsweep(cli_env(Path(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)))
+            cli = Qsweep(
+                cli_env(Path(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+            )
             yield LocalCluster(cluster.address, dashboard, {node.node_id for node in workers}, cli)
         finally:
             if cli is not None:
@@ -111,25 +122,45 @@ def test_submit_with_a_relative_results_path_exits_2_with_one_line(qsweep, tmp_p
         location = extra[-1] if extra else "results"
         assert user_error(result) == (
             f"error: results: {location!r} is relative, but a submitted sweep runs on the cluster — give an "
-            f"absolute path on shared storage or a URI (--results s3://bucket/sweeps)")
+            f"absolute path on shared storage or a URI (--results s3://bucket/sweeps)"
+        )
 
 
 def test_submit_to_an_unreachable_job_server_exits_2_with_one_line(qsweep, tmp_path):
     spec_file = write_spec(tmp_path, "nowhere")
-    result = qsweep("submit", spec_file, "--address", "http://127.0.0.1:1", "--results", tmp_path / "results",
-                    timeout=120)
-    assert user_error(result).startswith("error: cannot reach the Ray job server at http://127.0.0.1:1: ")
+    result = qsweep(
+        "submit",
+        spec_file,
+        "--address",
+        "http://127.0.0.1:1",
+        "--results",
+        tmp_path / "results",
+        timeout=120,
+    )
+    assert user_error(result).startswith(
+        "error: cannot reach the Ray job server at http://127.0.0.1:1: "
+    )
 
 
 def test_a_sweep_joining_the_cluster_runs_its_trials_on_several_nodes(cluster, tmp_path):
-    spec_file = write_spec(tmp_path, "spread", grid={"estimators": ["ste", "fogzo"], "bits": [2, 4]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
-    run = cluster.qsweep("run", spec_file, "--results", tmp_path / "results", "--address", cluster.address)
+    spec_file = write_spec(
+        tmp_path,
+        "spread",
+        grid={"estimators": ["ste", "fogzo"], "bits": [2, 4]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+    )
+    run = cluster.qsweep(
+        "run", spec_file, "--results", tmp_path / "results", "--address", cluster.address
+    )
     assert run.returncode == 0, explain(run)
     rows = pq.read_table(tmp_path / "results" / "spread" / "trials.parquet").to_pylist()
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     nodes = {r["node_id"] for r in rows}
-    assert len(nodes) > 1 and nodes <= cluster.worker_ids, (nodes, cluster.worker_ids)  # the head has no CPU
+    assert len(nodes) > 1 and nodes <= cluster.worker_ids, (
+        nodes,
+        cluster.worker_ids,
+    )  # the head has no CPU
     assert {r["host"] for r in rows} == {socket.gethostname()}
     assert pq.read_table(tmp_path / "results" / "spread" / "curves").num_rows == 4 * (NUM_EVALS + 1)
 
@@ -137,16 +168,27 @@ def test_a_sweep_joining_the_cluster_runs_its_trials_on_several_nodes(cluster, t
 def test_submit_runs_the_sweep_as_a_ray_job_and_writes_the_parquet(cluster, tmp_path):
     from ray.job_submission import JobSubmissionClient
 
-    spec_file = write_spec(tmp_path, "job", grid={"estimators": ["ste"], "bits": [2, 4]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
+    spec_file = write_spec(
+        tmp_path,
+        "job",
+        grid={"estimators": ["ste"], "bits": [2, 4]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+    )
     results = tmp_path / "job results"  # a space: the job's entrypoint must quote the path
-    submit = cluster.qsweep("submit", spec_file, "--address", cluster.dashboard, "--results", results, "--wait")
+    submit = cluster.qsweep(
+        "submit", spec_file, "--address", cluster.dashboard, "--results", results, "--wait"
+    )
     assert submit.returncode == 0, explain(submit)
     job_id = re.search(r"^job (\S+) submitted to ", submit.stdout, re.MULTILINE).group(1)
     assert f"job {job_id} ended: SUCCEEDED" in submit.stdout
-    assert f"sweep job: 2 planned trials -> {results / 'job'}" in submit.stdout  # the job's log, echoed
+    assert (
+        f"sweep job: 2 planned trials -> {results / 'job'}" in submit.stdout
+    )  # the job's log, echoed
 
-    info = JobSubmissionClient(cluster.dashboard).get_job_info(job_id)  # this process has the token too
+    info = JobSubmissionClient(cluster.dashboard).get_job_info(
+        job_id
+    )  # this process has the token too
     assert info.metadata == {"qsweep_sweep": "job"} and info.status.value == "SUCCEEDED"
 
     rows = pq.read_table(results / "job" / "trials.parquet").to_pylist()
@@ -155,15 +197,27 @@ def test_submit_runs_the_sweep_as_a_ray_job_and_writes_the_parquet(cluster, tmp_
     assert pq.read_table(results / "job" / "curves").num_rows == 2 * (NUM_EVALS + 1)
 
 
-def test_submit_without_the_clusters_token_exits_2_with_one_line_saying_what_to_set(cluster, tmp_path):
+def test_submit_without_the_clusters_token_exits_2_with_one_line_saying_what_to_set(
+    cluster, tmp_path
+):
     spec_file = write_spec(tmp_path, "noauth")
     no_auth = {k: v for k, v in cluster.qsweep.env.items() if k not in AUTH_VARS}
     wrong = {**no_auth, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
     for env, reason in ((no_auth, "Authentication required"), (wrong, "Authentication failed")):
-        result = cluster.qsweep("submit", spec_file, "--address", cluster.dashboard, "--results",
-                                tmp_path / "results", env=env, timeout=120)
+        result = cluster.qsweep(
+            "submit",
+            spec_file,
+            "--address",
+            cluster.dashboard,
+            "--results",
+            tmp_path / "results",
+            env=env,
+            timeout=120,
+        )
         error = user_error(result)
-        assert error.startswith(f"error: the Ray job server at {cluster.dashboard} wants its token: {reason}")
+        assert error.startswith(
+            f"error: the Ray job server at {cluster.dashboard} wants its token: {reason}"
+        )
         assert "export RAY_AUTH_MODE=token" in error
     assert not (tmp_path / "results").exists()
 
@@ -177,54 +231,137 @@ def test_submit_on_a_cluster_started_by_hand_as_the_readme_says_succeeds_exactly
     ``[Errno 2]`` when the driver ran inside a working_dir package that Ray deleted)."""
     with local_cluster(tmp_path) as nodes:
         head = nodes.node_env({})
-        nodes.start(["ray", "start", "--head", "--port", "6379", "--dashboard-host", "127.0.0.1", "--num-cpus", "0",
-                     "--node-ip-address", "127.0.0.1", "--block"], head)
+        nodes.start(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--port",
+                "6379",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--num-cpus",
+                "0",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--block",
+            ],
+            head,
+        )
         wait_for_nodes(nodes, 1, "8265")  # the head is up before the workers join
         for i, own in ((1, False), (2, True)):
-            nodes.start(["ray", "start", "--address", "127.0.0.1:6379", "--num-cpus", "1", "--block",
-                         "--node-ip-address", "127.0.0.1", "--dashboard-agent-listen-port", str(52400 + i),
-                         "--metrics-export-port", str(8090 + i), "--runtime-env-agent-port", str(52410 + i)],
-                        nodes.node_env({}), own_temp_dir=own)
+            nodes.start(
+                [
+                    "ray",
+                    "start",
+                    "--address",
+                    "127.0.0.1:6379",
+                    "--num-cpus",
+                    "1",
+                    "--block",
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--dashboard-agent-listen-port",
+                    str(52400 + i),
+                    "--metrics-export-port",
+                    str(8090 + i),
+                    "--runtime-env-agent-port",
+                    str(52410 + i),
+                ],
+                nodes.node_env({}),
+                own_temp_dir=own,
+            )
         info = wait_for_nodes(nodes, 3, "8265")
         workers = {n["id"] for n in info["nodes"] if not n["head"]}
         assert info["unauthenticated"] == 401 and len(workers) == 2
 
-        spec_file = write_spec(tmp_path, "byhand", grid={"estimators": ["ste", "nspsa"], "bits": [2, 4, 8],
-                                                        "seeds": [0, 1]},
-                               trial={"num_evals": 2}, budget={"steps": 40})
+        spec_file = write_spec(
+            tmp_path,
+            "byhand",
+            grid={"estimators": ["ste", "nspsa"], "bits": [2, 4, 8], "seeds": [0, 1]},
+            trial={"num_evals": 2},
+            budget={"steps": 40},
+        )
         results = tmp_path / "results"
-        submit = nodes.run([*qsweep_command(), "submit", str(spec_file), "--address", "http://127.0.0.1:8265",
-                            "--results", str(results), "--wait"], timeout=600)
+        submit = nodes.run(
+            [
+                *qsweep_command(),
+                "submit",
+                str(spec_file),
+                "--address",
+                "http://127.0.0.1:8265",
+                "--results",
+                str(results),
+                "--wait",
+            ],
+            timeout=600,
+        )
         assert submit.returncode == 0, explain(submit) + nodes.log_tail()
-        assert re.search(r"^job \S+ ended: SUCCEEDED$", submit.stdout, re.MULTILINE), submit.stdout[-3000:]
+        assert re.search(r"^job \S+ ended: SUCCEEDED$", submit.stdout, re.MULTILINE), submit.stdout[
+            -3000:
+        ]
         assert "[Errno" not in submit.stdout + submit.stderr
 
         rows = pq.read_table(results / "byhand" / "trials.parquet").to_pylist()
         assert len(rows) == 12 and len({r["trial_id"] for r in rows}) == 12
         assert {r["status"] for r in rows} == {"completed"} and {r["attempts"] for r in rows} == {1}
         assert {r["node_id"] for r in rows} <= workers  # the head has no CPU
-        curves = pq.read_table(results / "byhand" / "curves").select(["trial_id", "step"]).to_pylist()
+        curves = (
+            pq.read_table(results / "byhand" / "curves").select(["trial_id", "step"]).to_pylist()
+        )
         assert len(curves) == 12 * 3 == len({(c["trial_id"], c["step"]) for c in curves})
 
 
-def test_submit_when_the_heads_job_agent_is_missing_exits_2_with_one_line_saying_what_to_check(tmp_path):
+def test_submit_when_the_heads_job_agent_is_missing_exits_2_with_one_line_saying_what_to_check(
+    tmp_path,
+):
     """The head's dashboard agent cannot bind its port (taken, as by a second node on one
     host with the default port): the job server answers 500 "No available agent". After a
     short bounded retry, one line and exit 2 — not a 40-line traceback."""
     with local_cluster(tmp_path) as nodes:
-        taken = nodes.start([sys.executable, "-c", PORT_HOLDER, "52365"], nodes.node_env({}), own_temp_dir=False)
-        nodes.start(["ray", "start", "--head", "--port", "6379", "--dashboard-host", "127.0.0.1", "--num-cpus", "1",
-                     "--node-ip-address", "127.0.0.1", "--block"], nodes.node_env({}))
+        taken = nodes.start(
+            [sys.executable, "-c", PORT_HOLDER, "52365"], nodes.node_env({}), own_temp_dir=False
+        )
+        nodes.start(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--port",
+                "6379",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--num-cpus",
+                "1",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--block",
+            ],
+            nodes.node_env({}),
+        )
         wait_for_nodes(nodes, 1, "8265")
         spec_file = write_spec(tmp_path, "noagent")
         env = {**nodes.client_env, "QSWEEP_SUBMIT_AGENT_WAIT_S": "3"}
         started = time.monotonic()
-        submit = nodes.run([*qsweep_command(), "submit", str(spec_file), "--address", "http://127.0.0.1:8265",
-                            "--results", str(tmp_path / "results")], timeout=300, env=env)
+        submit = nodes.run(
+            [
+                *qsweep_command(),
+                "submit",
+                str(spec_file),
+                "--address",
+                "http://127.0.0.1:8265",
+                "--results",
+                str(tmp_path / "results"),
+            ],
+            timeout=300,
+            env=env,
+        )
         assert taken.poll() is None  # the port stayed taken throughout
         error = user_error(submit)
-        assert error.startswith("error: the Ray job server at http://127.0.0.1:8265 has no job agent available "
-                                "to run the job (retried for 3 s): "), error
+        assert error.startswith(
+            "error: the Ray job server at http://127.0.0.1:8265 has no job agent available "
+            "to run the job (retried for 3 s): "
+        ), error
         assert "dashboard_agent.log" in error and "--dashboard-agent-listen-port" in error
         assert time.monotonic() - started < 120
 

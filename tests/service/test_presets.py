@@ -22,8 +22,16 @@ PAPER_PRESETS = [p for p in PRESETS if "scales" in yaml.safe_load(p.read_text())
 
 def test_every_paper_experiment_has_a_preset():
     names = {p.stem for p in PAPER_PRESETS}
-    assert {"fogzo_mlp_vs_nspsa", "fogzo_resnet18", "fogzo_deit_tiny", "fogzo_llama_w2a2", "repro_fogzo_mlp",
-            "repro_fogzo_deep", "repro_fogzo_walltime", "repro_quzo"} <= names
+    assert {
+        "fogzo_mlp_vs_nspsa",
+        "fogzo_resnet18",
+        "fogzo_deit_tiny",
+        "fogzo_llama_w2a2",
+        "repro_fogzo_mlp",
+        "repro_fogzo_deep",
+        "repro_fogzo_walltime",
+        "repro_quzo",
+    } <= names
 
 
 REPRO = ["repro_fogzo_mlp", "repro_fogzo_deep", "repro_fogzo_walltime", "repro_quzo"]
@@ -54,9 +62,17 @@ def _configs(preset: str, scale: str) -> list[dict]:
 def test_repro_mlp_is_the_papers_784_10_10_at_2_bits_fixed_alpha(scale, dataset, size):
     configs = _configs("repro_fogzo_mlp", scale)
     assert {(c["estimator"], c["estimator_options"].get("n")) for c in configs} == {
-        ("ste", None), ("nspsa", 1), ("nspsa", 7960), ("fogzo", 1)}
+        ("ste", None),
+        ("nspsa", 1),
+        ("nspsa", 7960),
+        ("fogzo", 1),
+    }
     for c in configs:
-        assert (c["bits"], c["dataset"], c.get("dataset_options", {}).get("size")) == (2, dataset, size)
+        assert (c["bits"], c["dataset"], c.get("dataset_options", {}).get("size")) == (
+            2,
+            dataset,
+            size,
+        )
         assert c["quant_options"] == {"scale": "fixed", "surrogate": "identity"}
         assert c["model_options"] == {"hidden": 10} and "init_from" not in c
     fogzo = next(c for c in configs if c["estimator"] == "fogzo")["estimator_options"]
@@ -73,19 +89,31 @@ def test_repro_deep_pairs_each_model_with_its_data_fixed_alpha_equal_iterations(
     configs = _configs("repro_fogzo_deep", scale)
     vision = "digits" if scale == "smoke" else "cifar10"
     assert {(c["model"], c["dataset"]) for c in configs} == {
-        ("deit_tiny", vision), ("resnet18", vision), ("llama", "text")}
+        ("deit_tiny", vision),
+        ("resnet18", vision),
+        ("llama", "text"),
+    }
     assert {c["estimator"] for c in configs} == {"ste", "fogzo"}
     for c in configs:
-        assert c["quant_options"]["scale"] == "fixed" and c["quant_options"]["surrogate"] == "identity"
+        assert (
+            c["quant_options"]["scale"] == "fixed" and c["quant_options"]["surrogate"] == "identity"
+        )
         assert c["lr_schedule"] == "cosine" and c["flops"] is None
         if c["estimator"] == "fogzo":
-            assert c["estimator_options"].get("warm_start", 0.0) == 0.0  # pure FOGZO at equal iterations
-            assert c["estimator_options"]["beta_min"] == "auto" and c["estimator_options"]["zo_params"] == "quantized"
+            assert (
+                c["estimator_options"].get("warm_start", 0.0) == 0.0
+            )  # pure FOGZO at equal iterations
+            assert (
+                c["estimator_options"]["beta_min"] == "auto"
+                and c["estimator_options"]["zo_params"] == "quantized"
+            )
     steps = {}
     for c in configs:  # equal iterations: STE and FOGZO of a model get the same steps
         steps.setdefault(c["model"], set()).add(c["steps"])
     assert all(len(s) == 1 for s in steps.values()), steps
-    assert all(c["quant_options"].get("act_bits") == 2 for c in configs if c["model"] == "llama")  # W2A2
+    assert all(
+        c["quant_options"].get("act_bits") == 2 for c in configs if c["model"] == "llama"
+    )  # W2A2
 
 
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
@@ -93,7 +121,9 @@ def test_repro_walltime_gives_ste_and_70_30_fogzo_the_same_flops(scale):
     configs = _configs("repro_fogzo_walltime", scale)
     assert {c["estimator"] for c in configs} == {"ste", "fogzo"}
     assert len({c["flops"] for c in configs}) == 1 and all(c["steps"] is None for c in configs)
-    assert all(c["estimator_options"]["warm_start"] == 0.7 for c in configs if c["estimator"] == "fogzo")
+    assert all(
+        c["estimator_options"]["warm_start"] == 0.7 for c in configs if c["estimator"] == "fogzo"
+    )
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS, ids=lambda p: p.stem)
@@ -109,12 +139,22 @@ def test_unknown_scale_is_a_clear_error():
 
 
 def _run_preset(qsweep, preset: str, tmp_path: Path, timeout: int = 400) -> tuple[list[dict], Path]:
-    result = qsweep("run", f"examples/{preset}.yaml", "--results", tmp_path, "--no-dashboard", "--num-cpus", 2,
-                    timeout=timeout)
+    result = qsweep(
+        "run",
+        f"examples/{preset}.yaml",
+        "--results",
+        tmp_path,
+        "--no-dashboard",
+        "--num-cpus",
+        2,
+        timeout=timeout,
+    )
     assert result.returncode == 0, explain(result)
     sweep_dir = tmp_path / f"{load_spec(f'examples/{preset}.yaml').name}"
     rows = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
-    assert rows and all(r["status"] == "completed" for r in rows), [(r["trial_id"], r["error"]) for r in rows]
+    assert rows and all(r["status"] == "completed" for r in rows), [
+        (r["trial_id"], r["error"]) for r in rows
+    ]
     assert (sweep_dir / "report.html").is_file()
     return rows, sweep_dir
 
@@ -143,11 +183,17 @@ def test_repro_quzo_compares_the_papers_arms_with_3_seeds():
         arms = {}
         for c in configs:
             arms.setdefault((c["estimator"], c["quantizer"], c["bits"]), set()).add(c["seed"])
-        assert set(arms) == {(e, q, b) for e in ("quzo", "mezo", "qfo", "ste") for q, b in formats}, scale
+        assert set(arms) == {
+            (e, q, b) for e in ("quzo", "mezo", "qfo", "ste") for q, b in formats
+        }, scale
         assert all(len(seeds) >= 3 for seeds in arms.values()), arms
         quzo = [c for c in configs if c["estimator"] == "quzo"]
-        assert all(c["estimator_options"]["perturb_bits"] == 4 and c["estimator_options"]["eps"] == 1e-3
-                   and c["lr_schedule"] == "linear" for c in quzo)
+        assert all(
+            c["estimator_options"]["perturb_bits"] == 4
+            and c["estimator_options"]["eps"] == 1e-3
+            and c["lr_schedule"] == "linear"
+            for c in quzo
+        )
 
 
 def _every_arm_completed_with_3_seeds(rows: list[dict]) -> None:
@@ -186,11 +232,17 @@ def test_repro_quzo_runs_pretraining_then_all_four_methods(qsweep, tmp_path):
     finetune = [r for r in rows if not r["trial_id"].startswith("pretrain-")]
     assert len(pretrain) == 1 and list((sweep_dir / "stages").glob("*.pt"))
     assert {r["estimator"] for r in finetune} == {"quzo", "mezo", "qfo", "ste"}
-    assert {(r["quantizer"], r["bits"]) for r in finetune} == {("int", 8), ("int", 4), ("fp8_e4m3", 8)}
+    assert {(r["quantizer"], r["bits"]) for r in finetune} == {
+        ("int", 8),
+        ("int", 4),
+        ("fp8_e4m3", 8),
+    }
     assert all(r["peak_memory_bytes"] > 0 for r in finetune)
     # Fine-tuning starts from the pre-trained model: its first evaluation is already far
     # better than a random model's (perplexity ~256 for bytes).
-    first = {r["trial_id"]: r for r in pq.read_table(sweep_dir / "curves").to_pylist() if r["step"] == 0}
+    first = {
+        r["trial_id"]: r for r in pq.read_table(sweep_dir / "curves").to_pylist() if r["step"] == 0
+    }
     assert all(first[r["trial_id"]]["eval_metric"] < 100 for r in finetune)
 
 
@@ -198,10 +250,31 @@ def test_repro_quzo_runs_pretraining_then_all_four_methods(qsweep, tmp_path):
 @pytest.mark.parametrize("quantizer,bits", [("int", 8), ("int", 4), ("fp8_e4m3", 8)])
 def test_quzo_finetuning_keeps_weights_on_the_grid(tmp_path, quantizer, bits, estimator, lr):
     base = {"model": "mlp", "dataset": "digits", "num_evals": 1, "threads": 1}
-    run_trial({**base, "quantizer": "none", "estimator": "ste", "optimizer": "adam", "lr": 0.01, "steps": 60,
-               "save_model_to": str(tmp_path / "pre.pt")}, lambda m: None)
-    run_trial({**base, "quantizer": quantizer, "bits": bits, "estimator": estimator, "lr": lr, "steps": 30,
-               "init_from": str(tmp_path / "pre.pt"), "save_model_to": str(tmp_path / "tuned.pt")}, lambda m: None)
+    run_trial(
+        {
+            **base,
+            "quantizer": "none",
+            "estimator": "ste",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "steps": 60,
+            "save_model_to": str(tmp_path / "pre.pt"),
+        },
+        lambda m: None,
+    )
+    run_trial(
+        {
+            **base,
+            "quantizer": quantizer,
+            "bits": bits,
+            "estimator": estimator,
+            "lr": lr,
+            "steps": 30,
+            "init_from": str(tmp_path / "pre.pt"),
+            "save_model_to": str(tmp_path / "tuned.pt"),
+        },
+        lambda m: None,
+    )
     pre, tuned = torch.load(tmp_path / "pre.pt"), torch.load(tmp_path / "tuned.pt")
     for layer in ("1", "3"):  # the two Linear layers of the MLP
         w, scale = tuned[f"{layer}.weight"], tuned[f"{layer}.weight_quantizer.frozen_scale"]

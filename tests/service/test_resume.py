@@ -31,19 +31,37 @@ STEPS = 1500  # ~1 s of training per ste trial and ~3-4 s per fogzo trial on one
 
 
 def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qsweep, tmp_path):
-    spec_file = write_spec(tmp_path, "crash", grid={"estimators": ["ste", "fogzo"], "bits": [2, 4, 8]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS}, retries=0, checkpoint_every=1)
+    spec_file = write_spec(
+        tmp_path,
+        "crash",
+        grid={"estimators": ["ste", "fogzo"], "bits": [2, 4, 8]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+        retries=0,
+        checkpoint_every=1,
+    )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
     sweep_dir = tmp_path / "results" / "crash"
     log = (tmp_path / "first-driver.log").open("w")
-    driver = qsweep.start("run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2,
-                          stdout=log, stderr=log)
+    driver = qsweep.start(
+        "run",
+        spec_file,
+        "--results",
+        tmp_path / "results",
+        "--no-dashboard",
+        "--num-cpus",
+        2,
+        stdout=log,
+        stderr=log,
+    )
 
     # Kill once one trial is complete and another has reported past step 0 (so it has a
     # checkpoint to resume from) but is not complete.
     deadline = time.monotonic() + 240
     while True:
-        assert driver.poll() is None, f"the sweep ended before it could be killed:\n{(tmp_path / 'first-driver.log').read_text()[-3000:]}"
+        assert driver.poll() is None, (
+            f"the sweep ended before it could be killed:\n{(tmp_path / 'first-driver.log').read_text()[-3000:]}"
+        )
         assert time.monotonic() < deadline, "no trial completed in time"
         try:
             rows, curves = read_state(sweep_dir)
@@ -51,7 +69,9 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
             rows, curves = {}, {}
         done = {t for t, r in rows.items() if r["status"] == "completed"}
         # Past step 0 but not yet at its last evaluation: it cannot finish before the kill lands.
-        midway = {t for t, curve in curves.items() if t not in done and 2 <= len(curve) <= NUM_EVALS}
+        midway = {
+            t for t, curve in curves.items() if t not in done and 2 <= len(curve) <= NUM_EVALS
+        }
         if done and midway:
             break
         time.sleep(0.05)
@@ -64,7 +84,9 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
     rows_before, curves_before = read_state(sweep_dir)
     done_before = {t: r for t, r in rows_before.items() if r["status"] == "completed"}
     assert done_before and len(done_before) < len(planned), rows_before
-    interrupted = {t for t, curve in curves_before.items() if t not in done_before and len(curve) >= 2}
+    interrupted = {
+        t for t, curve in curves_before.items() if t not in done_before and len(curve) >= 2
+    }
     assert interrupted
 
     resumed = qsweep("resume", sweep_dir, "--no-dashboard", "--num-cpus", 2)
@@ -81,14 +103,21 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
 
     for tid, curve in curves.items():
         steps = [r["step"] for r in curve]
-        assert len(steps) == len(set(steps)) == NUM_EVALS + 1, (tid, steps)  # no duplicate (trial_id, step)
+        assert len(steps) == len(set(steps)) == NUM_EVALS + 1, (
+            tid,
+            steps,
+        )  # no duplicate (trial_id, step)
         assert steps[0] == 0 and steps[-1] == STEPS and steps == sorted(steps)
         forwards = [r["forwards"] for r in curve]
         assert forwards == sorted(forwards) and forwards[-1] == rows[tid]["forwards"], tid
-        assert rows[tid]["steps"] == STEPS and rows[tid]["final_eval_loss"] == curve[-1]["eval_loss"]
+        assert (
+            rows[tid]["steps"] == STEPS and rows[tid]["final_eval_loss"] == curve[-1]["eval_loss"]
+        )
     # Costs are counted once: a resumed trial ends with the counts of one that ran straight through.
     for tid, config in planned.items():
-        assert (rows[tid]["forwards"], rows[tid]["backwards"]) == straight_through_costs(config, STEPS), tid
+        assert (rows[tid]["forwards"], rows[tid]["backwards"]) == straight_through_costs(
+            config, STEPS
+        ), tid
 
     # And with the same numbers: run_trial is deterministic, so an interrupted trial,
     # resumed from its checkpoint, ends where an uninterrupted run of its config ends.
@@ -99,7 +128,13 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
     finally:
         torch.set_num_threads(threads)
     final = curves[tid][-1]
-    assert (final["eval_loss"], final["eval_metric"]) == (reference["eval_loss"], reference["eval_metric"])
+    assert (final["eval_loss"], final["eval_metric"]) == (
+        reference["eval_loss"],
+        reference["eval_metric"],
+    )
 
     status = qsweep("status", sweep_dir)
-    assert f"crash: {len(planned)} completed, 0 running, 0 failed, 0 pending of {len(planned)}" in status.stdout
+    assert (
+        f"crash: {len(planned)} completed, 0 running, 0 failed, 0 pending of {len(planned)}"
+        in status.stdout
+    )

@@ -32,18 +32,35 @@ VERSIONS = {"qsweep": "test", "ray": ray.__version__}
 
 
 def planned_trials(name: str, seeds: list[int]) -> dict[str, dict]:
-    spec = parse_spec({"name": name, "grid": {"estimators": ["fogzo"], "seeds": seeds},
-                       "estimators": {"fogzo": {"n": 2}}, "budget": {"steps": STEPS}})
+    spec = parse_spec(
+        {
+            "name": name,
+            "grid": {"estimators": ["fogzo"], "seeds": seeds},
+            "estimators": {"fogzo": {"n": 2}},
+            "budget": {"steps": STEPS},
+        }
+    )
     return {p.trial_id: p.config for p in spec.trials()}
 
 
 def metrics(step: int, wall_s: float) -> dict:
     """The keys run_trial reports, plus the host/node keys our trainable adds."""
-    return {"step": step, "forwards": 3 * step, "backwards": step, "flops": 1e3 * step, "wall_s": wall_s,
-            "train_loss": float("nan") if step == 0 else 2.0 / step, "eval_loss": 1.0 / (1 + step),
-            "eval_metric": step / STEPS, "peak_memory_bytes": 4096, "num_params": 123,
-            "progress": step / STEPS, "done": step == STEPS, "host": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id()}
+    return {
+        "step": step,
+        "forwards": 3 * step,
+        "backwards": step,
+        "flops": 1e3 * step,
+        "wall_s": wall_s,
+        "train_loss": float("nan") if step == 0 else 2.0 / step,
+        "eval_loss": 1.0 / (1 + step),
+        "eval_metric": step / STEPS,
+        "peak_memory_bytes": 4096,
+        "num_params": 123,
+        "progress": step / STEPS,
+        "done": step == STEPS,
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
 
 
 def make_trainable(planned: dict[str, dict], marker_dir: str | None = None):
@@ -68,23 +85,32 @@ def make_trainable(planned: dict[str, dict], marker_dir: str | None = None):
             if seed == 1 and step == EVERY:
                 d = tempfile.mkdtemp()
                 Path(d, "step").write_text(str(step))
-                tune.report(metrics(step, step + 1000 * attempt), checkpoint=tune.Checkpoint.from_directory(d))
+                tune.report(
+                    metrics(step, step + 1000 * attempt),
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
             else:
                 tune.report(metrics(step, step + 1000 * attempt))
 
     return trainable
 
 
-def run_sweep(tmp: Path, name: str, seeds: list[int], max_failures: int = 0, marker_dir: str | None = None):
+def run_sweep(
+    tmp: Path, name: str, seeds: list[int], max_failures: int = 0, marker_dir: str | None = None
+):
     planned = planned_trials(name, seeds)
     sink = ParquetSink(str(tmp / "results" / name), name, planned, VERSIONS)
     tuner = tune.Tuner(
         make_trainable(planned, marker_dir),
         param_space={"planned_id": tune.grid_search(sorted(planned))},
         run_config=tune.RunConfig(
-            name=name, storage_path=str(tmp / "tune"), callbacks=[sink], verbose=0,
+            name=name,
+            storage_path=str(tmp / "tune"),
+            callbacks=[sink],
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
     )
     return planned, tuner.fit()
 
@@ -118,14 +144,38 @@ def test_rows_are_trials_times_evaluations_with_the_contract_schema(sweep):
     ok = by_id(trials)[next(t for t, c in planned.items() if c["seed"] == 0)]
     assert ok["status"] == "completed" and ok["error"] is None and ok["attempts"] == 1
     assert ok["schema_version"] == SCHEMA_VERSION and ok["sweep"] == "basic"
-    assert (ok["estimator"], ok["bits"], ok["quantizer"], ok["model"], ok["dataset"]) == ("fogzo", 2, "int", "mlp", "digits")
+    assert (ok["estimator"], ok["bits"], ok["quantizer"], ok["model"], ok["dataset"]) == (
+        "fogzo",
+        2,
+        "int",
+        "mlp",
+        "digits",
+    )
     # Effective values: n from the spec, the rest from the TrialConfig / FOGZOConfig defaults.
     assert (ok["n"], ok["eps"], ok["beta_min"], ok["lr"], ok["optimizer"], ok["batch_size"]) == (
-        2, default_eps("fogzo"), 0.999, default_lr("fogzo"), "sgd", 64)
-    assert ok["perturb_bits"] is None and ok["surrogate"] == "identity" and ok["budget_steps"] == STEPS
-    assert (ok["steps"], ok["forwards"], ok["backwards"], ok["flops"], ok["wall_s"]) == (40, 120, 40, 4e4, 1040)
+        2,
+        default_eps("fogzo"),
+        0.999,
+        default_lr("fogzo"),
+        "sgd",
+        64,
+    )
+    assert (
+        ok["perturb_bits"] is None and ok["surrogate"] == "identity" and ok["budget_steps"] == STEPS
+    )
+    assert (ok["steps"], ok["forwards"], ok["backwards"], ok["flops"], ok["wall_s"]) == (
+        40,
+        120,
+        40,
+        4e4,
+        1040,
+    )
     assert ok["final_eval_loss"] == ok["best_eval_loss"] == 1 / 41 and ok["best_eval_metric"] == 1.0
-    assert ok["num_params"] == 123 and ok["peak_memory_bytes"] == 4096 and ok["host"] == socket.gethostname()
+    assert (
+        ok["num_params"] == 123
+        and ok["peak_memory_bytes"] == 4096
+        and ok["host"] == socket.gethostname()
+    )
     assert ok["node_id"] and ok["started_at"] <= ok["finished_at"]
     assert json.loads(ok["versions"]) == VERSIONS and json.loads(ok["config"])["seed"] == 0
 
@@ -137,13 +187,17 @@ def test_a_trial_that_raises_is_failed_with_its_message_and_the_rest_complete(sw
     assert statuses == {0: "completed", 1: "completed", 13: "failed"}
     failed = trials[next(t for t, c in planned.items() if c["seed"] == 13)]
     assert failed["error"] == "ValueError: boom: seed 13 diverged at step 20"  # one line
-    assert failed["error_traceback"].startswith("ray::ImplicitFunc.train()")  # and what Tune recorded
+    assert failed["error_traceback"].startswith(
+        "ray::ImplicitFunc.train()"
+    )  # and what Tune recorded
     assert failed["error_traceback"].endswith("ValueError: boom: seed 13 diverged at step 20")
     assert "\x1b[" not in failed["error_traceback"] and "Failure #" not in failed["error_traceback"]
     assert failed["finished_at"] is not None and failed["steps"] == EVERY
 
 
-def test_retries_count_attempts_and_keep_one_row_per_step_from_the_latest_attempt(ray_cluster, tmp_path):
+def test_retries_count_attempts_and_keep_one_row_per_step_from_the_latest_attempt(
+    ray_cluster, tmp_path
+):
     markers = tmp_path / "markers"
     markers.mkdir()
     planned, grid = run_sweep(tmp_path, "retry", [0, 1], max_failures=1, marker_dir=str(markers))
@@ -151,13 +205,20 @@ def test_retries_count_attempts_and_keep_one_row_per_step_from_the_latest_attemp
     trials, curves = read_results(str(tmp_path / "results" / "retry"))
     for tid, config in planned.items():
         row = by_id(trials)[tid]
-        assert (row["status"], row["attempts"], row["error"], row["error_traceback"]) == ("completed", 2, None, None)
+        assert (row["status"], row["attempts"], row["error"], row["error_traceback"]) == (
+            "completed",
+            2,
+            None,
+            None,
+        )
         curve = curves.filter(pa.compute.equal(curves["trial_id"], tid)).to_pylist()
         assert [r["step"] for r in curve] == [0, 10, 20, 30, 40]
         # Seed 0 restarted from scratch; seed 1 resumed from its step-10 checkpoint, so only
         # what it re-reported (20 and on) comes from the second attempt.
         first_from_retry = 0 if config["seed"] == 0 else 20
-        assert [r["wall_s"] // 1000 for r in curve] == [1 if r["step"] < first_from_retry else 2 for r in curve]
+        assert [r["wall_s"] // 1000 for r in curve] == [
+            1 if r["step"] < first_from_retry else 2 for r in curve
+        ]
         assert row["wall_s"] == 2040
 
 
@@ -167,7 +228,9 @@ def test_a_new_sink_over_the_same_directory_does_not_duplicate(sweep):
     before = read_results(str(sweep_dir))
     sink = ParquetSink(str(sweep_dir), "basic", planned, VERSIONS)
     for result in grid:
-        trial = Trial("trainable", config=result.config, trial_id=result.metrics["trial_id"], stub=True)
+        trial = Trial(
+            "trainable", config=result.config, trial_id=result.metrics["trial_id"], stub=True
+        )
         sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
         for record in result.metrics_dataframe.to_dict("records"):
             sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=record)
@@ -196,21 +259,36 @@ def test_a_crashed_driver_is_resumed_without_losing_or_duplicating_rows(tmp_path
     pickled = cloudpickle.dumps(first)
     first.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for step in (0, 10, 20):
-        first.on_trial_result(iteration=0, trials=[trial], trial=trial, result={**metrics_local(step), "wall_s": 1})
+        first.on_trial_result(
+            iteration=0, trials=[trial], trial=trial, result={**metrics_local(step), "wall_s": 1}
+        )
     second = cloudpickle.loads(pickled)
     second.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for step in (20, 30, 40):
-        second.on_trial_result(iteration=0, trials=[trial], trial=trial, result={**metrics_local(step), "wall_s": 2})
+        second.on_trial_result(
+            iteration=0, trials=[trial], trial=trial, result={**metrics_local(step), "wall_s": 2}
+        )
     second.on_trial_complete(iteration=0, trials=[trial], trial=trial)
     trials, curves = read_results(str(tmp_path / "resume"))
-    assert [(r["step"], r["wall_s"]) for r in curves.to_pylist()] == [(0, 1), (10, 1), (20, 2), (30, 2), (40, 2)]
+    assert [(r["step"], r["wall_s"]) for r in curves.to_pylist()] == [
+        (0, 1),
+        (10, 1),
+        (20, 2),
+        (30, 2),
+        (40, 2),
+    ]
     (row,) = trials.to_pylist()
     assert (row["status"], row["attempts"], row["steps"]) == ("completed", 2, 40)
 
 
 def metrics_local(step: int) -> dict:
     """``metrics`` without Ray's runtime context (for hooks driven outside a trial)."""
-    return {"step": step, "eval_loss": 1.0 / (1 + step), "eval_metric": step / STEPS, "progress": step / STEPS}
+    return {
+        "step": step,
+        "eval_loss": 1.0 / (1 + step),
+        "eval_metric": step / STEPS,
+        "progress": step / STEPS,
+    }
 
 
 def test_a_trial_stopped_before_its_budget_is_stopped(tmp_path):
@@ -218,7 +296,9 @@ def test_a_trial_stopped_before_its_budget_is_stopped(tmp_path):
     trial = Trial("trainable", config={"planned_id": next(iter(planned))}, trial_id="t0", stub=True)
     sink = ParquetSink(str(tmp_path / "asha"), "asha", planned, VERSIONS)
     sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
-    sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result={**metrics_local(10), "done": True})
+    sink.on_trial_result(
+        iteration=0, trials=[trial], trial=trial, result={**metrics_local(10), "done": True}
+    )
     sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
     assert read_results(str(tmp_path / "asha"))[0]["status"].to_pylist() == ["stopped"]
 
@@ -231,13 +311,25 @@ def test_a_reported_failure_adds_no_curve_row_and_ends_the_trial_failed_even_if_
     sink = ParquetSink(str(tmp_path / "fail"), "fail", planned, VERSIONS)
     sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
     sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=metrics_local(0))
-    sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result={
-        FAILURE_KEY: "fogzo: training loss became inf at step 7", TRACEBACK_KEY: "Traceback ...\nTrialDiverged: ...",
-        "eval_loss": float("nan"), "training_iteration": 2})
+    sink.on_trial_result(
+        iteration=0,
+        trials=[trial],
+        trial=trial,
+        result={
+            FAILURE_KEY: "fogzo: training loss became inf at step 7",
+            TRACEBACK_KEY: "Traceback ...\nTrialDiverged: ...",
+            "eval_loss": float("nan"),
+            "training_iteration": 2,
+        },
+    )
     sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
     trials, curves = read_results(str(tmp_path / "fail"))
     (row,) = trials.to_pylist()
-    assert (row["status"], row["attempts"], row["error"]) == ("failed", 1, "fogzo: training loss became inf at step 7")
+    assert (row["status"], row["attempts"], row["error"]) == (
+        "failed",
+        1,
+        "fogzo: training loss became inf at step 7",
+    )
     assert row["error_traceback"] == "Traceback ...\nTrialDiverged: ..."
     assert curves["step"].to_pylist() == [0]
 
@@ -249,26 +341,42 @@ def test_a_version_3_folder_loads_and_is_continued_in_the_current_version(sweep,
     old_dir = tmp_path / "basic"
     shutil.copytree(sweep_dir, old_dir)
     current = pq.read_table(old_dir / "trials.parquet")
-    text = "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom\n"
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: boom\n'
     errors = [text if e is not None else None for e in current["error"].to_pylist()]
-    v3 = current.drop_columns(["error_traceback"]).set_column(current.schema.get_field_index("error"), "error",
-                                                               pa.array(errors, pa.string()))
-    pq.write_table(v3.replace_schema_metadata({**v3.schema.metadata, b"qsweep_schema_version": b"3"}),
-                   old_dir / "trials.parquet")
+    v3 = current.drop_columns(["error_traceback"]).set_column(
+        current.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
+    )
+    pq.write_table(
+        v3.replace_schema_metadata({**v3.schema.metadata, b"qsweep_schema_version": b"3"}),
+        old_dir / "trials.parquet",
+    )
     upgraded = read_results(str(old_dir))[0]
-    ParquetSink(str(old_dir), "basic", planned, VERSIONS)._write_trials()  # as a resumed driver does
+    ParquetSink(
+        str(old_dir), "basic", planned, VERSIONS
+    )._write_trials()  # as a resumed driver does
     rewritten = pq.read_table(old_dir / "trials.parquet")
     for loaded in (upgraded, rewritten):
         assert loaded.schema.equals(TRIALS_SCHEMA)
         failed = [r for r in loaded.to_pylist() if r["status"] == "failed"]
         assert [(r["error"], r["error_traceback"]) for r in failed] == [("ValueError: boom", text)]
-        assert all(r["error"] is r["error_traceback"] is None for r in loaded.to_pylist() if r["status"] == "completed")
-    assert pq.read_schema(old_dir / "trials.parquet").metadata[b"qsweep_schema_version"] == str(SCHEMA_VERSION).encode()
+        assert all(
+            r["error"] is r["error_traceback"] is None
+            for r in loaded.to_pylist()
+            if r["status"] == "completed"
+        )
+    assert (
+        pq.read_schema(old_dir / "trials.parquet").metadata[b"qsweep_schema_version"]
+        == str(SCHEMA_VERSION).encode()
+    )
 
 
-def test_writes_leave_no_temp_files_and_a_failed_write_keeps_the_old_file(sweep, tmp_path, monkeypatch):
+def test_writes_leave_no_temp_files_and_a_failed_write_keeps_the_old_file(
+    sweep, tmp_path, monkeypatch
+):
     sweep_dir = sweep[0]
-    assert not [p for p in sweep_dir.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert not [
+        p for p in sweep_dir.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")
+    ]
     fs, path = resolve(str(tmp_path / "t.parquet"))
     table = pa.table({"x": [1, 2]})
     write_parquet_atomic(fs, path, table)

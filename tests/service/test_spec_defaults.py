@@ -15,7 +15,12 @@ ALL = sorted(ESTIMATORS)
 
 
 def expand(**changes) -> list[dict]:
-    data = {"name": "d", "grid": {"estimators": ALL, "bits": [2]}, "budget": {"steps": 10}, **changes}
+    data = {
+        "name": "d",
+        "grid": {"estimators": ALL, "bits": [2]},
+        "budget": {"steps": 10},
+        **changes,
+    }
     return [t.config for t in parse_spec(data).trials()]
 
 
@@ -29,8 +34,12 @@ def test_a_spec_without_lr_or_eps_expands_to_each_estimators_defaults():
 
 
 def test_the_users_lr_and_eps_win_over_the_defaults():
-    configs = {c["estimator"]: c for c in expand(trial={"lr": 0.07},
-                                                  estimators={"nspsa": {"lr": 1e-4, "eps": 0.2}, "mezo": {"eps": 0.5}})}
+    configs = {
+        c["estimator"]: c
+        for c in expand(
+            trial={"lr": 0.07}, estimators={"nspsa": {"lr": 1e-4, "eps": 0.2}, "mezo": {"eps": 0.5}}
+        )
+    }
     assert (configs["nspsa"]["lr"], configs["nspsa"]["estimator_options"]["eps"]) == (1e-4, 0.2)
     assert (configs["mezo"]["lr"], configs["mezo"]["estimator_options"]["eps"]) == (0.07, 0.5)
     assert all(configs[name]["lr"] == 0.07 for name in ("ste", "fogzo", "quzo"))
@@ -42,7 +51,12 @@ def test_the_optimizer_of_the_spec_picks_that_optimizers_default():
 
 
 def test_a_pretrain_stage_carries_its_default_lr_too():
-    data = {"name": "p", "grid": {"estimators": ["quzo"]}, "budget": {"steps": 10}, "pretrain": {"steps": 5}}
+    data = {
+        "name": "p",
+        "grid": {"estimators": ["quzo"]},
+        "budget": {"steps": 10},
+        "pretrain": {"steps": 5},
+    }
     (stage,) = parse_spec(data).pretrain_trials()
     assert stage.config["lr"] == default_lr("ste")
 
@@ -50,13 +64,22 @@ def test_a_pretrain_stage_carries_its_default_lr_too():
 def test_the_parquet_row_records_the_effective_values():
     for c in expand():
         row = config_columns(c)
-        assert row["lr"] == default_lr(c["estimator"]) and row.get("eps") == default_eps(c["estimator"])
+        assert row["lr"] == default_lr(c["estimator"]) and row.get("eps") == default_eps(
+            c["estimator"]
+        )
 
 
 def test_an_optuna_sample_still_replaces_the_default():
-    data = {"name": "o", "grid": {"estimators": ["mezo"]}, "budget": {"steps": 10},
-            "search": {"mode": "optuna", "num_samples": 2,
-                       "space": {"lr": {"low": 1e-4, "high": 1e-2}, "eps": {"low": 1e-3, "high": 1e-1}}}}
+    data = {
+        "name": "o",
+        "grid": {"estimators": ["mezo"]},
+        "budget": {"steps": 10},
+        "search": {
+            "mode": "optuna",
+            "num_samples": 2,
+            "space": {"lr": {"low": 1e-4, "high": 1e-2}, "eps": {"low": 1e-3, "high": 1e-1}},
+        },
+    }
     planned = {t.trial_id: t.config for t in parse_spec(data).trials()}
     (tid,) = planned
     _, cfg = resolve_trial(planned, {"planned_id": tid, "lr": 5e-4, "eps": 0.01}, "t1")
@@ -65,11 +88,19 @@ def test_an_optuna_sample_still_replaces_the_default():
 
 def test_validate_prints_the_effective_numbers_not_default(tmp_path):
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({"name": "v", "grid": {"estimators": ALL}, "budget": {"steps": 10}}))
-    out = subprocess.run([sys.executable, "-c", "from service.cli import app; app()", "validate", str(path)],
-                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    path.write_text(
+        yaml.safe_dump({"name": "v", "grid": {"estimators": ALL}, "budget": {"steps": 10}})
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "from service.cli import app; app()", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert out.returncode == 0, out.stderr
-    rows = {line.split("│")[2].strip(): line for line in out.stdout.splitlines() if line.count("│") > 8}
+    rows = {
+        line.split("│")[2].strip(): line for line in out.stdout.splitlines() if line.count("│") > 8
+    }
     assert sorted(rows) == ALL
     for name, line in rows.items():
         cells = [cell.strip() for cell in line.split("│")]

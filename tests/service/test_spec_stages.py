@@ -2,7 +2,6 @@
 settings (``models:``): the regimes of quick.yaml and the repro presets, checked on the
 expanded trials, and end to end on the weights a fine-tuning trial really starts from."""
 
-
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -37,11 +36,14 @@ def test_without_estimators_the_stage_feeds_every_trial():
     assert all(t.config["init_from"].startswith(STAGE_PREFIX) for t in spec.trials())
 
 
-@pytest.mark.parametrize("value,message", [
-    (["mezo", "quzo"], "pretrain.estimators: 'quzo' is not in grid.estimators ['ste', 'mezo']"),
-    ("mezo", "estimators: expected a non-empty list of estimator names"),
-    ([], "estimators: expected a non-empty list of estimator names"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (["mezo", "quzo"], "pretrain.estimators: 'quzo' is not in grid.estimators ['ste', 'mezo']"),
+        ("mezo", "estimators: expected a non-empty list of estimator names"),
+        ([], "estimators: expected a non-empty list of estimator names"),
+    ],
+)
 def test_pretrain_estimators_must_be_grid_estimators(value, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_spec(_spec(pretrain={"steps": 5, "estimators": value}))
@@ -52,29 +54,52 @@ def test_a_bad_pretrain_estimator_is_one_line_and_exit_2(qsweep, tmp_path):
     path.write_text(yaml.safe_dump(_spec(pretrain={"steps": 5, "estimators": ["qfo"]})))
     result = qsweep("validate", path)
     assert result.returncode == 2, explain(result)
-    assert len(result.stderr.strip().splitlines()) == 1 and "pretrain.estimators: 'qfo'" in result.stderr
+    assert (
+        len(result.stderr.strip().splitlines()) == 1
+        and "pretrain.estimators: 'qfo'" in result.stderr
+    )
 
 
 def test_models_section_pairs_each_model_with_its_datasets_bits_and_settings():
-    spec = parse_spec({"name": "m", "grid": {"estimators": ["ste"], "models": ["mlp", "llama"], "bits": [2, 4]},
-                       "budget": {"steps": 5}, "trial": {"batch_size": 8},
-                       "models": {"llama": {"datasets": ["text"], "bits": [2], "model_options": {"size": "tiny"},
-                                            "steps": 7}},
-                       "pretrain": {"steps": 3}})
-    cells = {(t.config["model"], t.config["dataset"], t.config["bits"], t.config["steps"]) for t in spec.trials()}
+    spec = parse_spec(
+        {
+            "name": "m",
+            "grid": {"estimators": ["ste"], "models": ["mlp", "llama"], "bits": [2, 4]},
+            "budget": {"steps": 5},
+            "trial": {"batch_size": 8},
+            "models": {
+                "llama": {
+                    "datasets": ["text"],
+                    "bits": [2],
+                    "model_options": {"size": "tiny"},
+                    "steps": 7,
+                }
+            },
+            "pretrain": {"steps": 3},
+        }
+    )
+    cells = {
+        (t.config["model"], t.config["dataset"], t.config["bits"], t.config["steps"])
+        for t in spec.trials()
+    }
     assert cells == {("mlp", "digits", 2, 5), ("mlp", "digits", 4, 5), ("llama", "text", 2, 7)}
     stages = {t.config["model"]: t.config for t in spec.pretrain_trials()}
-    assert stages["llama"]["dataset"] == "text" and stages["llama"]["model_options"] == {"size": "tiny"}
+    assert stages["llama"]["dataset"] == "text" and stages["llama"]["model_options"] == {
+        "size": "tiny"
+    }
     assert stages["llama"]["steps"] == 3 and "model_options" not in stages["mlp"]
 
 
-@pytest.mark.parametrize("models,message", [
-    ({"cnn": {}}, "models.cnn: not in grid.models"),
-    ({"mlp": {"seed": 1}}, "models.mlp: unknown key 'seed'"),
-    ({"mlp": {"datasets": ["nope"]}}, "models.mlp.datasets: unknown dataset 'nope'"),
-    ({"mlp": {"bits": [9]}}, "models.mlp.bits: bits must be in 1..8"),
-    ({"mlp": {"model_options": {"depth": 2}}}, "model_options"),
-])
+@pytest.mark.parametrize(
+    "models,message",
+    [
+        ({"cnn": {}}, "models.cnn: not in grid.models"),
+        ({"mlp": {"seed": 1}}, "models.mlp: unknown key 'seed'"),
+        ({"mlp": {"datasets": ["nope"]}}, "models.mlp.datasets: unknown dataset 'nope'"),
+        ({"mlp": {"bits": [9]}}, "models.mlp.bits: bits must be in 1..8"),
+        ({"mlp": {"model_options": {"depth": 2}}}, "model_options"),
+    ],
+)
 def test_bad_models_sections_are_one_line(models, message):
     with pytest.raises(SpecError, match=message) as err:
         parse_spec(_spec(models=models))
@@ -86,12 +111,19 @@ def _step0(rows: list[dict], trial_id: str) -> float:
 
 
 @pytest.mark.slow  # a Ray sweep: ~1 min on 2 cores
-def test_a_fine_tuning_trial_starts_from_the_stage_weights_and_a_qat_trial_does_not(qsweep, tmp_path):
-    spec = _spec(pretrain={"steps": 60, "optimizer": "adam", "lr": 0.01, "estimators": ["mezo"]},
-                 trial={"num_evals": 1, "threads": 1}, grid={"estimators": ["ste", "mezo"], "bits": [4]})
+def test_a_fine_tuning_trial_starts_from_the_stage_weights_and_a_qat_trial_does_not(
+    qsweep, tmp_path
+):
+    spec = _spec(
+        pretrain={"steps": 60, "optimizer": "adam", "lr": 0.01, "estimators": ["mezo"]},
+        trial={"num_evals": 1, "threads": 1},
+        grid={"estimators": ["ste", "mezo"], "bits": [4]},
+    )
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = qsweep("run", path, "--results", tmp_path, "--no-dashboard", "--num-cpus", 2, timeout=300)
+    result = qsweep(
+        "run", path, "--results", tmp_path, "--no-dashboard", "--num-cpus", 2, timeout=300
+    )
     assert result.returncode == 0, explain(result)
     planned = {t.config["estimator"]: t for t in parse_spec(spec).trials()}
     (stage,) = parse_spec(spec).pretrain_trials()

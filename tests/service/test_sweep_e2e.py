@@ -27,8 +27,13 @@ ROWS_PER_TRIAL = NUM_EVALS + 1  # run_trial also reports step 0
 def sweep(module_qsweep, tmp_path_factory):
     """2 estimators x 2 seeds of the 2-bit MLP on digits: four tiny trials, one CLI run."""
     tmp = tmp_path_factory.mktemp("e2e")
-    spec_file = write_spec(tmp, "e2e", grid={"estimators": ["ste", "fogzo"], "seeds": [0, 1]},
-                           trial={"num_evals": NUM_EVALS}, budget={"steps": STEPS})
+    spec_file = write_spec(
+        tmp,
+        "e2e",
+        grid={"estimators": ["ste", "fogzo"], "seeds": [0, 1]},
+        trial={"num_evals": NUM_EVALS},
+        budget={"steps": STEPS},
+    )
     results = tmp / "results"
     run = module_qsweep("run", spec_file, "--results", results, "--no-dashboard", "--num-cpus", 2)
     assert run.returncode == 0, explain(run)
@@ -46,8 +51,14 @@ def test_run_writes_one_trial_row_per_trial_and_one_curve_row_per_evaluation(swe
     assert rows.keys() == planned.keys()
     for tid, row in rows.items():
         assert (row["status"], row["error"], row["attempts"]) == ("completed", None, 1), tid
-        assert (row["estimator"], row["seed"], row["bits"]) == (planned[tid]["estimator"], planned[tid]["seed"], 2)
-        assert row["steps"] == row["budget_steps"] == STEPS and row["schema_version"] == SCHEMA_VERSION
+        assert (row["estimator"], row["seed"], row["bits"]) == (
+            planned[tid]["estimator"],
+            planned[tid]["seed"],
+            2,
+        )
+        assert (
+            row["steps"] == row["budget_steps"] == STEPS and row["schema_version"] == SCHEMA_VERSION
+        )
         assert row["forwards"] > 0 and row["flops"] > 0 and 0 <= row["final_eval_metric"] <= 1
         assert row["best_eval_metric"] >= row["final_eval_metric"] and row["num_params"] > 0
         assert row["host"] and row["node_id"] and row["started_at"] <= row["finished_at"]
@@ -83,13 +94,19 @@ def test_the_curves_read_as_one_table_with_pandas_pyarrow_and_duckdb(sweep):
     assert table.schema.equals(CURVES_SCHEMA) and table.num_rows == expected
 
     with duckdb.connect() as db:
-        assert db.sql(f"select count(*) from read_parquet('{curves_dir}/*.parquet')").fetchall() == [(expected,)]
-        per_trial = db.sql(f"select trial_id, count(*), min(step), max(step) "
-                           f"from read_parquet('{curves_dir}/*.parquet') group by trial_id").fetchall()
+        assert db.sql(
+            f"select count(*) from read_parquet('{curves_dir}/*.parquet')"
+        ).fetchall() == [(expected,)]
+        per_trial = db.sql(
+            f"select trial_id, count(*), min(step), max(step) "
+            f"from read_parquet('{curves_dir}/*.parquet') group by trial_id"
+        ).fetchall()
         assert sorted(r[1:] for r in per_trial) == [(ROWS_PER_TRIAL, 0, STEPS)] * 4
-        joined = db.sql(f"select count(*) from read_parquet('{curves_dir}/*.parquet') c "
-                        f"join read_parquet('{sweep_dir}/trials.parquet') t using (trial_id) "
-                        f"where t.status = 'completed'").fetchall()
+        joined = db.sql(
+            f"select count(*) from read_parquet('{curves_dir}/*.parquet') c "
+            f"join read_parquet('{sweep_dir}/trials.parquet') t using (trial_id) "
+            f"where t.status = 'completed'"
+        ).fetchall()
         assert joined == [(expected,)]
 
 
@@ -97,63 +114,105 @@ def test_status_and_report_print_the_counts(sweep, module_qsweep):
     _, sweep_dir, _ = sweep
     status = module_qsweep("status", sweep_dir)
     assert status.returncode == 0, explain(status)
-    assert f"e2e: 4 completed, 0 running, 0 failed, 0 pending of 4; {4 * ROWS_PER_TRIAL} curve rows" in status.stdout
+    assert (
+        f"e2e: 4 completed, 0 running, 0 failed, 0 pending of 4; {4 * ROWS_PER_TRIAL} curve rows"
+        in status.stdout
+    )
 
     report = module_qsweep("report", sweep_dir)
     assert report.returncode == 0, explain(report)
     assert f"sweep e2e ({sweep_dir}): 4 trials, 4 completed" in report.stdout
-    assert f"report: {sweep_dir / 'report.html'}" in report.stdout and (sweep_dir / "report.html").is_file()
+    assert (
+        f"report: {sweep_dir / 'report.html'}" in report.stdout
+        and (sweep_dir / "report.html").is_file()
+    )
 
 
 def test_run_again_on_the_same_results_exits_2_and_suggests_resume(sweep, module_qsweep, tmp_path):
     spec_file, sweep_dir, _ = sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*.parquet")}
-    again = module_qsweep("run", spec_file, "--results", sweep_dir.parent, "--no-dashboard", "--num-cpus", 2)
+    again = module_qsweep(
+        "run", spec_file, "--results", sweep_dir.parent, "--no-dashboard", "--num-cpus", 2
+    )
     error = user_error(again)
-    assert error == (f"error: {sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
-                     f"--overwrite starts over")
+    assert error == (
+        f"error: {sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
+        f"--overwrite starts over"
+    )
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*.parquet")} == before  # untouched
 
-    for command in ("status", "resume"):  # not a sweep directory: one line, and resume starts no Ray
+    for command in (
+        "status",
+        "resume",
+    ):  # not a sweep directory: one line, and resume starts no Ray
         error = user_error(module_qsweep(command, tmp_path))
-        assert error == f"error: {tmp_path}: no sweep.yaml here — is this a sweep's results directory?"
+        assert (
+            error == f"error: {tmp_path}: no sweep.yaml here — is this a sweep's results directory?"
+        )
 
 
 def test_a_trial_that_raises_and_one_that_diverges_fail_and_the_rest_complete(qsweep, tmp_path):
     """The mnist trials raise DatasetError in the worker (their data_dir does not exist; the
     spec cannot know that), nspsa at lr 50 diverges to a NaN loss (TrialDiverged); the
     digits trials of ste and fogzo complete, and so does the sweep."""
-    spec_file = write_spec(tmp_path, "failures", grid={"estimators": ["ste", "fogzo", "nspsa"],
-                                                       "datasets": ["digits", "mnist"]},
-                           trial={"num_evals": NUM_EVALS, "data_dir": str(tmp_path / "no-such-data")},
-                           estimators={"nspsa": {"lr": 50}}, budget={"steps": STEPS}, retries=0)
-    run = qsweep("run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2)
+    spec_file = write_spec(
+        tmp_path,
+        "failures",
+        grid={"estimators": ["ste", "fogzo", "nspsa"], "datasets": ["digits", "mnist"]},
+        trial={"num_evals": NUM_EVALS, "data_dir": str(tmp_path / "no-such-data")},
+        estimators={"nspsa": {"lr": 50}},
+        budget={"steps": STEPS},
+        retries=0,
+    )
+    run = qsweep(
+        "run", spec_file, "--results", tmp_path / "results", "--no-dashboard", "--num-cpus", 2
+    )
     assert run.returncode == 0, explain(run)
     sweep_dir = tmp_path / "results" / "failures"
 
-    rows = {(r["estimator"], r["dataset"]): r for r in pq.read_table(sweep_dir / "trials.parquet").to_pylist()}
+    rows = {
+        (r["estimator"], r["dataset"]): r
+        for r in pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+    }
     assert len(rows) == 6
     status = {key: row["status"] for key, row in rows.items()}
-    assert status == {("ste", "digits"): "completed", ("fogzo", "digits"): "completed",
-                      ("nspsa", "digits"): "failed", ("ste", "mnist"): "failed",
-                      ("fogzo", "mnist"): "failed", ("nspsa", "mnist"): "failed"}
+    assert status == {
+        ("ste", "digits"): "completed",
+        ("fogzo", "digits"): "completed",
+        ("nspsa", "digits"): "failed",
+        ("ste", "mnist"): "failed",
+        ("fogzo", "mnist"): "failed",
+        ("nspsa", "mnist"): "failed",
+    }
     for key, row in rows.items():
         assert row["attempts"] == 1 and row["finished_at"] is not None, key  # retries: 0
     diverged = rows["nspsa", "digits"]
-    assert re.fullmatch(r"nspsa: training loss became (nan|inf) at step \d+", diverged["error"])  # the traceback beside it
-    assert diverged["error_traceback"].strip().splitlines()[-1] == f"trainers.trial.TrialDiverged: {diverged['error']}"
+    assert re.fullmatch(
+        r"nspsa: training loss became (nan|inf) at step \d+", diverged["error"]
+    )  # the traceback beside it
+    assert (
+        diverged["error_traceback"].strip().splitlines()[-1]
+        == f"trainers.trial.TrialDiverged: {diverged['error']}"
+    )
     for estimator in ("ste", "fogzo", "nspsa"):
         row = rows[estimator, "mnist"]
-        assert row["error"] == (f"mnist: data_dir {tmp_path / 'no-such-data'} is not a directory "
-                                f"— expected {tmp_path / 'no-such-data' / 'MNIST' / 'raw'} inside it")
-        assert row["error_traceback"].strip().splitlines()[-1] == f"trainers.data.base.DatasetError: {row['error']}"
+        assert row["error"] == (
+            f"mnist: data_dir {tmp_path / 'no-such-data'} is not a directory "
+            f"— expected {tmp_path / 'no-such-data' / 'MNIST' / 'raw'} inside it"
+        )
+        assert (
+            row["error_traceback"].strip().splitlines()[-1]
+            == f"trainers.data.base.DatasetError: {row['error']}"
+        )
         assert "\x1b[" not in row["error_traceback"]
 
     curves = pd.read_parquet(sweep_dir / "curves")
     per_trial = curves.groupby("trial_id")["step"].apply(list).to_dict()
     for key in (("ste", "digits"), ("fogzo", "digits")):
         assert len(per_trial[rows[key]["trial_id"]]) == ROWS_PER_TRIAL
-    assert per_trial[rows["nspsa", "digits"]["trial_id"]] == [0]  # evaluated at step 0, diverged at step 8
+    assert per_trial[rows["nspsa", "digits"]["trial_id"]] == [
+        0
+    ]  # evaluated at step 0, diverged at step 8
     assert not any(rows[e, "mnist"]["trial_id"] in per_trial for e in ("ste", "fogzo", "nspsa"))
 
     # The end-of-run summary names each failed trial with its exception's message.

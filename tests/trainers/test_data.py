@@ -113,12 +113,16 @@ def _make_idx_dataset(root: Path, folder: str, *, gz_test: bool = False) -> dict
     return data
 
 
-@pytest.mark.parametrize("name,folder,mean,std", [
-    ("mnist", "MNIST", 0.1307, 0.3081),
-    ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530),
-])
-def test_idx_loader_roundtrip(tmp_path: Path, name: str, folder: str, mean: float,
-                              std: float) -> None:
+@pytest.mark.parametrize(
+    "name,folder,mean,std",
+    [
+        ("mnist", "MNIST", 0.1307, 0.3081),
+        ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530),
+    ],
+)
+def test_idx_loader_roundtrip(
+    tmp_path: Path, name: str, folder: str, mean: float, std: float
+) -> None:
     written = _make_idx_dataset(tmp_path, folder, gz_test=True)
     d = load_dataset(name, data_dir=str(tmp_path))
     assert d.name == name and d.input_shape == (1, 28, 28) and d.num_classes == 10
@@ -191,8 +195,13 @@ def test_table_npz_with_remapping(tmp_path: Path) -> None:
 
 def test_table_npz_explicit_test_split_and_keys(tmp_path: Path) -> None:
     f = tmp_path / "s.npz"
-    np.savez(f, feats=np.arange(12.0).reshape(6, 2), lab=np.array([1, 1, 3, 3, 1, 3]),
-             feats_test=np.ones((2, 2)), lab_test=np.array([3, 7]))
+    np.savez(
+        f,
+        feats=np.arange(12.0).reshape(6, 2),
+        lab=np.array([1, 1, 3, 3, 1, 3]),
+        feats_test=np.ones((2, 2)),
+        lab_test=np.array([3, 7]),
+    )
     d = load_dataset("table", path=str(f), x_key="feats", y_key="lab")
     assert d.num_train == 6 and d.num_test == 2 and d.num_classes == 3
     assert d.test_y.tolist() == [1, 2]
@@ -205,10 +214,14 @@ def test_table_parquet(tmp_path: Path) -> None:
     import pandas as pd
 
     n = 40
-    df = pd.DataFrame({
-        "a": np.arange(n, dtype=float), "b": np.arange(n) % 3, "note": ["x"] * n,
-        "target": np.where(np.arange(n) % 2 == 0, "cat", "dog"),
-    })
+    df = pd.DataFrame(
+        {
+            "a": np.arange(n, dtype=float),
+            "b": np.arange(n) % 3,
+            "note": ["x"] * n,
+            "target": np.where(np.arange(n) % 2 == 0, "cat", "dog"),
+        }
+    )
     f = tmp_path / "t.parquet"
     df.to_parquet(f)
     d = load_dataset("table", path=str(f), label="target")

@@ -30,8 +30,14 @@ def table_path(tmp_path_factory):
 @pytest.mark.parametrize("dataset", ["digits", "table"])
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_the_default_lr_and_eps_train_without_diverging(name, dataset, bits, table_path):
-    config = {"estimator": name, "bits": bits, "dataset": dataset, "num_evals": 3, "threads": 1,
-              "dataset_options": {"path": table_path} if dataset == "table" else {}}
+    config = {
+        "estimator": name,
+        "bits": bits,
+        "dataset": dataset,
+        "num_evals": 3,
+        "threads": 1,
+        "dataset_options": {"path": table_path} if dataset == "table" else {},
+    }
     assert TrialConfig.from_dict(config).lr == default_lr(name)
     reports = []
     run_trial(config, reports.append)  # a NaN/inf loss raises TrialDiverged
@@ -39,7 +45,10 @@ def test_the_default_lr_and_eps_train_without_diverging(name, dataset, bits, tab
     assert final["step"] == TrialConfig().steps
     assert math.isfinite(final["train_loss"]) and math.isfinite(final["eval_loss"])
     if (name, dataset, bits) in ONLY_BOUNDED:
-        assert final["train_loss"] < BOUNDED * initial and final["eval_loss"] < BOUNDED * initial, (initial, final)
+        assert final["train_loss"] < BOUNDED * initial and final["eval_loss"] < BOUNDED * initial, (
+            initial,
+            final,
+        )
     else:
         assert final["train_loss"] < initial and final["eval_loss"] < initial, (initial, final)
 
@@ -57,13 +66,21 @@ def test_first_order_optimizers_get_their_own_default():
         adam = TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr
         assert adam == default_lr(name, "adam") != default_lr(name, "sgd")
     for name in ("mezo", "quzo", "qfo"):  # in place: no optimizer, one default
-        assert TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr == default_lr(name)
+        assert TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr == default_lr(
+            name
+        )
 
 
 def test_one_shared_lr_does_not_fit_every_estimator(table_path):
     """Why the defaults are per estimator: n-SPSA at STE's default lr blows up on the table."""
-    config = {"estimator": "nspsa", "lr": default_lr("ste"), "dataset": "table", "threads": 1,
-              "dataset_options": {"path": table_path}, "num_evals": 1}
+    config = {
+        "estimator": "nspsa",
+        "lr": default_lr("ste"),
+        "dataset": "table",
+        "threads": 1,
+        "dataset_options": {"path": table_path},
+        "num_evals": 1,
+    }
     reports = []
     try:
         run_trial(config, reports.append)

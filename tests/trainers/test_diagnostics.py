@@ -37,7 +37,12 @@ def digits_problem(bits: int = 2, hidden: int = 4, rows: int = 256):
 
 
 def run_probe(estimator, model, loss_fn, batch, repeats, reference_n, progress=0.5):
-    settings = {"every": 1, "batch_size": len(batch[0]), "repeats": repeats, "reference_n": reference_n}
+    settings = {
+        "every": 1,
+        "batch_size": len(batch[0]),
+        "repeats": repeats,
+        "reference_n": reference_n,
+    }
     return probe(model, estimator, loss_fn, batch, progress, settings, seed=0, step=7)
 
 
@@ -51,7 +56,9 @@ def test_nspsa_mean_converges_to_reference_and_ste_is_exact_without_quantization
     assert many["est_cosine"] > 0.95 and many["est_cosine"] > few["est_cosine"]
     assert many["est_rel_bias"] < few["est_rel_bias"]
     # No quantization, tiny eps: the smoothed gradient is the gradient, which STE computes.
-    assert many["ste_cosine"] > 0.995 and many["ste_variance"] == 0.0 and math.isinf(many["ste_snr"])
+    assert (
+        many["ste_cosine"] > 0.995 and many["ste_variance"] == 0.0 and math.isinf(many["ste_snr"])
+    )
     assert many["probe_forwards"] == 2 * 8000 + 1 + 150 * 16 and many["probe_backwards"] == 1
 
 
@@ -72,9 +79,14 @@ def test_measured_variance_matches_the_analytic_value(kind, kurtosis):
     for item in plan:
         item.noise_kind = kind
     gen = torch.Generator().manual_seed(3)
-    draws = torch.stack([
-        zo_gradient(model, loss_fn, batch, plan, n, lambda k: sample_directions(plan, k, gen), n)[0][0].reshape(-1)
-        for _ in range(repeats)])
+    draws = torch.stack(
+        [
+            zo_gradient(
+                model, loss_fn, batch, plan, n, lambda k: sample_directions(plan, k, gen), n
+            )[0][0].reshape(-1)
+            for _ in range(repeats)
+        ]
+    )
     stats = estimate_stats(draws, g)
     expected = (d - 2 + kurtosis) * float(g @ g) / n
     assert stats["variance"] == pytest.approx(expected, rel=0.12)
@@ -86,8 +98,12 @@ def test_fogzo_between_ste_and_nspsa():
     model, loss_fn, batch = digits_problem()
     common = {"n": 8, "eps_mode": "alpha"}
     ste = build_estimator("ste", {}, COST, 1, 0.1)
-    fogzo1 = build_estimator("fogzo", {**common, "beta_start": 1.0, "beta_min": 1.0, "zo_params": "all"}, COST, 1, 0.1)
-    fogzo0 = build_estimator("fogzo", {**common, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"}, COST, 1, 0.1)
+    fogzo1 = build_estimator(
+        "fogzo", {**common, "beta_start": 1.0, "beta_min": 1.0, "zo_params": "all"}, COST, 1, 0.1
+    )
+    fogzo0 = build_estimator(
+        "fogzo", {**common, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"}, COST, 1, 0.1
+    )
     nspsa = build_estimator("nspsa", common, COST, 1, 0.1)
     ref_n, repeats = 1000, 60
     s = run_probe(ste, model, loss_fn, batch, 2, ref_n)
@@ -124,8 +140,14 @@ def test_probes_leave_the_trial_bit_for_bit_identical(tmp_path, estimator):
     base = {"estimator": estimator, "bits": 2, "steps": 24, "num_evals": 3, "lr": 0.01}
     plain, probed = [], []
     run_trial({**base, "save_model_to": str(tmp_path / "plain.pt")}, plain.append)
-    run_trial({**base, "save_model_to": str(tmp_path / "probed.pt"),
-               "diagnostics": {"every": 2, "repeats": 3, "batch_size": 64, "reference_n": 64}}, probed.append)
+    run_trial(
+        {
+            **base,
+            "save_model_to": str(tmp_path / "probed.pt"),
+            "diagnostics": {"every": 2, "repeats": 3, "batch_size": 64, "reference_n": 64},
+        },
+        probed.append,
+    )
     assert strip(plain) == strip(probed)
     assert [("diagnostics" in r) for r in probed] == [True, False, True, False]
     assert all(set(r["diagnostics"]) == set(FIGURES) for r in probed if "diagnostics" in r)
@@ -133,12 +155,15 @@ def test_probes_leave_the_trial_bit_for_bit_identical(tmp_path, estimator):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"evry": 2}, "unknown key(s) evry"),
-    ({"repeats": 1}, "repeats must be an integer >= 2"),
-    ({"batch_size": "x"}, "batch_size must be an integer"),
-    ([1], "diagnostics must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"evry": 2}, "unknown key(s) evry"),
+        ({"repeats": 1}, "repeats must be an integer >= 2"),
+        ({"batch_size": "x"}, "batch_size must be an integer"),
+        ([1], "diagnostics must be a mapping"),
+    ],
+)
 def test_bad_diagnostics_settings_are_one_line_errors(bad, message):
     with pytest.raises(ConfigError, match=None) as err:
         TrialConfig.from_dict({"diagnostics": bad})

@@ -17,10 +17,13 @@ def test_size_28_is_the_same_split_upsampled():
     # affine map) the originals: same images, same orientation, no shuffle.
     back = F.adaptive_avg_pool2d(big.train_x, 8).flatten(1)
     orig = small.train_x.flatten(1)
-    per_image = torch.nn.functional.cosine_similarity(back - back.mean(1, keepdim=True),
-                                                      orig - orig.mean(1, keepdim=True), dim=1)
+    per_image = torch.nn.functional.cosine_similarity(
+        back - back.mean(1, keepdim=True), orig - orig.mean(1, keepdim=True), dim=1
+    )
     assert per_image.min() > 0.9
-    assert abs(float(big.train_x.mean())) < 1e-4 and float(big.train_x.std()) == pytest.approx(1, abs=1e-3)
+    assert abs(float(big.train_x.mean())) < 1e-4 and float(big.train_x.std()) == pytest.approx(
+        1, abs=1e-3
+    )
 
 
 def test_the_papers_mlp_on_28x28_digits_has_d_7960():

@@ -67,6 +67,7 @@ def cosine(a, b):
 
 # --- contract, every registered estimator ------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_same_seed_gives_the_same_step(name):
     results = []
@@ -87,7 +88,11 @@ def test_same_seed_gives_the_same_step(name):
 @pytest.mark.parametrize("n", [1, 3])
 def test_cost_accounting_matches_the_table(name, n):
     expected = {  # (forwards, backwards) per step, estimators.md
-        "ste": (1, 1), "nspsa": (2 * n, 0), "fogzo": (1 + 2 * n, 1), "mezo": (2 * n, 0), "quzo": (2 * n, 0),
+        "ste": (1, 1),
+        "nspsa": (2 * n, 0),
+        "fogzo": (1 + 2 * n, 1),
+        "mezo": (2 * n, 0),
+        "quzo": (2 * n, 0),
         "qfo": (1, 1),
     }[name]
     options = {} if name in ("ste", "qfo") else {"n": n}
@@ -108,15 +113,20 @@ def test_registry_rejects_unknown_names_and_options():
 
 # --- n-SPSA ---------------------------------------------------------------------------------
 
+
 def test_nspsa_average_estimate_converges_to_the_true_gradient():
     model = Quadratic()
-    g = estimates("nspsa", {"n": 500, "eps": 1e-3, "eps_mode": "fixed"}, model, quad_batch(), quad_loss, 8)
+    g = estimates(
+        "nspsa", {"n": 500, "eps": 1e-3, "eps_mode": "fixed"}, model, quad_batch(), quad_loss, 8
+    )
     assert cosine(g.mean(0), model.true_grad()) > 0.99
 
 
 def test_nspsa_single_direction_is_noisy_but_unbiased():
     model = Quadratic()
-    g = estimates("nspsa", {"n": 1, "eps": 1e-3, "eps_mode": "fixed"}, model, quad_batch(), quad_loss, 4000)
+    g = estimates(
+        "nspsa", {"n": 1, "eps": 1e-3, "eps_mode": "fixed"}, model, quad_batch(), quad_loss, 4000
+    )
     assert cosine(g[0], model.true_grad()) < 0.9  # one direction alone is far off...
     assert cosine(g.mean(0), model.true_grad()) > 0.99  # ...the average is not
 
@@ -131,33 +141,58 @@ def test_nspsa_batched_matches_python_loop():
 
     model, batch = mlp(), mlp_batch()
     plan = perturbation_plan(model, "alpha", 1e-3)
-    deltas = [item.eps * d for item, d in zip(plan, sample_directions(plan, 6, torch.Generator().manual_seed(0)))]
+    deltas = [
+        item.eps * d
+        for item, d in zip(plan, sample_directions(plan, 6, torch.Generator().manual_seed(0)))
+    ]
     batched = perturbed_losses(model, F.cross_entropy, batch, plan, deltas)
-    looped = _loop_losses(model, F.cross_entropy, batch, [i.name for i in plan],
-                          {i.name: i.param.detach() for i in plan}, deltas)
+    looped = _loop_losses(
+        model,
+        F.cross_entropy,
+        batch,
+        [i.name for i in plan],
+        {i.name: i.param.detach() for i in plan},
+        deltas,
+    )
     assert torch.allclose(batched, looped, atol=1e-5)
 
 
 # --- FOGZO ----------------------------------------------------------------------------------
 
+
 def test_fogzo_beta_one_follows_ste_direction_exactly():
     model = Quadratic()  # float model: the STE gradient is the true gradient
-    g = estimates("fogzo", {"beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed", "zo_params": "all"}, model,
-                  quad_batch(), quad_loss, 1)
+    g = estimates(
+        "fogzo",
+        {"beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed", "zo_params": "all"},
+        model,
+        quad_batch(),
+        quad_loss,
+        1,
+    )
     assert torch.allclose(g[0], model.true_grad(), rtol=1e-3, atol=1e-4)
 
 
 def test_fogzo_beta_one_aligns_with_ste_on_a_quantized_net():
     model, batch = mlp(bits=4), mlp_batch()
     ste = estimates("ste", {}, model, batch, F.cross_entropy, 1)[0]
-    fog = estimates("fogzo", {"beta_start": 1.0, "beta_min": 1.0}, model, batch, F.cross_entropy, 1)[0]
+    fog = estimates(
+        "fogzo", {"beta_start": 1.0, "beta_min": 1.0}, model, batch, F.cross_entropy, 1
+    )[0]
     assert abs(cosine(ste, fog)) > 0.999
 
 
 def test_fogzo_beta_zero_matches_nspsa_statistically():
     model = Quadratic()
     opts = {"n": 1, "eps_mode": "fixed"}
-    fog = estimates("fogzo", {**opts, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"}, model, quad_batch(), quad_loss, 3000)
+    fog = estimates(
+        "fogzo",
+        {**opts, "beta_start": 0.0, "beta_min": 0.0, "zo_params": "all"},
+        model,
+        quad_batch(),
+        quad_loss,
+        3000,
+    )
     spsa = estimates("nspsa", opts, model, quad_batch(), quad_loss, 3000, seed=1)
     truth = model.true_grad()
     assert cosine(fog.mean(0), truth) > 0.98 and cosine(spsa.mean(0), truth) > 0.98
@@ -169,7 +204,14 @@ def test_fogzo_beta_zero_matches_nspsa_statistically():
 def test_fogzo_guidance_reduces_variance_versus_nspsa():
     model = Quadratic(d=40)
     opts = {"n": 1, "eps_mode": "fixed"}
-    fog = estimates("fogzo", {**opts, "beta_start": 0.9, "beta_min": 0.9, "zo_params": "all"}, model, quad_batch(), quad_loss, 500)
+    fog = estimates(
+        "fogzo",
+        {**opts, "beta_start": 0.9, "beta_min": 0.9, "zo_params": "all"},
+        model,
+        quad_batch(),
+        quad_loss,
+        500,
+    )
     spsa = estimates("nspsa", opts, model, quad_batch(), quad_loss, 500)
     truth = model.true_grad()
     assert ((fog - truth) ** 2).sum(1).mean() < ((spsa - truth) ** 2).sum(1).mean()
@@ -177,13 +219,18 @@ def test_fogzo_guidance_reduces_variance_versus_nspsa():
 
 def test_fogzo_beta_schedule_and_warm_start():
     cfg = estimator_config("fogzo", {"beta_start": 1.0, "beta_min": 0.9, "warm_start": 0.5})
-    assert cfg.beta(0.0) == 1.0 and abs(cfg.beta(1.0) - 0.9) < 1e-12 and abs(cfg.beta(0.5) - 0.95) < 1e-12
+    assert (
+        cfg.beta(0.0) == 1.0
+        and abs(cfg.beta(1.0) - 0.9) < 1e-12
+        and abs(cfg.beta(0.5) - 0.95) < 1e-12
+    )
     est = build_estimator("fogzo", {"warm_start": 0.5}, COST, 0, 0.0)
     assert est.step(mlp(), F.cross_entropy, mlp_batch(), 0.2).forwards == 1  # plain STE
     assert est.step(mlp(), F.cross_entropy, mlp_batch(), 0.7).forwards == 3
 
 
 # --- MeZO -----------------------------------------------------------------------------------
+
 
 def test_mezo_restores_parameters_with_zero_lr():
     model, batch = mlp(bits=8), mlp_batch()
@@ -209,7 +256,9 @@ def test_mezo_update_is_lr_times_projected_gradient_times_z():
 
 def test_mezo_memory_stays_near_inference():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    model = nn.Sequential(
+        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
     quantize_model(model, QuantSpec(kind="int", bits=8))
     x, y = torch.randn(64, 256), torch.randint(0, 10, (64,))
     cpu = torch.device("cpu")
@@ -220,27 +269,36 @@ def test_mezo_memory_stays_near_inference():
 
     _, infer_peak = track_peak_memory(inference, [model], cpu)
     mezo = build_estimator("mezo", {}, COST, 0, lr=1e-4)
-    _, mezo_peak = track_peak_memory(lambda: mezo.step(model, F.cross_entropy, (x, y), 0.5), [model], cpu)
+    _, mezo_peak = track_peak_memory(
+        lambda: mezo.step(model, F.cross_entropy, (x, y), 0.5), [model], cpu
+    )
     ste = build_estimator("ste", {}, COST, 0, lr=0.0)
-    _, ste_peak = track_peak_memory(lambda: ste.step(model, F.cross_entropy, (x, y), 0.5), [model], cpu)
+    _, ste_peak = track_peak_memory(
+        lambda: ste.step(model, F.cross_entropy, (x, y), 0.5), [model], cpu
+    )
     assert mezo_peak <= 1.15 * infer_peak, (mezo_peak, infer_peak)
     assert ste_peak > 1.25 * infer_peak, (ste_peak, infer_peak)  # the tracker does see gradients
 
 
 # --- QuZO -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind,bits", [("int", 8), ("int", 4), ("fp8_e4m3", 8), ("fp8_e5m2", 8)])
 def test_quzo_weights_stay_exactly_on_grid(kind, bits):
     torch.manual_seed(0)
-    model = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
-                           QuantSpec(kind=kind, bits=bits))
+    model = quantize_model(
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
+        QuantSpec(kind=kind, bits=bits),
+    )
     est = build_estimator("quzo", {"n": 2}, COST, 0, lr=0.5)
     est.prepare(model)
     start = [layer.weight.detach().clone() for _, layer in quantized_layers(model)]
     for _ in range(20):
         est.step(model, F.cross_entropy, mlp_batch(), 0.5)
     for (_, layer), w0 in zip(quantized_layers(model), start):
-        assert torch.equal(layer.weight_quantizer.round_nearest(layer.weight), layer.weight.detach())
+        assert torch.equal(
+            layer.weight_quantizer.round_nearest(layer.weight), layer.weight.detach()
+        )
         assert not torch.equal(layer.weight.detach(), w0), "the update must move some weights"
 
 
@@ -263,14 +321,16 @@ def test_quzo_with_zero_lr_returns_the_weights_exactly():
     """The last direction's restore is folded into the update pass: with lr = 0 that pass
     must land on theta again, bit for bit for the on-grid weights."""
     torch.manual_seed(0)
-    model = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
-                           QuantSpec(kind="int", bits=4))
+    model = quantize_model(
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
+        QuantSpec(kind="int", bits=4),
+    )
     est = build_estimator("quzo", {"n": 2}, COST, 0, lr=0.0)
     est.prepare(model)
     before = copy.deepcopy(model.state_dict())
     for _ in range(5):
         est.step(model, F.cross_entropy, mlp_batch(), 0.5)
-    for (name, layer) in quantized_layers(model):
+    for name, layer in quantized_layers(model):
         assert torch.equal(layer.weight.detach(), before[f"{name}.weight"]), name
     for name, value in model.state_dict().items():
         assert torch.allclose(value, before[name], atol=1e-6), name

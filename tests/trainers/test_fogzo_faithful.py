@@ -18,8 +18,9 @@ MIDDLE = "2.weight"  # the only 2-bit tensor of ``bn_net``
 ZO = ("nspsa", "fogzo", "mezo", "quzo")
 
 
-def bn_net(kind: str = "int", hidden: int = 6, dropout: float = 0.0, smooth: bool = False,
-           seed: int = 0) -> nn.Sequential:
+def bn_net(
+    kind: str = "int", hidden: int = 6, dropout: float = 0.0, smooth: bool = False, seed: int = 0
+) -> nn.Sequential:
     """8-bit first layer -> ReLU -> 2-bit middle layer -> BatchNorm -> [dropout] -> 8-bit last.
 
     ``smooth`` skips the middle layer's rounding, so in eval mode the MSE loss is exactly
@@ -63,6 +64,7 @@ def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --- zo_params: quantized ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["int", "lsq"])
 @pytest.mark.parametrize("cost", [COST, LOOP_COST], ids=["vmap", "loop"])
 def test_uncovered_tensors_keep_their_ste_gradient_bit_for_bit(kind, cost):
@@ -97,7 +99,9 @@ def test_covered_estimate_is_beta_ghat_ghat_plus_one_minus_beta_in_expectation()
     g_eval = evaluated[2].weight.grad
     g_hat = g_train / g_train.norm()
 
-    est = build_estimator("fogzo", {"n": n, "chunk": n, "beta_start": beta, "beta_min": beta}, COST, 0, 0.0)
+    est = build_estimator(
+        "fogzo", {"n": n, "chunk": n, "beta_start": beta, "beta_min": beta}, COST, 0, 0.0
+    )
     est.prepare(model)
     draws = []
     for _ in range(repeats):
@@ -110,15 +114,21 @@ def test_covered_estimate_is_beta_ghat_ghat_plus_one_minus_beta_in_expectation()
     bound = 3 * math.sqrt(float(((draws - mean) ** 2).sum()) / (repeats - 1) / repeats)
 
     def distance(grad: torch.Tensor) -> float:
-        expected = beta * (g_hat.flatten() @ grad.flatten()) * g_hat.flatten() + (1 - beta) * grad.flatten()
+        expected = (
+            beta * (g_hat.flatten() @ grad.flatten()) * g_hat.flatten()
+            + (1 - beta) * grad.flatten()
+        )
         return float((mean - expected).norm())
 
     assert distance(g_eval) < bound
     assert distance(g_train) > bound, "a train-mode gradient must be told apart"
-    assert float((mean - g_eval.flatten()).norm()) > bound, "so must n-SPSA's expectation (no guide)"
+    assert float((mean - g_eval.flatten()).norm()) > bound, (
+        "so must n-SPSA's expectation (no guide)"
+    )
 
 
 # --- beta_min: auto ---------------------------------------------------------------------------
+
 
 def test_beta_min_auto_is_one_minus_kappa_over_d_zo():
     model = bn_net()
@@ -136,7 +146,9 @@ def test_beta_min_auto_is_one_minus_kappa_over_d_zo():
     assert est.describe()["beta_min"] == 1 - 2.5 / d_zo
     est = build_estimator("fogzo", {"beta_min": "auto", "kappa": 10 * d_zo}, COST, 0, 0.0)
     est.prepare(model)  # clamped at 0: noise only
-    assert est.describe()["beta_min"] == 0.0 and math.isclose(est.describe()["noise_to_guide"], math.sqrt(d_zo))
+    assert est.describe()["beta_min"] == 0.0 and math.isclose(
+        est.describe()["noise_to_guide"], math.sqrt(d_zo)
+    )
 
 
 def test_fixed_beta_min_reports_its_ratio_and_all_covers_every_tensor():
@@ -145,7 +157,9 @@ def test_fixed_beta_min_reports_its_ratio_and_all_covers_every_tensor():
     est.prepare(model)
     d_zo = model[2].weight.numel()
     assert est.describe()["beta_min"] == 0.99
-    assert math.isclose(est.describe()["noise_to_guide"], math.sqrt((1 - 0.99) * d_zo), rel_tol=1e-12)
+    assert math.isclose(
+        est.describe()["noise_to_guide"], math.sqrt((1 - 0.99) * d_zo), rel_tol=1e-12
+    )
     every = build_estimator("fogzo", {"beta_min": "auto", "zo_params": "all"}, COST, 0, 0.0)
     every.prepare(model)
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -174,7 +188,9 @@ def test_the_step_uses_the_resolved_beta_min():
 def test_nothing_covered_is_exactly_ste(bits):
     """A sweep over bits must not fail at 8: with no weight at <= zo_max_bits a step is STE."""
     torch.manual_seed(0)
-    model = quantize_model(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)), QuantSpec(bits=bits))
+    model = quantize_model(
+        nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)), QuantSpec(bits=bits)
+    )
     data = batch()
     expected = ste_grads(model, data)
     est = build_estimator("fogzo", {"beta_min": "auto"}, COST, 0, 0.0)
@@ -190,19 +206,28 @@ def test_nothing_covered_is_exactly_ste(bits):
 
 # --- zo_params: all (the former behaviour) ----------------------------------------------------
 
+
 def test_all_mixes_every_tensor_and_beta_one_is_the_ste_direction():
     model, data = bn_net(), batch()
     expected = ste_grads(model, data)
-    est = build_estimator("fogzo", {"zo_params": "all", "beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed"},
-                          COST, 0, 0.0)
+    est = build_estimator(
+        "fogzo",
+        {"zo_params": "all", "beta_start": 1.0, "beta_min": 1.0, "eps_mode": "fixed"},
+        COST,
+        0,
+        0.0,
+    )
     est.prepare(model)
     est.step(model, F.mse_loss, data, 0.5)
     got = grads(model)
-    assert all(not torch.equal(got[name], expected[name]) for name in got)  # every tensor is re-measured
+    assert all(
+        not torch.equal(got[name], expected[name]) for name in got
+    )  # every tensor is re-measured
     assert abs(cosine(flat(got), flat(expected))) > 0.9999  # ...along the one STE direction
 
 
 # --- eval-mode zeroth-order forwards ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("cost", [COST, LOOP_COST], ids=["vmap", "loop"])
 @pytest.mark.parametrize("name", ZO)
@@ -240,8 +265,14 @@ def test_dropout_is_off_in_perturbed_forwards(name):
         est = build_estimator(name, {"n": 4} if name == "nspsa" else {}, COST, 0, 1e-3)
         est.prepare(twin)
         losses.append(est.step(twin, F.mse_loss, data, 0.5).loss)
-        estimates.append(torch.cat([p.detach().flatten() if est.updates_in_place else p.grad.flatten()
-                                    for p in twin.parameters()]))
+        estimates.append(
+            torch.cat(
+                [
+                    p.detach().flatten() if est.updates_in_place else p.grad.flatten()
+                    for p in twin.parameters()
+                ]
+            )
+        )
     assert losses[0] == losses[1] and torch.equal(estimates[0], estimates[1])
 
 
@@ -263,12 +294,22 @@ def test_each_module_gets_its_own_mode_back(name):
 
 # --- options ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, field", [
-    ({"kappa": 0}, "kappa"), ({"kappa": -1.0}, "kappa"), ({"kappa": "big"}, "kappa"),
-    ({"zo_params": "weights"}, "zo_params"), ({"beta_min": "x"}, "beta_min"), ({"beta_min": 1.5}, "beta_min"),
-    ({"beta_min": True}, "beta_min"), ({"zo_max_bits": 0}, "zo_max_bits"), ({"zo_max_bits": 2.5}, "zo_max_bits"),
-    ({"beta_start": "auto"}, "beta_start"),
-])
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"kappa": 0}, "kappa"),
+        ({"kappa": -1.0}, "kappa"),
+        ({"kappa": "big"}, "kappa"),
+        ({"zo_params": "weights"}, "zo_params"),
+        ({"beta_min": "x"}, "beta_min"),
+        ({"beta_min": 1.5}, "beta_min"),
+        ({"beta_min": True}, "beta_min"),
+        ({"zo_max_bits": 0}, "zo_max_bits"),
+        ({"zo_max_bits": 2.5}, "zo_max_bits"),
+        ({"beta_start": "auto"}, "beta_start"),
+    ],
+)
 def test_bad_options_are_one_line_errors_naming_the_field(options, field):
     with pytest.raises(ValueError, match=field) as err:
         estimator_config("fogzo", options)

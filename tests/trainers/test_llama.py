@@ -62,6 +62,7 @@ def tokens(batch: int = 3, seq_len: int = SEQ, seed: int = 0) -> torch.Tensor:
 
 # --- model -------------------------------------------------------------------------------
 
+
 def test_shapes_overrides_and_bad_options() -> None:
     model = tiny()
     assert model(tokens()).shape == (3, SEQ, VOCAB)
@@ -107,7 +108,9 @@ def test_rotary_preserves_norms_and_encodes_relative_position() -> None:
     assert not torch.allclose(scores[5, 5], scores[5, 9])  # yet it does depend on the offset
 
 
-@pytest.mark.parametrize("size,exact", [("95m", 96_844_160), ("200m", 198_665_600), ("300m", 296_784_896)])
+@pytest.mark.parametrize(
+    "size,exact", [("95m", 96_844_160), ("200m", 198_665_600), ("300m", 296_784_896)]
+)
 def test_paper_scale_parameter_counts_on_meta_device(size: str, exact: int) -> None:
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = build_llama((1024,), 32_000, size=size)
@@ -157,23 +160,32 @@ def test_w2a2_quantizes_every_linear_and_its_inputs(first_last: str) -> None:
     for name, layer in quantized_layers(model):
         assert layer.act_quantizer is not None and layer.act_quantizer.bits == 2
         layer.register_forward_pre_hook(
-            lambda _m, args, name=name: raw_levels.__setitem__(name, int(torch.unique(args[0]).numel())))
+            lambda _m, args, name=name: raw_levels.__setitem__(
+                name, int(torch.unique(args[0]).numel())
+            )
+        )
     recorder = _LinearInputs()
     with torch.no_grad(), recorder:
         model(tokens())
     assert set(raw_levels) == set(names)  # every quantized layer ran
     assert min(raw_levels.values()) > 4  # what the layers receive is full precision...
-    assert len(recorder.levels) == len(names) and max(recorder.levels) <= 4  # ...what they multiply is not
+    assert (
+        len(recorder.levels) == len(names) and max(recorder.levels) <= 4
+    )  # ...what they multiply is not
 
 
-@pytest.mark.parametrize("spec,atol", [
-    (QuantSpec(kind="none"), 1e-5),
-    (QuantSpec(kind="int", bits=2), 1e-5),
-    (QuantSpec(kind="int", bits=8, act_bits=8), 1e-5),
-    # 2-bit activations are piecewise constant: last-ulp differences between a batched and a
-    # single matmul flip a few roundings, so the two evaluations agree only to ~1e-2.
-    (QuantSpec(kind="int", bits=2, act_bits=2), 2e-2),
-], ids=["float", "W2", "W8A8", "W2A2"])
+@pytest.mark.parametrize(
+    "spec,atol",
+    [
+        (QuantSpec(kind="none"), 1e-5),
+        (QuantSpec(kind="int", bits=2), 1e-5),
+        (QuantSpec(kind="int", bits=8, act_bits=8), 1e-5),
+        # 2-bit activations are piecewise constant: last-ulp differences between a batched and a
+        # single matmul flip a few roundings, so the two evaluations agree only to ~1e-2.
+        (QuantSpec(kind="int", bits=2, act_bits=2), 2e-2),
+    ],
+    ids=["float", "W2", "W8A8", "W2A2"],
+)
 def test_vmap_over_functional_call_matches_a_loop(spec: QuantSpec, atol: float) -> None:
     model = quantize_model(tiny(), spec)
     batch = (tokens(batch=4), tokens(batch=4, seed=1))
@@ -195,6 +207,7 @@ def test_vmap_over_functional_call_matches_a_loop(spec: QuantSpec, atol: float) 
 
 # --- end to end --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     """Register the model and dataset for run_trial (the registries are edited elsewhere)."""
@@ -210,10 +223,20 @@ SMALL_TEXT = {"seq_len": 32, "n_train": 64, "n_test": 8, "max_bytes": 50_000}
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
 def test_every_estimator_trains_the_tiny_model(registered, estimator: str, bits: int) -> None:
     reports: list[dict] = []
-    config = {"estimator": estimator, "model": "llama", "model_options": {"size": "tiny"},
-              "dataset": "text", "dataset_options": SMALL_TEXT, "bits": bits,
-              "quant_options": {"act_bits": bits}, "optimizer": "adam", "lr": LR[estimator],
-              "batch_size": 8, "steps": 3, "num_evals": 1}
+    config = {
+        "estimator": estimator,
+        "model": "llama",
+        "model_options": {"size": "tiny"},
+        "dataset": "text",
+        "dataset_options": SMALL_TEXT,
+        "bits": bits,
+        "quant_options": {"act_bits": bits},
+        "optimizer": "adam",
+        "lr": LR[estimator],
+        "batch_size": 8,
+        "steps": 3,
+        "num_evals": 1,
+    }
     run_trial(config, reports.append)
     final = reports[-1]
     assert final["done"] and final["step"] == 3 and final["metric_name"] == "perplexity"
@@ -223,9 +246,18 @@ def test_every_estimator_trains_the_tiny_model(registered, estimator: str, bits:
 
 def test_ste_adam_lowers_float_perplexity(registered) -> None:
     reports: list[dict] = []
-    config = {"estimator": "ste", "quantizer": "none", "model": "llama", "dataset": "text",
-              "dataset_options": {"n_train": 1024, "n_test": 64}, "optimizer": "adam",
-              "lr": 3e-3, "batch_size": 32, "steps": 100, "num_evals": 2}
+    config = {
+        "estimator": "ste",
+        "quantizer": "none",
+        "model": "llama",
+        "dataset": "text",
+        "dataset_options": {"n_train": 1024, "n_test": 64},
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "batch_size": 32,
+        "steps": 100,
+        "num_evals": 2,
+    }
     run_trial(config, reports.append)
     ppl = [r["eval_metric"] for r in reports]
     assert 200 < ppl[0] < 300  # ~uniform over 256 bytes at init
@@ -233,6 +265,7 @@ def test_ste_adam_lowers_float_perplexity(registered) -> None:
 
 
 # --- text loader -------------------------------------------------------------------------
+
 
 def _write_corpus(root: Path) -> bytes:
     """A few files of seeded random text (multi-byte characters included); their bytes in
@@ -251,19 +284,25 @@ def test_text_windows_round_trip_and_stay_in_their_region(tmp_path: Path) -> Non
     stream = _write_corpus(tmp_path / "corpus")
     data = load_text(data_dir=str(tmp_path), path="corpus", seq_len=20, n_train=50, n_test=30)
     assert read_corpus("corpus", data_dir=tmp_path)[0] == stream
-    assert data.task == "language_modeling" and data.num_classes == 256 and data.input_shape == (20,)
+    assert (
+        data.task == "language_modeling" and data.num_classes == 256 and data.input_shape == (20,)
+    )
     assert data.train_x.shape == (50, 20) and data.test_x.shape == (30, 20)
     train_starts, test_starts, test_start = split_windows(stream, 20, 50, 30)
     assert test_start == len(stream) - len(stream) // 10
     assert train_starts.max() + 21 <= test_start <= test_starts.min()  # no window crosses the split
     assert np.array_equal(np.diff(test_starts), np.full(29, 21))  # contiguous, non-overlapping
-    for x, y, start in [*zip(data.train_x, data.train_y, train_starts),
-                        *zip(data.test_x, data.test_y, test_starts)]:
+    for x, y, start in [
+        *zip(data.train_x, data.train_y, train_starts),
+        *zip(data.test_x, data.test_y, test_starts),
+    ]:
         window = bytes(x.tolist()) + bytes(y[-1:].tolist())
-        assert window == stream[start:start + 21] and bytes(y.tolist()) == window[1:]
+        assert window == stream[start : start + 21] and bytes(y.tolist()) == window[1:]
     again = load_text(data_dir=str(tmp_path), path="corpus", seq_len=20, n_train=50, n_test=30)
     assert torch.equal(again.train_x, data.train_x) and torch.equal(again.test_y, data.test_y)
-    single = load_text(path=str(tmp_path / "corpus" / "a.txt"), seq_len=8, n_train=4, n_test=4, max_bytes=400)
+    single = load_text(
+        path=str(tmp_path / "corpus" / "a.txt"), seq_len=8, n_train=4, n_test=4, max_bytes=400
+    )
     assert bytes(single.test_x[0].tolist()) in (tmp_path / "corpus" / "a.txt").read_bytes()[:400]
 
 
@@ -299,6 +338,12 @@ def test_attention_flops_are_counted_on_cpu():
     torch.manual_seed(0)
     model = build_llama((64,), 256, size="tiny")
     x = torch.randint(0, 256, (4, 64))
-    linear = sum(2 * 4 * 64 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    attention = 2 * 2 * 2 * 4 * 64 * 64 * 64  # depth x (QK^T, AV) x 2 FLOPs per MAC x B x T x T x dim
+    linear = sum(
+        2 * 4 * 64 * m.in_features * m.out_features
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    )
+    attention = (
+        2 * 2 * 2 * 4 * 64 * 64 * 64
+    )  # depth x (QK^T, AV) x 2 FLOPs per MAC x B x T x T x dim
     assert measure_cost(model, token_loss, (x, x)).forward_flops == linear + attention

@@ -21,8 +21,10 @@ def mlp(kind="int", bits=4, per_channel=False, sizes=(16, 12, 4), seed=0):
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
-    return quantize_model(nn.Sequential(nn.Flatten(), *layers[:-1]),
-                          QuantSpec(kind=kind, bits=bits, per_channel=per_channel))
+    return quantize_model(
+        nn.Sequential(nn.Flatten(), *layers[:-1]),
+        QuantSpec(kind=kind, bits=bits, per_channel=per_channel),
+    )
 
 
 def batch(seed=0, n=32, d=16, classes=4):
@@ -36,8 +38,16 @@ def qfo(model, lr, seed=0, **options):
     return est
 
 
-@pytest.mark.parametrize("kind,bits,per_channel", [("int", 8, False), ("int", 4, False), ("int", 2, True),
-                                                   ("fp8_e4m3", 8, False), ("fp8_e5m2", 8, True)])
+@pytest.mark.parametrize(
+    "kind,bits,per_channel",
+    [
+        ("int", 8, False),
+        ("int", 4, False),
+        ("int", 2, True),
+        ("fp8_e4m3", 8, False),
+        ("fp8_e5m2", 8, True),
+    ],
+)
 def test_weights_are_exactly_on_their_grid_after_every_step(kind, bits, per_channel):
     model = mlp(kind, bits, per_channel)
     est = qfo(model, lr=0.5)
@@ -51,7 +61,10 @@ def test_weights_are_exactly_on_their_grid_after_every_step(kind, bits, per_chan
                 k = w / q.frozen_scale
                 assert (k - k.round()).abs().max() < 1e-4, (name, step)
                 assert k.round().min() >= q.qmin and k.round().max() <= q.qmax, (name, step)
-    moved = [not torch.equal(layer.weight.detach(), w0) for (_, layer), w0 in zip(quantized_layers(model), start)]
+    moved = [
+        not torch.equal(layer.weight.detach(), w0)
+        for (_, layer), w0 in zip(quantized_layers(model), start)
+    ]
     assert all(moved), "the update must move the weights along the grid"
 
 
@@ -63,9 +76,15 @@ def test_no_float_copy_is_held_anywhere():
         est.step(model, F.cross_entropy, batch(step), 0.5)
     # The estimator: no tensor attribute, nothing in its state but the RNG.
     assert set(est.state_dict()) == {"generator"}
-    assert not [k for k, v in vars(est).items() if isinstance(v, torch.Tensor)
-                or (isinstance(v, (list, tuple, dict)) and any(isinstance(x, torch.Tensor)
-                                                               for x in (v.values() if isinstance(v, dict) else v)))]
+    assert not [
+        k
+        for k, v in vars(est).items()
+        if isinstance(v, torch.Tensor)
+        or (
+            isinstance(v, (list, tuple, dict))
+            and any(isinstance(x, torch.Tensor) for x in (v.values() if isinstance(v, dict) else v))
+        )
+    ]
     # The model: parameters (the on-grid weights themselves), one frozen scale per layer, no gradient.
     for name, value in model.state_dict().items():
         if not name.endswith("frozen_scale"):
@@ -82,7 +101,9 @@ class LinearLoss(nn.Module):
     def __init__(self, bits):
         super().__init__()
         torch.manual_seed(1)
-        self.layer = quantize_model(nn.Sequential(nn.Linear(8, 6)), QuantSpec(kind="int", bits=bits))[0]
+        self.layer = quantize_model(
+            nn.Sequential(nn.Linear(8, 6)), QuantSpec(kind="int", bits=bits)
+        )[0]
 
     def forward(self, x):
         return self.layer(x)
@@ -96,7 +117,9 @@ def test_the_expected_update_is_minus_lr_times_the_gradient():
     grad_w, grad_b = target.T @ x, target.sum(0)
     est = qfo(model, lr=0.0)
     alpha = model.layer.weight_quantizer.frozen_scale
-    est.lr = 0.3 * float(alpha / grad_w.abs().max())  # |lr g| <= 0.3 grid steps: nearest rounding would never move
+    est.lr = 0.3 * float(
+        alpha / grad_w.abs().max()
+    )  # |lr g| <= 0.3 grid steps: nearest rounding would never move
     start = {k: v.clone() for k, v in model.state_dict().items()}
     draws = 4000
     delta_w, delta_b = torch.zeros_like(grad_w), torch.zeros_like(grad_b)
@@ -108,8 +131,8 @@ def test_the_expected_update_is_minus_lr_times_the_gradient():
     mean_w, mean_b = delta_w / draws, delta_b / draws
     # Per draw each element's spread is at most half a weight step plus half a gradient step.
     grad_step_w, grad_step_b = grad_w.abs().max() / 127, grad_b.abs().max() / 127
-    tol_w = 5 * (alpha / 2 + est.lr * grad_step_w / 2) / draws ** 0.5
-    tol_b = 5 * (est.lr * grad_step_b / 2) / draws ** 0.5
+    tol_w = 5 * (alpha / 2 + est.lr * grad_step_w / 2) / draws**0.5
+    tol_b = 5 * (est.lr * grad_step_b / 2) / draws**0.5
     k = (start["layer.weight"] - est.lr * grad_w) / alpha
     inside = (k >= -8) & (k <= 7)  # the clamp at the grid's ends is the one (documented) bias
     assert inside.float().mean() > 0.8
@@ -168,13 +191,20 @@ def test_peak_memory_is_at_most_ste_with_sgd_momentum(kind, sizes, n):
         est = build_estimator(name, {}, COST, 0, lr=0.01)
         snap_to_grid(model)  # the same model for both: on the grid, scales frozen (qfo's prepare)
         est.prepare(model)
-        opt = None if est.updates_in_place else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt = (
+            None
+            if est.updates_in_place
+            else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        )
 
         def train_step(est=est, model=model, opt=opt):
             est.step(model, F.cross_entropy, (x, y), 0.5)
             if opt is not None:
                 opt.step()
-        peaks[name] = [track_peak_memory(train_step, [m for m in (model, opt) if m], cpu)[1] for _ in range(2)]
+
+        peaks[name] = [
+            track_peak_memory(train_step, [m for m in (model, opt) if m], cpu)[1] for _ in range(2)
+        ]
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert peaks["qfo"][0] <= peaks["ste"][0], peaks
     assert peaks["qfo"][1] <= peaks["ste"][1] - 0.9 * param_bytes, (peaks, param_bytes)

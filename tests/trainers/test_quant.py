@@ -34,11 +34,19 @@ def test_int_quantizer_outputs_on_grid_with_at_most_2b_levels(bits, per_channel)
     out = q(w)
     scale = q.step_size(w)
     qmin, qmax = qf.int_range(bits)
-    assert torch.equal(qf.fake_quantize(out, scale, qmin, qmax), out), "quantizing twice must change nothing"
+    assert torch.equal(qf.fake_quantize(out, scale, qmin, qmax), out), (
+        "quantizing twice must change nothing"
+    )
     levels = torch.round(out / scale)
-    assert torch.allclose(out, levels * scale, atol=0, rtol=1e-6), "outputs are integer multiples of the step"
+    assert torch.allclose(out, levels * scale, atol=0, rtol=1e-6), (
+        "outputs are integer multiples of the step"
+    )
     assert levels.min() >= qmin and levels.max() <= qmax
-    per_row = [torch.unique(levels[i]).numel() for i in range(16)] if per_channel else [torch.unique(levels).numel()]
+    per_row = (
+        [torch.unique(levels[i]).numel() for i in range(16)]
+        if per_channel
+        else [torch.unique(levels).numel()]
+    )
     assert max(per_row) <= 2**bits
     if bits == 1:
         assert set(torch.unique(levels).tolist()) <= {-1.0, 1.0}
@@ -59,12 +67,15 @@ def test_fake_quantize_matches_naive_reference():
     assert torch.allclose(qf.fake_quantize(x, scale, -8, 7), ref, atol=0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("surrogate,expected", [
-    ("identity", lambda x: torch.ones_like(x)),
-    ("hardtanh", lambda x: (x.abs() <= 1).float()),
-    ("tanh", lambda x: 1 - torch.tanh(x) ** 2),
-    ("approxsign", lambda x: (2 - 2 * x.abs()).clamp(min=0)),
-])
+@pytest.mark.parametrize(
+    "surrogate,expected",
+    [
+        ("identity", lambda x: torch.ones_like(x)),
+        ("hardtanh", lambda x: (x.abs() <= 1).float()),
+        ("tanh", lambda x: 1 - torch.tanh(x) ** 2),
+        ("approxsign", lambda x: (2 - 2 * x.abs()).clamp(min=0)),
+    ],
+)
 def test_one_bit_surrogate_gradients_are_the_textbook_ones(surrogate, expected):
     x = torch.linspace(-2, 2, 81, requires_grad=True)
     q = IntQuantizer(1, surrogate=surrogate)
@@ -167,7 +178,11 @@ def test_quantize_model_first_last_and_exclusions():
     assert model[3].weight_quantizer.bits == 8
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
     quantize_model(model, QuantSpec(kind="int", bits=2, first_last="float"))
-    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear and isinstance(model[1], QuantLinear)
+    assert (
+        type(model[0]) is nn.Linear
+        and type(model[2]) is nn.Linear
+        and isinstance(model[1], QuantLinear)
+    )
 
 
 def test_activation_quantization_limits_input_levels():
@@ -188,15 +203,21 @@ def test_snap_to_grid_makes_quantization_idempotent(kind):
         assert torch.equal(layer.weight_quantizer(layer.weight), layer.weight)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(kind="int4"), "quant.kind"),
-    (dict(bits=9), "bits must be in 1..8"),
-    (dict(surrogate="relu"), "surrogate"),
-    (dict(first_last="fp16"), "first_last"),
-    (dict(kind="lsq", bits=1), "lsq"),
-    (dict(scale="static"), "quant.scale 'static' is not one of dynamic, fixed"),
-    (dict(kind="lsq", bits=4, scale="fixed"), "LSQ learns its step; scale: fixed does not apply"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(kind="int4"), "quant.kind"),
+        (dict(bits=9), "bits must be in 1..8"),
+        (dict(surrogate="relu"), "surrogate"),
+        (dict(first_last="fp16"), "first_last"),
+        (dict(kind="lsq", bits=1), "lsq"),
+        (dict(scale="static"), "quant.scale 'static' is not one of dynamic, fixed"),
+        (
+            dict(kind="lsq", bits=4, scale="fixed"),
+            "LSQ learns its step; scale: fixed does not apply",
+        ),
+    ],
+)
 def test_quant_spec_rejects_bad_values_with_a_clear_message(bad, match):
     with pytest.raises(ValueError, match=match):
         QuantSpec(**bad)
@@ -205,12 +226,16 @@ def test_quant_spec_rejects_bad_values_with_a_clear_message(bad, match):
 def _mlp(kind, bits, scale, seed=0, per_channel=False):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
-    return quantize_model(model, QuantSpec(kind=kind, bits=bits, per_channel=per_channel, scale=scale))
+    return quantize_model(
+        model, QuantSpec(kind=kind, bits=bits, per_channel=per_channel, scale=scale)
+    )
 
 
 def _scales(model):
-    return {name: layer.weight_quantizer.scale(layer.weight).detach().clone()
-            for name, layer in quantized_layers(model)}
+    return {
+        name: layer.weight_quantizer.scale(layer.weight).detach().clone()
+        for name, layer in quantized_layers(model)
+    }
 
 
 def _train(model, steps=5):
@@ -224,9 +249,13 @@ def _train(model, steps=5):
         opt.step()
 
 
-@pytest.mark.parametrize("kind,bits,per_channel", [("int", 2, False), ("int", 8, True), ("int", 1, False),
-                                                   ("fp8_e4m3", 8, False)])
-def test_fixed_scale_stays_put_while_the_weights_train_and_dynamic_follows_them(kind, bits, per_channel):
+@pytest.mark.parametrize(
+    "kind,bits,per_channel",
+    [("int", 2, False), ("int", 8, True), ("int", 1, False), ("fp8_e4m3", 8, False)],
+)
+def test_fixed_scale_stays_put_while_the_weights_train_and_dynamic_follows_them(
+    kind, bits, per_channel
+):
     dynamic_start = _scales(_mlp(kind, bits, "dynamic", per_channel=per_channel))
     for scale in ("fixed", "dynamic"):
         model = _mlp(kind, bits, scale, per_channel=per_channel)
@@ -234,7 +263,9 @@ def test_fixed_scale_stays_put_while_the_weights_train_and_dynamic_follows_them(
         before = _scales(model)
         _train(model)
         after = _scales(model)
-        assert all(not torch.equal(w, p) for w, p in zip(weights, model.parameters())), "weights must move"
+        assert all(not torch.equal(w, p) for w, p in zip(weights, model.parameters())), (
+            "weights must move"
+        )
         for name in before:  # both modes start from the scale of the starting weights
             assert torch.equal(before[name], dynamic_start[name])
         if scale == "fixed":
@@ -247,7 +278,9 @@ def test_fixed_scale_travels_in_the_state_dict():
     trained = _mlp("int", 2, "fixed", seed=0)
     _train(trained)
     other = _mlp("int", 2, "fixed", seed=1)  # other starting weights: another frozen scale
-    assert any(not torch.equal(a, b) for a, b in zip(_scales(trained).values(), _scales(other).values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(_scales(trained).values(), _scales(other).values())
+    )
     other.load_state_dict(trained.state_dict())  # strict: the buffer exists before loading
     for name, value in _scales(trained).items():
         assert torch.equal(_scales(other)[name], value)
@@ -256,7 +289,9 @@ def test_fixed_scale_travels_in_the_state_dict():
 
 def test_layer_precisions_show_first_last_exclude_and_activation_overrides():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
-    quantize_model(model, QuantSpec(kind="int", bits=2, act_bits=4, first_last="8bit", exclude=("2",)))
+    quantize_model(
+        model, QuantSpec(kind="int", bits=2, act_bits=4, first_last="8bit", exclude=("2",))
+    )
     assert layer_precisions(model) == {"0": "int8/a4", "1": "int2/a4", "2": "float", "3": "int8/a4"}
     assert json.loads(precision_summary(model)) == {"*": "int8/a4", "1": "int2/a4", "2": "float"}
     for kind, label in (("fp8_e5m2", "fp8_e5m2"), ("lsq", "lsq3"), ("none", "float")):

@@ -15,8 +15,22 @@ from trainers.quant import IntQuantizer
 # Learning rates at which each estimator trains the 2-layer MLP in a few hundred steps
 # (zeroth-order estimates with n = 1 in d ~ 760 dimensions need ~50x smaller steps).
 LR = {"ste": 0.05, "fogzo": 0.05, "nspsa": 1e-3, "mezo": 1e-3, "quzo": 3e-3, "qfo": 0.1}
-METRIC_KEYS = {"step", "forwards", "backwards", "flops", "wall_s", "train_loss", "eval_loss", "eval_metric",
-               "peak_memory_bytes", "num_params", "metric_name", "progress", "current_lr", "done"}
+METRIC_KEYS = {
+    "step",
+    "forwards",
+    "backwards",
+    "flops",
+    "wall_s",
+    "train_loss",
+    "eval_loss",
+    "eval_metric",
+    "peak_memory_bytes",
+    "num_params",
+    "metric_name",
+    "progress",
+    "current_lr",
+    "done",
+}
 
 
 def run(**overrides):
@@ -29,7 +43,9 @@ def run(**overrides):
 def test_reports_every_evaluation_with_cumulative_costs():
     reports = run(estimator="fogzo")
     assert len(reports) == 5  # step 0 + num_evals
-    assert all(METRIC_KEYS <= set(r) for r in reports)  # plus the estimator's describe() figures, if any
+    assert all(
+        METRIC_KEYS <= set(r) for r in reports
+    )  # plus the estimator's describe() figures, if any
     assert ["layer_bits" in r for r in reports] == [True] + [False] * 4
     assert [r["step"] for r in reports] == [0, 15, 30, 45, 60]
     assert [r["done"] for r in reports] == [False] * 4 + [True]
@@ -50,7 +66,10 @@ def test_same_seed_same_curve_other_seed_other_curve():
 
 def test_flops_budget_gives_equal_compute_to_every_estimator():
     budget = 4e6
-    finals = {name: run(estimator=name, steps=None, flops=budget, lr=LR[name])[-1] for name in ("ste", "fogzo")}
+    finals = {
+        name: run(estimator=name, steps=None, flops=budget, lr=LR[name])[-1]
+        for name in ("ste", "fogzo")
+    }
     for final in finals.values():
         per_step = final["flops"] / final["step"]
         assert budget <= final["flops"] < budget + per_step
@@ -76,13 +95,16 @@ def test_nan_loss_raises_trial_diverged():
         run(estimator="nspsa", lr=50.0, steps=200)
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"estimatr": "ste"}, "unknown trial config key.*estimatr"),
-    ({"optimizer": "lion"}, "optimizer 'lion'"),
-    ({"steps": None, "flops": None}, "budget"),
-    ({"bits": 12}, "bits must be in 1..8"),
-    ({"quant_options": {"surogate": "tanh"}}, "quant_options: unknown key"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"estimatr": "ste"}, "unknown trial config key.*estimatr"),
+        ({"optimizer": "lion"}, "optimizer 'lion'"),
+        ({"steps": None, "flops": None}, "budget"),
+        ({"bits": 12}, "bits must be in 1..8"),
+        ({"quant_options": {"surogate": "tanh"}}, "quant_options: unknown key"),
+    ],
+)
 def test_bad_config_is_one_clear_error(bad, match):
     with pytest.raises(ConfigError, match=match) as err:
         TrialConfig.from_dict(bad)
@@ -135,7 +157,9 @@ def test_trainers_never_import_ray():
 
 
 def test_layer_bits_reports_each_layers_effective_precision_once():
-    reports = run(quant_options={"exclude": ["3"]}, steps=8, num_evals=2)  # the MLP's Linear layers: 1, 3
+    reports = run(
+        quant_options={"exclude": ["3"]}, steps=8, num_evals=2
+    )  # the MLP's Linear layers: 1, 3
     assert json.loads(reports[0]["layer_bits"]) == {"*": "int2", "3": "float"}
     assert all("layer_bits" not in r for r in reports[1:])
     reports = run(bits=4, quant_options={"first_last": "8bit"}, steps=8, num_evals=2)
@@ -161,22 +185,49 @@ def _frozen(state):
 
 def test_fixed_scale_is_taken_from_the_init_from_weights(tmp_path):
     base = {"model": "mlp", "dataset": "digits", "num_evals": 1, "threads": 1}
-    run_trial({**base, "quantizer": "none", "optimizer": "adam", "lr": 0.01, "steps": 30,
-               "save_model_to": str(tmp_path / "pre.pt")}, lambda m: None)
+    run_trial(
+        {
+            **base,
+            "quantizer": "none",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "steps": 30,
+            "save_model_to": str(tmp_path / "pre.pt"),
+        },
+        lambda m: None,
+    )
     pre = torch.load(tmp_path / "pre.pt")
     states = []
-    run_trial({**base, "bits": 2, "lr": 0.05, "steps": 10, "init_from": str(tmp_path / "pre.pt"),
-               "quant_options": {"scale": "fixed"}}, lambda m, state: states.append(state), save_state=True)
+    run_trial(
+        {
+            **base,
+            "bits": 2,
+            "lr": 0.05,
+            "steps": 10,
+            "init_from": str(tmp_path / "pre.pt"),
+            "quant_options": {"scale": "fixed"},
+        },
+        lambda m, state: states.append(state),
+        save_state=True,
+    )
     frozen = _frozen(states[-1])
     assert len(frozen) == 2
     for key, scale in frozen.items():
         layer = key.split(".")[0]
-        assert torch.equal(scale, IntQuantizer(2)._scale(pre[f"{layer}.weight"]))  # the pre-trained weights'
+        assert torch.equal(
+            scale, IntQuantizer(2)._scale(pre[f"{layer}.weight"])
+        )  # the pre-trained weights'
         assert not torch.equal(states[-1]["model"][f"{layer}.weight"], pre[f"{layer}.weight"])
 
 
 def test_resume_restores_the_frozen_scale_from_the_saved_state():
-    config = {"bits": 2, "lr": 0.05, "steps": 20, "num_evals": 2, "quant_options": {"scale": "fixed"}}
+    config = {
+        "bits": 2,
+        "lr": 0.05,
+        "steps": 20,
+        "num_evals": 2,
+        "quant_options": {"scale": "fixed"},
+    }
     full, states = [], []
     run_trial(config, lambda m, state: (full.append(m), states.append(state)), save_state=True)
     assert all(torch.equal(v, _frozen(states[0])[k]) for k, v in _frozen(states[-1]).items())
@@ -187,7 +238,9 @@ def test_resume_restores_the_frozen_scale_from_the_saved_state():
     run_trial(config, lambda m, state: resumed.append(state), resume_state=saved, save_state=True)
     assert _frozen(resumed[-1]).keys() == _frozen(saved).keys() and _frozen(saved)
     for key, value in _frozen(resumed[-1]).items():
-        assert torch.equal(value, saved["model"][key]) and not torch.equal(value, _frozen(states[-1])[key])
+        assert torch.equal(value, saved["model"][key]) and not torch.equal(
+            value, _frozen(states[-1])[key]
+        )
 
 
 @pytest.mark.parametrize("quantizer,bits", [("int", 4), ("fp8_e4m3", 8)])
@@ -196,9 +249,18 @@ def test_quzo_runs_alike_with_either_scale_mode(quantizer, bits):
     finals = {}
     for scale in ("fixed", "dynamic"):
         states = []
-        run_trial({"estimator": "quzo", "quantizer": quantizer, "bits": bits, "steps": 5, "num_evals": 1,
-                   "quant_options": {"scale": scale}}, lambda m, state, into=states: into.append(state),
-                  save_state=True)
+        run_trial(
+            {
+                "estimator": "quzo",
+                "quantizer": quantizer,
+                "bits": bits,
+                "steps": 5,
+                "num_evals": 1,
+                "quant_options": {"scale": scale},
+            },
+            lambda m, state, into=states: into.append(state),
+            save_state=True,
+        )
         first, last = _frozen(states[0]), _frozen(states[-1])
         assert first and all(torch.equal(v, first[k]) for k, v in last.items())
         finals[scale] = states[-1]["model"]

@@ -35,7 +35,12 @@ from trainers.quant import (
     snap_to_grid,
 )
 
-SMOKE = {"resnet18": {"width": 4}, "resnet50": {"width": 4}, "deit_tiny": {"depth": 1}, "deit_small": {"depth": 1}}
+SMOKE = {
+    "resnet18": {"width": 4},
+    "resnet50": {"width": 4},
+    "deit_tiny": {"depth": 1},
+    "deit_small": {"depth": 1},
+}
 ESTIMATOR_LR = {"ste": 0.05, "fogzo": 0.05, "nspsa": 1e-3, "mezo": 1e-3, "quzo": 1e-3, "qfo": 0.05}
 
 
@@ -60,8 +65,10 @@ def _batch(size: int, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 # ------------------------------------------------------------------------------ fake data on disk
 
-def write_cifar(root: Path, variant: str, fmt: str, per_file: int = 3, n_test: int = 4,
-                protocol: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+
+def write_cifar(
+    root: Path, variant: str, fmt: str, per_file: int = 3, n_test: int = 4, protocol: int = 2
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A tiny CIFAR in the official layout; returns {split: (images N,3,32,32, fine labels)}."""
     v = VARIANTS[variant]
     rng = np.random.default_rng(len(variant) + protocol)
@@ -78,18 +85,29 @@ def write_cifar(root: Path, variant: str, fmt: str, per_file: int = 3, n_test: i
             parts.append((data, fine))
             if fmt == "binary":
                 labels = [fine] if v.label_bytes == 1 else [fine // 5, fine]
-                np.concatenate([np.stack(labels, 1).astype(np.uint8), data], 1).tofile(folder / name)
+                np.concatenate([np.stack(labels, 1).astype(np.uint8), data], 1).tofile(
+                    folder / name
+                )
                 continue
-            batch = {"batch_label": "fake", "data": data, v.label_key: fine.tolist(), "filenames": ["x.png"] * k}
+            batch = {
+                "batch_label": "fake",
+                "data": data,
+                v.label_key: fine.tolist(),
+                "filenames": ["x.png"] * k,
+            }
             if variant == "cifar100":
                 batch["coarse_labels"] = (fine // 5).tolist()
             else:  # what pickle.load(encoding="bytes") style files look like: bytes keys
                 batch = {key.encode(): value for key, value in batch.items()}
             blob = pickle.dumps(batch, protocol=protocol)
             # The official archive was written by numpy 1, whose module is numpy.core.
-            (folder / name).write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
-        out[split] = (np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32),
-                      np.concatenate([f for _, f in parts]))
+            (folder / name).write_bytes(
+                blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            )
+        out[split] = (
+            np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32),
+            np.concatenate([f for _, f in parts]),
+        )
     return out
 
 
@@ -102,8 +120,11 @@ def write_imagefolder(root: Path) -> None:
             (root / split / cls).mkdir(parents=True)
             for i, shape in enumerate(shapes[: 2 if (split, cls) == ("train", "b_cat") else None]):
                 ext = ".png" if i % 2 == 0 else ".JPG"
-                Image.new("RGB", shape, colour).save(root / split / cls / f"img{i}{ext}",
-                                                     format="PNG" if ext == ".png" else "JPEG", quality=100)
+                Image.new("RGB", shape, colour).save(
+                    root / split / cls / f"img{i}{ext}",
+                    format="PNG" if ext == ".png" else "JPEG",
+                    quality=100,
+                )
     (root / "train" / "a_dog" / "notes.txt").write_text("not an image")
 
 
@@ -115,6 +136,7 @@ def cifar_dir(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------ models
+
 
 @pytest.mark.parametrize("name", list(SMOKE))
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16), (3, 224, 224)])
@@ -130,7 +152,12 @@ def test_models_build_for_input_shapes(name: str, shape: tuple[int, ...]) -> Non
 
 
 def test_parameter_counts_match_torchvision_and_timm() -> None:
-    counts = {"resnet18": 11_689_512, "resnet50": 25_557_032, "deit_tiny": 5_717_416, "deit_small": 22_050_664}
+    counts = {
+        "resnet18": 11_689_512,
+        "resnet50": 25_557_032,
+        "deit_tiny": 5_717_416,
+        "deit_small": 22_050_664,
+    }
     for name, count in counts.items():
         model = build_model(name, (3, 224, 224), 1000)
         assert sum(p.numel() for p in model.parameters()) == count, name
@@ -143,19 +170,32 @@ def test_model_options_are_validated() -> None:
         build_model("resnet18", (3, 32, 32), 10, cifar_stem="yes")
     with pytest.raises(ValueError, match="C, H, W"):
         build_model("resnet50", (32,), 10)
-    assert isinstance(build_model("resnet18", (3, 32, 32), 10, width=2, cifar_stem=False).maxpool, nn.MaxPool2d)
+    assert isinstance(
+        build_model("resnet18", (3, 32, 32), 10, width=2, cifar_stem=False).maxpool, nn.MaxPool2d
+    )
     assert len(build_model("deit_small", (3, 32, 32), 10, depth=2, patch_size=8).blocks) == 2
 
 
 @pytest.mark.parametrize("name", list(SMOKE))
 def test_every_weight_layer_is_quantized(name: str) -> None:
     torch.manual_seed(0)
-    model = quantize_model(build_model(name, (3, 16, 16), 10, **SMOKE[name]), QuantSpec(bits=4, act_bits=4))
+    model = quantize_model(
+        build_model(name, (3, 16, 16), 10, **SMOKE[name]), QuantSpec(bits=4, act_bits=4)
+    )
     layers = dict(quantized_layers(model))
-    assert not [m for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d)]  # every one swapped
-    assert all(type(m) in (QuantLinear, QuantConv2d) and m.act_quantizer is not None for m in layers.values())
+    assert not [
+        m for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d)
+    ]  # every one swapped
+    assert all(
+        type(m) in (QuantLinear, QuantConv2d) and m.act_quantizer is not None
+        for m in layers.values()
+    )
     # No weight escapes: every matrix/kernel parameter belongs to a quantized layer.
-    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2 and n not in ("cls_token", "pos_embed")}
+    matrices = {
+        n
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and n not in ("cls_token", "pos_embed")
+    }
     assert matrices == {f"{n}.weight" for n in layers}
     snap_to_grid(model)
     for layer in layers.values():
@@ -169,11 +209,14 @@ def test_every_weight_layer_is_quantized(name: str) -> None:
         layer.act_quantizer.register_forward_hook(on_grid)
     model(torch.randn(2, 3, 16, 16))
     assert len(calls) == len(layers) and all(calls)
-    ends = quantize_model(build_model(name, (3, 16, 16), 10, **SMOKE[name]), QuantSpec(bits=4, first_last="float"))
+    ends = quantize_model(
+        build_model(name, (3, 16, 16), 10, **SMOKE[name]), QuantSpec(bits=4, first_last="float")
+    )
     assert len(quantized_layers(ends)) == len(layers) - 2
 
 
 # ------------------------------------------------------------------------------ BatchNorm + vmap
+
 
 def tiny_resnet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -189,12 +232,21 @@ def test_batched_losses_equal_a_loop_for_vit() -> None:
     torch.manual_seed(0)
     model = quantize_model(build_model("deit_tiny", (3, 16, 16), 10, depth=1), QuantSpec(bits=4))
     plan = perturb.perturbation_plan(model, "alpha", 1e-3)
-    deltas = [i.eps * d for i, d in zip(plan, perturb.sample_directions(plan, 4, torch.Generator().manual_seed(0)))]
+    deltas = [
+        i.eps * d
+        for i, d in zip(plan, perturb.sample_directions(plan, 4, torch.Generator().manual_seed(0)))
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither our loop fallback nor torch's per-op fallback
         batched = perturb.perturbed_losses(model, F.cross_entropy, _batch(16), plan, deltas)
-    looped = perturb._loop_losses(model, F.cross_entropy, _batch(16), [i.name for i in plan],
-                                  {i.name: i.param.detach() for i in plan}, deltas)
+    looped = perturb._loop_losses(
+        model,
+        F.cross_entropy,
+        _batch(16),
+        [i.name for i in plan],
+        {i.name: i.param.detach() for i in plan},
+        deltas,
+    )
     assert torch.allclose(batched, looped, atol=1e-5)
 
 
@@ -203,7 +255,10 @@ def test_bn_perturbed_losses_read_the_running_stats_and_never_write_them(monkeyp
     with torch.no_grad():
         model(batch[0])  # move the running stats off their init: eval and train forwards differ
     plan = perturb.perturbation_plan(model, "alpha", 1e-3)
-    deltas = [i.eps * d for i, d in zip(plan, perturb.sample_directions(plan, 4, torch.Generator().manual_seed(1)))]
+    deltas = [
+        i.eps * d
+        for i, d in zip(plan, perturb.sample_directions(plan, 4, torch.Generator().manual_seed(1)))
+    ]
     before, reference = _bn_stats(model), copy.deepcopy(model).eval()
     with torch.no_grad():  # one ordinary eval-mode forward per theta + delta_j
         expected = []
@@ -214,9 +269,17 @@ def test_bn_perturbed_losses_read_the_running_stats_and_never_write_them(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         batched = perturb.perturbed_losses(model, F.cross_entropy, batch, plan, deltas)
-    looped = perturb._loop_losses(model, F.cross_entropy, batch, [i.name for i in plan],
-                                  {i.name: i.param.detach() for i in plan}, deltas)
-    assert torch.allclose(batched, torch.stack(expected), atol=1e-5) and torch.allclose(batched, looped, atol=1e-5)
+    looped = perturb._loop_losses(
+        model,
+        F.cross_entropy,
+        batch,
+        [i.name for i in plan],
+        {i.name: i.param.detach() for i in plan},
+        deltas,
+    )
+    assert torch.allclose(batched, torch.stack(expected), atol=1e-5) and torch.allclose(
+        batched, looped, atol=1e-5
+    )
     assert all(m.training for m in model.modules())
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
     # The loop fallback follows the same rule.
@@ -226,7 +289,9 @@ def test_bn_perturbed_losses_read_the_running_stats_and_never_write_them(monkeyp
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
 
 
-@pytest.mark.parametrize("name, options", [("nspsa", {"n": 3, "chunk": 2}), ("fogzo", {"n": 2, "beta_min": 0.9})])
+@pytest.mark.parametrize(
+    "name, options", [("nspsa", {"n": 3, "chunk": 2}), ("fogzo", {"n": 2, "beta_min": 0.9})]
+)
 def test_bn_resnet_trains_with_zeroth_order_estimators(name: str, options: dict) -> None:
     model, batch = tiny_resnet(), _batch(16)
     estimator = build_estimator(name, options, CostModel(1.0, 2.0), seed=0, lr=0.1)
@@ -249,35 +314,66 @@ def test_bn_resnet_trains_with_zeroth_order_estimators(name: str, options: dict)
                 if n.endswith("num_batches_tracked"):
                     assert int(b) == int(before[n]) + 1, n
             if step == 0:  # ...from its STE forward, not its perturbations
-                assert all(torch.equal(b, dict(ste_forward.named_buffers())[n]) for n, b in model.named_buffers())
+                assert all(
+                    torch.equal(b, dict(ste_forward.named_buffers())[n])
+                    for n, b in model.named_buffers()
+                )
     assert ResNet not in perturb._VMAP_UNSUPPORTED
 
 
 # ------------------------------------------------------------------------------ end-to-end trials
+
 
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("estimator", list(ESTIMATOR_LR))
 @pytest.mark.parametrize("model", list(SMOKE))
 def test_trains_two_steps_with_every_estimator(model: str, estimator: str, cifar_dir: Path) -> None:
     reports: list[dict] = []
-    final = run_trial({"model": model, "model_options": SMOKE[model], "dataset": "cifar10",
-                       "data_dir": str(cifar_dir), "estimator": estimator, "bits": 4,
-                       "quant_options": {"act_bits": 8}, "lr": ESTIMATOR_LR[estimator], "batch_size": 8,
-                       "steps": 2, "num_evals": 1, "eval_batch_size": 8, "threads": 1}, reports.append)
+    final = run_trial(
+        {
+            "model": model,
+            "model_options": SMOKE[model],
+            "dataset": "cifar10",
+            "data_dir": str(cifar_dir),
+            "estimator": estimator,
+            "bits": 4,
+            "quant_options": {"act_bits": 8},
+            "lr": ESTIMATOR_LR[estimator],
+            "batch_size": 8,
+            "steps": 2,
+            "num_evals": 1,
+            "eval_batch_size": 8,
+            "threads": 1,
+        },
+        reports.append,
+    )
     assert final["step"] == 2 and final["done"] and math.isfinite(final["train_loss"])
     assert final["forwards"] > 0 and len(reports) == 2
 
 
 def test_imagefolder_trial(tmp_path: Path) -> None:
     write_imagefolder(tmp_path / "in100")
-    final = run_trial({"model": "resnet18", "model_options": {"width": 4}, "dataset": "imagefolder",
-                       "dataset_options": {"path": "in100", "image_size": 16}, "data_dir": str(tmp_path),
-                       "estimator": "fogzo", "bits": 4, "batch_size": 4, "steps": 2, "num_evals": 1,
-                       "threads": 1}, lambda metrics: None)
+    final = run_trial(
+        {
+            "model": "resnet18",
+            "model_options": {"width": 4},
+            "dataset": "imagefolder",
+            "dataset_options": {"path": "in100", "image_size": 16},
+            "data_dir": str(tmp_path),
+            "estimator": "fogzo",
+            "bits": 4,
+            "batch_size": 4,
+            "steps": 2,
+            "num_evals": 1,
+            "threads": 1,
+        },
+        lambda metrics: None,
+    )
     assert final["step"] == 2 and math.isfinite(final["train_loss"])
 
 
 # ------------------------------------------------------------------------------ CIFAR loaders
+
 
 @pytest.mark.parametrize("variant, protocol", [("cifar10", 2), ("cifar100", 5)])
 def test_cifar_python_and_binary_versions(tmp_path: Path, variant: str, protocol: int) -> None:
@@ -294,7 +390,11 @@ def test_cifar_python_and_binary_versions(tmp_path: Path, variant: str, protocol
         assert y.tolist() == labels.tolist()  # fine labels for CIFAR-100
         expected = (images[:, 1, 5, 7] / 255.0 - v.mean[1]) / v.std[1]
         assert np.allclose(x[:, 1, 5, 7].numpy(), expected, atol=1e-6)
-    for a, b in ((py.train_x, binary.train_x), (py.train_y, binary.train_y), (py.test_x, binary.test_x)):
+    for a, b in (
+        (py.train_x, binary.train_x),
+        (py.train_y, binary.train_y),
+        (py.test_x, binary.test_x),
+    ):
         assert torch.equal(a, b)
     small = load_dataset(variant, data_dir=str(tmp_path / "bin"), limit_train=2, limit_test=1)
     assert (small.num_train, small.num_test) == (2, 1) and isinstance(small.augment, RandomCropFlip)
@@ -328,11 +428,19 @@ class _Evil:
 def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
     write_cifar(tmp_path, "cifar10", "python")
     marker = tmp_path / "pwned"
-    batch = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": _Evil(os.system, f"touch {marker}")}
+    batch = {
+        "data": np.zeros((1, 3072), np.uint8),
+        "labels": [0],
+        "x": _Evil(os.system, f"touch {marker}"),
+    }
     (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DatasetError) as exc:
         load_dataset("cifar10", data_dir=str(tmp_path))
-    assert "data_batch_2" in _one_line(exc) and "refused" in str(exc.value) and "system" in str(exc.value)
+    assert (
+        "data_batch_2" in _one_line(exc)
+        and "refused" in str(exc.value)
+        and "system" in str(exc.value)
+    )
     assert not marker.exists()
     (tmp_path / "eval.pkl").write_bytes(pickle.dumps(_Evil(eval, "print('pwned')"), protocol=5))
     with pytest.raises(UnsafePickleError):
@@ -345,23 +453,30 @@ def test_random_crop_flip_is_deterministic_and_a_real_crop() -> None:
     a, b = aug(x, torch.Generator().manual_seed(7)), aug(x, torch.Generator().manual_seed(7))
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.equal(a, aug(x, torch.Generator().manual_seed(8)))
-    padded = torch.stack([torch.full((40, 40), -1.0), torch.full((40, 40), -2.0), torch.full((40, 40), -3.0)])
+    padded = torch.stack(
+        [torch.full((40, 40), -1.0), torch.full((40, 40), -2.0), torch.full((40, 40), -3.0)]
+    )
     for i in range(16):  # each output is some crop of the padded image, possibly mirrored
         canvas = padded.clone()
         canvas[:, 4:36, 4:36] = x[i]
-        crops = [canvas[:, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        crops = [canvas[:, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
         assert any(torch.equal(a[i], crop) or torch.equal(a[i], crop.flip(-1)) for crop in crops)
 
 
 # ------------------------------------------------------------------------------ ImageFolder
+
 
 def test_imagefolder_decodes_resizes_and_labels(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
     d = load_dataset("imagefolder", data_dir=str(tmp_path), image_size=8, augment=False)
     assert d.train_x.shape == (5, 3, 8, 8) and d.test_x.shape == (2, 3, 8, 8) and d.num_classes == 2
     assert d.train_y.tolist() == [0, 0, 0, 1, 1] and d.test_y.tolist() == [0, 1]  # a_dog < b_cat
-    red = torch.tensor([(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1]])
-    assert torch.allclose(d.train_x[0, :2], red.view(2, 1, 1).expand(2, 8, 8), atol=0.02)  # JPEGs: near
+    red = torch.tensor(
+        [(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1]]
+    )
+    assert torch.allclose(
+        d.train_x[0, :2], red.view(2, 1, 1).expand(2, 8, 8), atol=0.02
+    )  # JPEGs: near
     limited = load_dataset("imagefolder", data_dir=str(tmp_path), image_size=8, limit_per_class=1)
     assert limited.num_train == 2 and isinstance(limited.augment, RandomCropFlip)
     assert limited.augment(limited.train_x, torch.Generator().manual_seed(0)).shape == (2, 3, 8, 8)

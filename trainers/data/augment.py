@@ -42,7 +42,7 @@ class RandomCropFlip:
         p = self.padding
         fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
         padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p:p + h, p:p + w] = x
+        padded[:, :, p : p + h, p : p + w] = x
         # The generator may be a CPU one while x lives on the GPU: draw on CPU, then move.
         offsets = torch.randint(0, 2 * p + 1, (b, 2), generator=generator, device=generator.device)
         flip = torch.randint(0, 2, (b, 1), generator=generator, device=generator.device).bool()

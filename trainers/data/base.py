@@ -50,15 +50,20 @@ class DataSplits:
     def __post_init__(self) -> None:
         # Catch loader bugs here rather than as shape errors deep inside a trial.
         x_dtype = torch.int64 if self.task == "language_modeling" else torch.float32
-        for split, x, y in (("train", self.train_x, self.train_y),
-                            ("test", self.test_x, self.test_y)):
+        for split, x, y in (
+            ("train", self.train_x, self.train_y),
+            ("test", self.test_x, self.test_y),
+        ):
             if x.dtype != x_dtype or y.dtype != torch.int64:
-                raise TypeError(f"{self.name}: {split} needs float32 x / int64 y, "
-                                f"got {x.dtype} / {y.dtype}")
+                raise TypeError(
+                    f"{self.name}: {split} needs float32 x / int64 y, got {x.dtype} / {y.dtype}"
+                )
             if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != tuple(self.input_shape):
-                raise ValueError(f"{self.name}: {split} x {tuple(x.shape)} / y "
-                                 f"{tuple(y.shape)} disagree with input_shape "
-                                 f"{self.input_shape}")
+                raise ValueError(
+                    f"{self.name}: {split} x {tuple(x.shape)} / y "
+                    f"{tuple(y.shape)} disagree with input_shape "
+                    f"{self.input_shape}"
+                )
 
     @property
     def num_train(self) -> int:
@@ -78,8 +83,9 @@ def positive_int(dataset: str, option: str, value: object) -> int:
     return int(value)
 
 
-def split_indices(y: np.ndarray, test_fraction: float = 0.2,
-                  seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    y: np.ndarray, test_fraction: float = 0.2, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/test index split, stratified when every class has 2+ examples.
 
     Stratifying keeps small classes represented in the test set; tiny or degenerate label
@@ -104,8 +110,9 @@ def split_indices(y: np.ndarray, test_fraction: float = 0.2,
         while alloc.sum() > n_test:
             c = int(np.argmax(alloc))
             alloc[c] -= 1
-        test = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[: alloc[c]]
-                               for c in range(n_classes)])
+        test = np.concatenate(
+            [rng.permutation(np.flatnonzero(inverse == c))[: alloc[c]] for c in range(n_classes)]
+        )
     else:
         test = rng.permutation(n)[:n_test]
     mask = np.zeros(n, dtype=bool)
@@ -122,17 +129,19 @@ def subsample(n: int, limit: int | None, seed: int = SPLIT_SEED) -> np.ndarray:
 
 def remap_labels(*label_arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Map arbitrary labels (ints, strings) jointly onto 0..C-1; returns (mapped, classes)."""
-    classes, inverse = np.unique(np.concatenate([np.asarray(a).ravel() for a in label_arrays]),
-                                 return_inverse=True)
+    classes, inverse = np.unique(
+        np.concatenate([np.asarray(a).ravel() for a in label_arrays]), return_inverse=True
+    )
     out, start = [], 0
     for a in label_arrays:
-        out.append(inverse[start: start + len(a)].astype(np.int64))
+        out.append(inverse[start : start + len(a)].astype(np.int64))
         start += len(a)
     return out, classes
 
 
-def standardise(train: np.ndarray, test: np.ndarray, *, per_feature: bool
-                ) -> tuple[np.ndarray, np.ndarray]:
+def standardise(
+    train: np.ndarray, test: np.ndarray, *, per_feature: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardise with train-split statistics only, so no test information leaks in.
 
     Constant features (std 0) are only centred, never divided by zero.
@@ -144,8 +153,14 @@ def standardise(train: np.ndarray, test: np.ndarray, *, per_feature: bool
     return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
 
 
-def make_splits(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                test_y: np.ndarray, num_classes: int) -> DataSplits:
+def make_splits(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+) -> DataSplits:
     """Wrap numpy arrays as a `DataSplits` (float32 features, int64 labels)."""
     return DataSplits(
         train_x=torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)),

@@ -47,18 +47,29 @@ class CifarVariant:
 
 VARIANTS: dict[str, CifarVariant] = {
     "cifar10": CifarVariant(
-        "cifar10", 10,
+        "cifar10",
+        10,
         "cifar-10-batches-py",
         {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
         "labels",
         "cifar-10-batches-bin",
         {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)},
-        1, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        1,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
     "cifar100": CifarVariant(
-        "cifar100", 100,
-        "cifar-100-python", {"train": ("train",), "test": ("test",)}, "fine_labels",
-        "cifar-100-binary", {"train": ("train.bin",), "test": ("test.bin",)},
-        2, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        "cifar100",
+        100,
+        "cifar-100-python",
+        {"train": ("train",), "test": ("test",)},
+        "fine_labels",
+        "cifar-100-binary",
+        {"train": ("train.bin",), "test": ("test.bin",)},
+        2,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
 }
 
 
@@ -75,17 +86,23 @@ def _read_python(v: CifarVariant, path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = load_restricted(path)
     except Exception as err:  # a user file: any failure to parse it is a data error
         reason = "refused" if isinstance(err, UnsafePickleError) else "unreadable"
-        raise DatasetError(f"{v.name}: CIFAR batch {path} {reason} ({err}); only pickles of "
-                           f"plain containers and numpy arrays are loaded") from None
+        raise DatasetError(
+            f"{v.name}: CIFAR batch {path} {reason} ({err}); only pickles of "
+            f"plain containers and numpy arrays are loaded"
+        ) from None
     try:
         data = np.asarray(_entry(batch, "data"), dtype=np.uint8)
         labels = np.asarray(_entry(batch, v.label_key), dtype=np.int64)
     except (KeyError, TypeError, ValueError) as err:
-        raise DatasetError(f"{v.name}: {path} is not a CIFAR batch (needs 'data' and "
-                           f"'{v.label_key}', problem: {err})") from None
+        raise DatasetError(
+            f"{v.name}: {path} is not a CIFAR batch (needs 'data' and "
+            f"'{v.label_key}', problem: {err})"
+        ) from None
     if data.ndim != 2 or data.shape[1] != PIXELS or len(data) != len(labels):
-        raise DatasetError(f"{v.name}: {path} holds data {data.shape} and {labels.shape} "
-                           f"labels; expected (N, {PIXELS}) and (N,)")
+        raise DatasetError(
+            f"{v.name}: {path} holds data {data.shape} and {labels.shape} "
+            f"labels; expected (N, {PIXELS}) and (N,)"
+        )
     return data, labels
 
 
@@ -93,10 +110,12 @@ def _read_binary(v: CifarVariant, path: Path) -> tuple[np.ndarray, np.ndarray]:
     record = v.label_bytes + PIXELS
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
-        raise DatasetError(f"{v.name}: {path} has {raw.size} bytes, not a multiple of the "
-                           f"{record}-byte CIFAR record")
+        raise DatasetError(
+            f"{v.name}: {path} has {raw.size} bytes, not a multiple of the "
+            f"{record}-byte CIFAR record"
+        )
     raw = raw.reshape(-1, record)
-    return raw[:, v.label_bytes:], raw[:, v.label_bytes - 1].astype(np.int64)
+    return raw[:, v.label_bytes :], raw[:, v.label_bytes - 1].astype(np.int64)
 
 
 def _read_split(v: CifarVariant, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +126,10 @@ def _read_split(v: CifarVariant, root: Path, split: str) -> tuple[np.ndarray, np
     elif binary_dir.is_dir():
         reader, folder, names = _read_binary, binary_dir, v.binary_files[split]
     else:
-        raise DatasetError(f"{v.name}: expected {python_dir} (python version) or {binary_dir} "
-                           f"(binary version) — unpack the official archive into data_dir")
+        raise DatasetError(
+            f"{v.name}: expected {python_dir} (python version) or {binary_dir} "
+            f"(binary version) — unpack the official archive into data_dir"
+        )
     parts = []
     for name in names:
         if not (folder / name).is_file():
@@ -117,22 +138,33 @@ def _read_split(v: CifarVariant, root: Path, split: str) -> tuple[np.ndarray, np
     data = np.concatenate([d for d, _ in parts])
     labels = np.concatenate([lbl for _, lbl in parts])
     if labels.size and (labels.min() < 0 or labels.max() >= v.num_classes):
-        raise DatasetError(f"{v.name}: labels in {folder} span {labels.min()}..{labels.max()}, "
-                           f"outside 0..{v.num_classes - 1}")
+        raise DatasetError(
+            f"{v.name}: labels in {folder} span {labels.min()}..{labels.max()}, "
+            f"outside 0..{v.num_classes - 1}"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar(dataset: str, data_dir: str | None, limit_train: int | None,
-               limit_test: int | None, augment: bool) -> DataSplits:
+def load_cifar(
+    dataset: str,
+    data_dir: str | None,
+    limit_train: int | None,
+    limit_test: int | None,
+    augment: bool,
+) -> DataSplits:
     """Shared loader of both variants (see the module docstring)."""
     v = VARIANTS[dataset]
     if data_dir is None:
-        raise DatasetError(f"{dataset}: data_dir is required — point it at the folder that "
-                           f"holds {v.python_dir}/ or {v.binary_dir}/")
+        raise DatasetError(
+            f"{dataset}: data_dir is required — point it at the folder that "
+            f"holds {v.python_dir}/ or {v.binary_dir}/"
+        )
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"{dataset}: data_dir {root} is not a directory — expected "
-                           f"{root / v.python_dir} inside it")
+        raise DatasetError(
+            f"{dataset}: data_dir {root} is not a directory — expected "
+            f"{root / v.python_dir} inside it"
+        )
     if not isinstance(augment, bool):
         raise DatasetError(f"{dataset}: option augment={augment!r} must be true or false")
     mean = np.array(v.mean, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -150,8 +182,13 @@ def load_cifar(dataset: str, data_dir: str | None, limit_train: int | None,
     return dataclasses.replace(splits, augment=RandomCropFlip(4, normalised_black(v.mean, v.std)))
 
 
-def load_cifar10(*, data_dir: str | None = None, limit_train: int | None = None,
-                 limit_test: int | None = None, augment: bool = True) -> DataSplits:
+def load_cifar10(
+    *,
+    data_dir: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    augment: bool = True,
+) -> DataSplits:
     """CIFAR-10 (50k/10k, 10 classes) from ``<data_dir>/cifar-10-batches-{py,bin}/``.
 
     ``limit_*`` keep a fixed-seed subset (same for every trial); ``augment`` enables the
@@ -160,7 +197,12 @@ def load_cifar10(*, data_dir: str | None = None, limit_train: int | None = None,
     return load_cifar("cifar10", data_dir, limit_train, limit_test, augment)
 
 
-def load_cifar100(*, data_dir: str | None = None, limit_train: int | None = None,
-                  limit_test: int | None = None, augment: bool = True) -> DataSplits:
+def load_cifar100(
+    *,
+    data_dir: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    augment: bool = True,
+) -> DataSplits:
     """CIFAR-100 (fine labels) from ``<data_dir>/cifar-100-{python,binary}/``."""
     return load_cifar("cifar100", data_dir, limit_train, limit_test, augment)

@@ -25,7 +25,9 @@ def load_digits_splits(*, data_dir: str | None = None, size: int = NATIVE_SIZE) 
     bunch = load_digits()
     x = (np.asarray(bunch.images, dtype=np.float64) / 16.0)[:, None, :, :]
     if size != NATIVE_SIZE:
-        x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
+        x = F.interpolate(
+            torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False
+        ).numpy()
     y = np.asarray(bunch.target, dtype=np.int64)
     train, test = split_indices(y)
     train_x, test_x = standardise(x[train], x[test], per_feature=False)

@@ -52,19 +52,24 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
-def _scan(split_dir: Path, classes: list[str] | None, limit: int | None
-          ) -> tuple[list[str], list[Path], list[int]]:
+def _scan(
+    split_dir: Path, classes: list[str] | None, limit: int | None
+) -> tuple[list[str], list[Path], list[int]]:
     """Classes (train's when given) and the (limited) image files with their labels."""
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if classes is None:
         classes = found
         if not classes:
-            raise DatasetError(f"imagefolder: no class folders in {split_dir} — expected "
-                               f"{split_dir}/<class>/*.jpg|jpeg|png")
+            raise DatasetError(
+                f"imagefolder: no class folders in {split_dir} — expected "
+                f"{split_dir}/<class>/*.jpg|jpeg|png"
+            )
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DatasetError(f"imagefolder: {split_dir} has class folder(s) {', '.join(unknown[:5])} "
-                           f"that {split_dir.parent / 'train'} lacks")
+        raise DatasetError(
+            f"imagefolder: {split_dir} has class folder(s) {', '.join(unknown[:5])} "
+            f"that {split_dir.parent / 'train'} lacks"
+        )
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -72,8 +77,9 @@ def _scan(split_dir: Path, classes: list[str] | None, limit: int | None
             continue
         files = _images(split_dir / name)
         if not files and split_dir.name == "train":
-            raise DatasetError(f"imagefolder: class folder {split_dir / name} has no "
-                               f"{'/'.join(EXTENSIONS)} images")
+            raise DatasetError(
+                f"imagefolder: class folder {split_dir / name} has no {'/'.join(EXTENSIONS)} images"
+            )
         keep = subsample(len(files), limit)
         paths += [files[i] for i in keep]
         labels += [label] * len(keep)
@@ -89,8 +95,14 @@ def _decode_all(paths: list[Path], size: int) -> np.ndarray:
         return np.stack(list(pool.map(lambda p: decode_image(p, size), paths, chunksize=64)))
 
 
-def load_imagefolder(*, data_dir: str | None = None, path: str = "", image_size: int = 64,
-                     limit_per_class: int | None = None, augment: bool = True) -> DataSplits:
+def load_imagefolder(
+    *,
+    data_dir: str | None = None,
+    path: str = "",
+    image_size: int = 64,
+    limit_per_class: int | None = None,
+    augment: bool = True,
+) -> DataSplits:
     """Train/val class folders under ``<data_dir>/<path>`` as ``image_size`` px tensors.
 
     ``limit_per_class`` keeps a fixed-seed subset of each class in both splits.
@@ -98,25 +110,35 @@ def load_imagefolder(*, data_dir: str | None = None, path: str = "", image_size:
     ``image_size // 8``, the CIFAR ratio) + horizontal flip to training batches.
     """
     size = positive_int("imagefolder", "image_size", image_size)
-    limit = None if limit_per_class is None else positive_int("imagefolder", "limit_per_class", limit_per_class)
+    limit = (
+        None
+        if limit_per_class is None
+        else positive_int("imagefolder", "limit_per_class", limit_per_class)
+    )
     if not isinstance(augment, bool):
         raise DatasetError(f"imagefolder: option augment={augment!r} must be true or false")
     if not isinstance(path, str):
         raise DatasetError(f"imagefolder: option path={path!r} must be a string")
     if data_dir is None:
-        raise DatasetError("imagefolder: data_dir is required — <data_dir>/<path>/{train,val}/<class>/ "
-                           "must hold the images")
+        raise DatasetError(
+            "imagefolder: data_dir is required — <data_dir>/<path>/{train,val}/<class>/ "
+            "must hold the images"
+        )
     root = Path(data_dir).expanduser() / path
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DatasetError(f"imagefolder: expected folder {root / split} with one sub-folder "
-                               f"of images per class (set data_dir and path)")
+            raise DatasetError(
+                f"imagefolder: expected folder {root / split} with one sub-folder "
+                f"of images per class (set data_dir and path)"
+            )
     classes, train_paths, train_labels = _scan(root / "train", None, limit)
     _, val_paths, val_labels = _scan(root / "val", classes, limit)
     mean = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.array(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-    arrays = [((_decode_all(paths, size).astype(np.float32) / 255.0 - mean) / std, np.array(labels))
-              for paths, labels in ((train_paths, train_labels), (val_paths, val_labels))]
+    arrays = [
+        ((_decode_all(paths, size).astype(np.float32) / 255.0 - mean) / std, np.array(labels))
+        for paths, labels in ((train_paths, train_labels), (val_paths, val_labels))
+    ]
     splits = make_splits("imagefolder", *arrays[0], *arrays[1], num_classes=len(classes))
     if not augment:
         return splits

@@ -31,8 +31,10 @@ def _find(dataset: str, raw_dir: Path, filename: str) -> Path:
         if candidate.is_file():
             return candidate
     folder = VARIANTS[dataset][0]
-    raise DatasetError(f"{dataset}: expected IDX file {raw_dir / filename}(.gz) — put "
-                       f"torchvision's {folder} folder under data_dir")
+    raise DatasetError(
+        f"{dataset}: expected IDX file {raw_dir / filename}(.gz) — put "
+        f"torchvision's {folder} folder under data_dir"
+    )
 
 
 def _read_split(dataset: str, raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,24 +44,33 @@ def _read_split(dataset: str, raw_dir: Path, split: str) -> tuple[np.ndarray, np
     images = read_idx(img_path, expect_ndim=3, dataset=dataset)
     labels = read_idx(lbl_path, expect_ndim=1, dataset=dataset)
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise DatasetError(f"{dataset}: expected uint8 IDX data in {img_path} and {lbl_path}, "
-                           f"got {images.dtype} / {labels.dtype}")
+        raise DatasetError(
+            f"{dataset}: expected uint8 IDX data in {img_path} and {lbl_path}, "
+            f"got {images.dtype} / {labels.dtype}"
+        )
     if len(images) != len(labels):
-        raise DatasetError(f"{dataset}: {img_path} has {len(images)} images but {lbl_path} "
-                           f"has {len(labels)} labels")
+        raise DatasetError(
+            f"{dataset}: {img_path} has {len(images)} images but {lbl_path} "
+            f"has {len(labels)} labels"
+        )
     return images, labels.astype(np.int64)
 
 
-def _load_variant(dataset: str, data_dir: str | None, limit_train: int | None,
-                  limit_test: int | None) -> DataSplits:
+def _load_variant(
+    dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None
+) -> DataSplits:
     folder, mean, std = VARIANTS[dataset]
     if data_dir is None:
-        raise DatasetError(f"{dataset}: data_dir is required — point it at the folder that "
-                           f"holds torchvision's {folder}/raw/")
+        raise DatasetError(
+            f"{dataset}: data_dir is required — point it at the folder that "
+            f"holds torchvision's {folder}/raw/"
+        )
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"{dataset}: data_dir {root} is not a directory — expected "
-                           f"{root / folder / 'raw'} inside it")
+        raise DatasetError(
+            f"{dataset}: data_dir {root} is not a directory — expected "
+            f"{root / folder / 'raw'} inside it"
+        )
     limits = {"train": limit_train, "test": limit_test}
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in ("train", "test"):
@@ -71,13 +82,15 @@ def _load_variant(dataset: str, data_dir: str | None, limit_train: int | None,
         x = (images[keep].astype(np.float32) / 255.0 - mean) / std
         arrays[split] = (x[:, None, :, :], labels[keep])
     # MNIST-style label files always use 0..9; keep 10 even if a subsample misses a digit.
-    num_classes = max(10, int(max(arrays["train"][1].max(initial=0),
-                                  arrays["test"][1].max(initial=0))) + 1)
+    num_classes = max(
+        10, int(max(arrays["train"][1].max(initial=0), arrays["test"][1].max(initial=0))) + 1
+    )
     return make_splits(dataset, *arrays["train"], *arrays["test"], num_classes=num_classes)
 
 
-def load_mnist(*, data_dir: str | None = None, limit_train: int | None = None,
-               limit_test: int | None = None) -> DataSplits:
+def load_mnist(
+    *, data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None
+) -> DataSplits:
     """MNIST from `<data_dir>/MNIST/raw/`, normalised with mean 0.1307 / std 0.3081.
 
     `limit_train` / `limit_test` keep a fixed-seed subset (same for every trial).
@@ -85,7 +98,8 @@ def load_mnist(*, data_dir: str | None = None, limit_train: int | None = None,
     return _load_variant("mnist", data_dir, limit_train, limit_test)
 
 
-def load_fashion_mnist(*, data_dir: str | None = None, limit_train: int | None = None,
-                       limit_test: int | None = None) -> DataSplits:
+def load_fashion_mnist(
+    *, data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None
+) -> DataSplits:
     """FashionMNIST from `<data_dir>/FashionMNIST/raw/`, mean 0.2860 / std 0.3530."""
     return _load_variant("fashion_mnist", data_dir, limit_train, limit_test)

@@ -36,8 +36,9 @@ def dataset_options(name: str) -> list[str]:
     return [p for p in params if p != "data_dir"]
 
 
-def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0,
-                 **options: Any) -> DataSplits:
+def load_dataset(
+    name: str, *, data_dir: str | None = None, seed: int = 0, **options: Any
+) -> DataSplits:
     """Load a dataset by registry name into in-memory train/test tensors.
 
     `seed` is the trial seed. It is accepted so callers can pass their whole trial config,

@@ -30,8 +30,11 @@ _NUMPY: dict[tuple[str, str], Any] = {
 
 #: (module, name) -> object. Nothing here can import modules or run commands.
 ALLOWED: dict[tuple[str, str], Any] = {
-    **{(f"{package}.{module}", name): obj
-       for package in ("numpy.core", "numpy._core") for (module, name), obj in _NUMPY.items()},
+    **{
+        (f"{package}.{module}", name): obj
+        for package in ("numpy.core", "numpy._core")
+        for (module, name), obj in _NUMPY.items()
+    },
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     # Python 3 writes bytes as _codecs.encode(str, "latin1") under protocol 2.

@@ -19,8 +19,10 @@ class BatchSampler:
 
     def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
         if num_examples <= 0 or batch_size <= 0:
-            raise ValueError(f"BatchSampler needs num_examples > 0 and batch_size > 0, got "
-                             f"{num_examples} and {batch_size}")
+            raise ValueError(
+                f"BatchSampler needs num_examples > 0 and batch_size > 0, got "
+                f"{num_examples} and {batch_size}"
+            )
         self.num_examples = int(num_examples)
         self.batch_size = min(int(batch_size), self.num_examples)
         self.seed = int(seed)
@@ -51,7 +53,7 @@ class BatchSampler:
         """Indices (int64, shape [batch_size]) of the next minibatch."""
         if self._epoch < 0 or self._pos + self.batch_size > self.num_examples:
             self._new_epoch()
-        batch = self._perm[self._pos: self._pos + self.batch_size].clone()
+        batch = self._perm[self._pos : self._pos + self.batch_size].clone()
         self._pos += self.batch_size
         return batch
 
@@ -70,8 +72,10 @@ class BatchSampler:
         """Restore from `state_dict()`; refuses a state from a differently-shaped sampler."""
         for key in ("num_examples", "batch_size"):
             if int(state[key]) != getattr(self, key):
-                raise ValueError(f"BatchSampler state has {key}={state[key]} but this sampler "
-                                 f"has {getattr(self, key)}")
+                raise ValueError(
+                    f"BatchSampler state has {key}={state[key]} but this sampler "
+                    f"has {getattr(self, key)}"
+                )
         self.seed = int(state["seed"])
         gen_state = torch.as_tensor(state["epoch_generator_state"], dtype=torch.uint8)
         self._generator = torch.Generator()

@@ -9,9 +9,16 @@ import torch
 from .base import DataSplits, positive_int
 
 
-def load_teacher_student(*, data_dir: str | None = None, dim: int = 32, num_classes: int = 10,
-                         n_train: int = 4096, n_test: int = 1024, teacher_hidden: int = 64,
-                         teacher_seed: int = 0) -> DataSplits:
+def load_teacher_student(
+    *,
+    data_dir: str | None = None,
+    dim: int = 32,
+    num_classes: int = 10,
+    n_train: int = 4096,
+    n_test: int = 1024,
+    teacher_hidden: int = 64,
+    teacher_seed: int = 0,
+) -> DataSplits:
     """Gaussian inputs labelled by the argmax of a random teacher MLP's logits.
 
     Everything is drawn from a private generator seeded with `teacher_seed`, so the task is
@@ -37,7 +44,11 @@ def load_teacher_student(*, data_dir: str | None = None, dim: int = 32, num_clas
     y = logits.argmax(dim=1).to(torch.int64)
 
     return DataSplits(
-        train_x=x[:n_train].contiguous(), train_y=y[:n_train].contiguous(),
-        test_x=x[n_train:].contiguous(), test_y=y[n_train:].contiguous(),
-        num_classes=num_classes, input_shape=(dim,), name=name,
+        train_x=x[:n_train].contiguous(),
+        train_y=y[:n_train].contiguous(),
+        test_x=x[n_train:].contiguous(),
+        test_y=y[n_train:].contiguous(),
+        num_classes=num_classes,
+        input_shape=(dim,),
+        name=name,
     )

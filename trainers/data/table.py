@@ -31,12 +31,16 @@ def _read_npz(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, ...]:
         keys = set(npz.files)
         for key in (x_key, y_key):
             if key not in keys:
-                raise DatasetError(f"{NAME}: {path} has no array {key!r}; expected keys "
-                                   f"{x_key!r} and {y_key!r} (found {sorted(keys)})")
+                raise DatasetError(
+                    f"{NAME}: {path} has no array {key!r}; expected keys "
+                    f"{x_key!r} and {y_key!r} (found {sorted(keys)})"
+                )
         tx, ty = f"{x_key}_test", f"{y_key}_test"
         if (tx in keys) != (ty in keys):
-            raise DatasetError(f"{NAME}: {path} has only one of {tx!r} / {ty!r}; expected "
-                               f"both for an explicit test split, or neither")
+            raise DatasetError(
+                f"{NAME}: {path} has only one of {tx!r} / {ty!r}; expected "
+                f"both for an explicit test split, or neither"
+            )
         x = _numeric(npz[x_key], f"{path}[{x_key!r}]")
         xt = _numeric(npz[tx], f"{path}[{tx!r}]") if tx in keys else None
         return x, npz[y_key], xt, (npz[ty] if ty in keys else None)
@@ -52,19 +56,29 @@ def _read_parquet(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"{NAME}: cannot read {path} as parquet ({msg})") from exc
     if label not in df.columns:
-        raise DatasetError(f"{NAME}: {path} has no label column {label!r}; set option label= "
-                           f"to one of {[str(c) for c in df.columns]}")
+        raise DatasetError(
+            f"{NAME}: {path} has no label column {label!r}; set option label= "
+            f"to one of {[str(c) for c in df.columns]}"
+        )
     if df[label].isna().any():
-        raise DatasetError(f"{NAME}: label column {label!r} in {path} has missing values; "
-                           f"expected a label on every row")
+        raise DatasetError(
+            f"{NAME}: label column {label!r} in {path} has missing values; "
+            f"expected a label on every row"
+        )
     feats = df.drop(columns=[label]).select_dtypes(include=["number", "bool"])
     if feats.shape[1] == 0:
         raise DatasetError(f"{NAME}: {path} has no numeric feature columns besides {label!r}")
     return _numeric(feats.to_numpy(), f"{path} features"), df[label].to_numpy()
 
 
-def load_table(*, data_dir: str | None = None, path: str | None = None, x_key: str = "x",
-               y_key: str = "y", label: str = "label") -> DataSplits:
+def load_table(
+    *,
+    data_dir: str | None = None,
+    path: str | None = None,
+    x_key: str = "x",
+    y_key: str = "y",
+    label: str = "label",
+) -> DataSplits:
     """Load `path` (.npz or .parquet); a relative path is resolved against data_dir.
 
     Resolving against data_dir matters under Ray Tune, which changes each trial's working
@@ -84,8 +98,9 @@ def load_table(*, data_dir: str | None = None, path: str | None = None, x_key: s
     elif suffix in (".parquet", ".pq"):
         (x, y), x_test, y_test = _read_parquet(file, label), None, None
     else:
-        raise DatasetError(f"{NAME}: {file} has suffix {suffix or '(none)'!r}; expected .npz "
-                           f"or .parquet")
+        raise DatasetError(
+            f"{NAME}: {file} has suffix {suffix or '(none)'!r}; expected .npz or .parquet"
+        )
 
     if x.ndim == 1:  # a single feature stored as a vector
         x = x[:, None]
@@ -93,13 +108,17 @@ def load_table(*, data_dir: str | None = None, path: str | None = None, x_key: s
         x_test = x_test[:, None]
     y = np.asarray(y).reshape(-1) if np.ndim(y) == 2 and np.shape(y)[1] == 1 else np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or len(x) < 2:
-        raise DatasetError(f"{NAME}: {file} has x {x.shape} and labels {y.shape}; expected "
-                           f"N>=2 rows of features and N labels")
+        raise DatasetError(
+            f"{NAME}: {file} has x {x.shape} and labels {y.shape}; expected "
+            f"N>=2 rows of features and N labels"
+        )
     if x_test is not None:
         y_test = np.asarray(y_test).reshape(-1)
         if len(y_test) != len(x_test) or x_test.shape[1:] != x.shape[1:]:
-            raise DatasetError(f"{NAME}: {file} test split x {x_test.shape} / y "
-                               f"{y_test.shape} does not match train x {x.shape}")
+            raise DatasetError(
+                f"{NAME}: {file} test split x {x_test.shape} / y "
+                f"{y_test.shape} does not match train x {x.shape}"
+            )
         (y, y_test), classes = remap_labels(y, y_test)
         train_x, train_y, test_x, test_y = x, y, x_test, y_test
     else:

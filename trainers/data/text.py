@@ -55,8 +55,13 @@ def _concatenate(files: list[Path], max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_corpus(path: str | Path | None = None, *, data_dir: str | Path | None = None,
-                max_bytes: int = 2_000_000, include: str | None = None) -> tuple[bytes, str]:
+def read_corpus(
+    path: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    max_bytes: int = 2_000_000,
+    include: str | None = None,
+) -> tuple[bytes, str]:
     """The corpus bytes (at most ``max_bytes``) and a description of where they came from.
 
     ``path`` is a text file or a directory of .txt/.md/.py files (searched recursively);
@@ -84,12 +89,15 @@ def read_corpus(path: str | Path | None = None, *, data_dir: str | Path | None =
     stream = _concatenate(files, max_bytes)
     if not stream:
         kinds = "/".join(TEXT_SUFFIXES)
-        raise DatasetError(f"{NAME}: empty corpus: no text in {source} ({len(files)} {kinds} file(s) found)")
+        raise DatasetError(
+            f"{NAME}: empty corpus: no text in {source} ({len(files)} {kinds} file(s) found)"
+        )
     return stream, source
 
 
-def split_windows(stream: bytes, seq_len: int, n_train: int, n_test: int
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
+def split_windows(
+    stream: bytes, seq_len: int, n_train: int, n_test: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Window start offsets (train, test) over ``stream`` and the first byte of the test region.
 
     Every window spans ``seq_len + 1`` bytes (inputs plus the shifted targets) and lies
@@ -99,17 +107,26 @@ def split_windows(stream: bytes, seq_len: int, n_train: int, n_test: int
     test_start = len(stream) - len(stream) // TEST_SHARE
     needed = TEST_SHARE * n_test * span  # then train gets >= 9 windows' worth as well
     if len(stream) < needed:
-        raise DatasetError(f"{NAME}: corpus too short: found {len(stream)} bytes, need at least {needed} "
-                           f"(n_test={n_test} windows of seq_len+1={span} bytes in the last "
-                           f"1/{TEST_SHARE}); lower n_test or seq_len, raise max_bytes, or add text")
+        raise DatasetError(
+            f"{NAME}: corpus too short: found {len(stream)} bytes, need at least {needed} "
+            f"(n_test={n_test} windows of seq_len+1={span} bytes in the last "
+            f"1/{TEST_SHARE}); lower n_test or seq_len, raise max_bytes, or add text"
+        )
     test = test_start + span * np.arange(n_test)
     train = np.random.default_rng(SPLIT_SEED).integers(0, test_start - span + 1, size=n_train)
     return np.sort(train), test, test_start
 
 
-def load_text(*, data_dir: str | None = None, path: str | None = None, seq_len: int = 64,
-              n_train: int = 2048, n_test: int = 256, max_bytes: int = 2_000_000,
-              include: str | None = None) -> DataSplits:
+def load_text(
+    *,
+    data_dir: str | None = None,
+    path: str | None = None,
+    seq_len: int = 64,
+    n_train: int = 2048,
+    n_test: int = 256,
+    max_bytes: int = 2_000_000,
+    include: str | None = None,
+) -> DataSplits:
     """Byte-level next-token data: x = window[:-1], y = window[1:], int64 ids in 0..255.
 
     Args:
@@ -135,7 +152,12 @@ def load_text(*, data_dir: str | None = None, path: str | None = None, seq_len: 
 
     train, test = windows(train_starts), windows(test_starts)
     return DataSplits(
-        train_x=train[:, :-1].contiguous(), train_y=train[:, 1:].contiguous(),
-        test_x=test[:, :-1].contiguous(), test_y=test[:, 1:].contiguous(),
-        num_classes=VOCAB, input_shape=(seq_len,), name=NAME, task="language_modeling",
+        train_x=train[:, :-1].contiguous(),
+        train_y=train[:, 1:].contiguous(),
+        test_x=test[:, :-1].contiguous(),
+        test_y=test[:, 1:].contiguous(),
+        num_classes=VOCAB,
+        input_shape=(seq_len,),
+        name=NAME,
+        task="language_modeling",
     )

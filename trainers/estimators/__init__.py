@@ -16,7 +16,9 @@ from trainers.estimators.qfo import QFO, QFOConfig
 from trainers.estimators.quzo import QuZO, QuZOConfig
 from trainers.estimators.ste import STE, STEConfig
 
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (STE, NSPSA, FOGZO, MeZO, QuZO, QFO)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (STE, NSPSA, FOGZO, MeZO, QuZO, QFO)
+}
 
 
 def estimator_class(name: str) -> type[Estimator]:
@@ -33,7 +35,9 @@ def estimator_config(name: str, options: dict[str, Any] | None = None) -> Any:
     valid = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid)) or 'none'}")
+        raise ValueError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid)) or 'none'}"
+        )
     return config_class(**options)
 
 
@@ -43,7 +47,9 @@ def default_lr(name: str, optimizer: str = "sgd") -> float:
     lrs = estimator_class(name).config_class.default_lr
     if isinstance(lrs, Mapping):
         if optimizer not in lrs:
-            raise ValueError(f"{name}: no default lr for optimizer {optimizer!r}; valid: {', '.join(lrs)}")
+            raise ValueError(
+                f"{name}: no default lr for optimizer {optimizer!r}; valid: {', '.join(lrs)}"
+            )
         return lrs[optimizer]
     return lrs
 
@@ -54,14 +60,28 @@ def default_eps(name: str) -> float | None:
     return fields["eps"].default if "eps" in fields else None
 
 
-def build_estimator(name: str, options: dict[str, Any] | None, cost: CostModel, seed: int, lr: float) -> Estimator:
+def build_estimator(
+    name: str, options: dict[str, Any] | None, cost: CostModel, seed: int, lr: float
+) -> Estimator:
     """The estimator ``name`` with its own generator seeded from the trial seed."""
     generator = torch.Generator().manual_seed(seed)
     return estimator_class(name)(estimator_config(name, options), cost, generator, lr)
 
 
 __all__ = [
-    "ESTIMATORS", "CostModel", "Estimator", "StepResult", "build_estimator", "default_eps", "default_lr",
-    "estimator_class", "estimator_config",
-    "FOGZOConfig", "MeZOConfig", "NSPSAConfig", "QFOConfig", "QuZOConfig", "STEConfig",
+    "ESTIMATORS",
+    "CostModel",
+    "Estimator",
+    "StepResult",
+    "build_estimator",
+    "default_eps",
+    "default_lr",
+    "estimator_class",
+    "estimator_config",
+    "FOGZOConfig",
+    "MeZOConfig",
+    "NSPSAConfig",
+    "QFOConfig",
+    "QuZOConfig",
+    "STEConfig",
 ]

@@ -70,23 +70,39 @@ class FOGZOConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.chunk < 1:
-            raise ValueError(f"fogzo: n and chunk must be >= 1 (got n={self.n}, chunk={self.chunk})")
+            raise ValueError(
+                f"fogzo: n and chunk must be >= 1 (got n={self.n}, chunk={self.chunk})"
+            )
         if not (_is_number(self.beta_start) and 0 <= self.beta_start <= 1):
-            raise ValueError(f"fogzo: beta_start must be a number in [0, 1] (got {self.beta_start!r})")
+            raise ValueError(
+                f"fogzo: beta_start must be a number in [0, 1] (got {self.beta_start!r})"
+            )
         if self.beta_min != "auto" and not (_is_number(self.beta_min) and 0 <= self.beta_min <= 1):
-            raise ValueError(f"fogzo: beta_min must be a number in [0, 1] or 'auto' (got {self.beta_min!r})")
+            raise ValueError(
+                f"fogzo: beta_min must be a number in [0, 1] or 'auto' (got {self.beta_min!r})"
+            )
         if not (_is_number(self.kappa) and self.kappa > 0):
             raise ValueError(f"fogzo: kappa must be a number > 0 (got {self.kappa!r})")
         if self.zo_params not in ZO_PARAMS:
-            raise ValueError(f"fogzo: zo_params {self.zo_params!r} is not one of {', '.join(ZO_PARAMS)}")
-        if isinstance(self.zo_max_bits, bool) or not isinstance(self.zo_max_bits, int) or self.zo_max_bits < 1:
-            raise ValueError(f"fogzo: zo_max_bits must be an integer >= 1 (got {self.zo_max_bits!r})")
+            raise ValueError(
+                f"fogzo: zo_params {self.zo_params!r} is not one of {', '.join(ZO_PARAMS)}"
+            )
+        if (
+            isinstance(self.zo_max_bits, bool)
+            or not isinstance(self.zo_max_bits, int)
+            or self.zo_max_bits < 1
+        ):
+            raise ValueError(
+                f"fogzo: zo_max_bits must be an integer >= 1 (got {self.zo_max_bits!r})"
+            )
         if not 0 <= self.warm_start < 1:
             raise ValueError(f"fogzo: warm_start is a fraction in [0, 1) (got {self.warm_start})")
         if self.eps <= 0:
             raise ValueError(f"fogzo: eps must be > 0 (got {self.eps})")
         if self.eps_mode not in EPS_MODES:
-            raise ValueError(f"fogzo: eps_mode {self.eps_mode!r} is not one of {', '.join(EPS_MODES)}")
+            raise ValueError(
+                f"fogzo: eps_mode {self.eps_mode!r} is not one of {', '.join(EPS_MODES)}"
+            )
 
     def resolved_beta_min(self, d_zo: int) -> float:
         """The numeric beta_min; for ``auto`` 1 - kappa / d_zo clamped to [0, 1], and 1 when
@@ -102,7 +118,9 @@ class FOGZOConfig:
         ``beta_min`` is the resolved value (required when the config says ``auto``)."""
         if beta_min is None:
             if self.beta_min == "auto":
-                raise ValueError("fogzo: beta_min 'auto' depends on d_zo; pass resolved_beta_min(d_zo)")
+                raise ValueError(
+                    "fogzo: beta_min 'auto' depends on d_zo; pass resolved_beta_min(d_zo)"
+                )
             beta_min = float(self.beta_min)
         return beta_min + (self.beta_start - beta_min) * (1 - min(max(progress, 0.0), 1.0))
 
@@ -113,8 +131,11 @@ def covered_names(model: nn.Module, zo_params: str, max_bits: int) -> list[str]:
     params = trainable_parameters(model)
     if zo_params == "all":
         return [name for name, _ in params]
-    low = {id(layer.weight) for _, layer in quantized_layers(model)
-           if getattr(layer.weight_quantizer, "bits", max_bits + 1) <= max_bits}
+    low = {
+        id(layer.weight)
+        for _, layer in quantized_layers(model)
+        if getattr(layer.weight_quantizer, "bits", max_bits + 1) <= max_bits
+    }
     return [name for name, p in params if id(p) in low]
 
 
@@ -137,22 +158,32 @@ class FOGZO(Estimator):
     def describe(self) -> dict[str, float | int]:
         if self._covered is None:
             return {}
-        return {"d_zo": self._d_zo, "beta_min": self._beta_min,
-                "noise_to_guide": math.sqrt((1.0 - self._beta_min) * self._d_zo)}
+        return {
+            "d_zo": self._d_zo,
+            "beta_min": self._beta_min,
+            "noise_to_guide": math.sqrt((1.0 - self._beta_min) * self._d_zo),
+        }
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         cfg = self.config
         if self._covered is None:  # a caller that skipped prepare
             self.prepare(model)
-        loss = first_order_loss(model, loss_fn, batch)  # the clean train-mode forward: BN stats move here
+        loss = first_order_loss(
+            model, loss_fn, batch
+        )  # the clean train-mode forward: BN stats move here
         if progress < cfg.warm_start or not self._covered:
             return self.result(loss, forwards=1, backwards=1)  # plain STE
 
         plan = perturbation_plan(model, cfg.eps_mode, cfg.eps, only=self._covered)
-        guide = [item.eps * (item.param.grad if item.param.grad is not None else torch.zeros_like(item.param))
-                 for item in plan]
+        guide = [
+            item.eps
+            * (item.param.grad if item.param.grad is not None else torch.zeros_like(item.param))
+            for item in plan
+        ]
         # One host sync for the whole norm (not one per tensor: on a GPU each float() waits).
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in guide])))
+        norm = float(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in guide]))
+        )
         beta = cfg.beta(progress, self._beta_min)
         along = math.sqrt(beta) / norm if norm > 0 else 0.0  # the guide's 1/norm folded in
 
@@ -169,8 +200,16 @@ class FOGZO(Estimator):
             return noise
 
         # Eval-mode perturbed forwards; tensors outside the plan keep their STE p.grad.
-        grads, _ = zo_gradient(model, loss_fn, batch, plan, cfg.n, draw, cfg.chunk,
-                               forward_flops=self.cost.forward_flops)
+        grads, _ = zo_gradient(
+            model,
+            loss_fn,
+            batch,
+            plan,
+            cfg.n,
+            draw,
+            cfg.chunk,
+            forward_flops=self.cost.forward_flops,
+        )
         for item, g in zip(plan, grads):
             item.param.grad = g
         return self.result(loss, forwards=1 + 2 * cfg.n, backwards=1)

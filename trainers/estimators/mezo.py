@@ -57,8 +57,9 @@ class MeZO(Estimator):
         for i in range(cfg.n):
             seed = draw_seed(self.generator)
             last = i == cfg.n - 1
-            plus, minus = two_point_in_place(model, loss_fn, batch, params, gaussian_noise(seed), cfg.eps,
-                                             restore=not last)
+            plus, minus = two_point_in_place(
+                model, loss_fn, batch, params, gaussian_noise(seed), cfg.eps, restore=not last
+            )
             measured.append((seed, (plus - minus) / (2 * cfg.eps)))
             loss_sum += plus + minus
         for i, (seed, projected_grad) in enumerate(measured):

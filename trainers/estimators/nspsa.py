@@ -32,11 +32,15 @@ class NSPSAConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.chunk < 1:
-            raise ValueError(f"nspsa: n and chunk must be >= 1 (got n={self.n}, chunk={self.chunk})")
+            raise ValueError(
+                f"nspsa: n and chunk must be >= 1 (got n={self.n}, chunk={self.chunk})"
+            )
         if self.eps <= 0:
             raise ValueError(f"nspsa: eps must be > 0 (got {self.eps})")
         if self.eps_mode not in EPS_MODES:
-            raise ValueError(f"nspsa: eps_mode {self.eps_mode!r} is not one of {', '.join(EPS_MODES)}")
+            raise ValueError(
+                f"nspsa: eps_mode {self.eps_mode!r} is not one of {', '.join(EPS_MODES)}"
+            )
 
 
 class NSPSA(Estimator):
@@ -55,9 +59,16 @@ class NSPSA(Estimator):
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         cfg = self.config
         plan = perturbation_plan(model, cfg.eps_mode, cfg.eps)
-        grads, loss = zo_gradient(model, loss_fn, batch, plan, cfg.n,
-                                  lambda k: sample_directions(plan, k, self.generator), cfg.chunk,
-                                  forward_flops=self.cost.forward_flops)
+        grads, loss = zo_gradient(
+            model,
+            loss_fn,
+            batch,
+            plan,
+            cfg.n,
+            lambda k: sample_directions(plan, k, self.generator),
+            cfg.chunk,
+            forward_flops=self.cost.forward_flops,
+        )
         for item, g in zip(plan, grads):
             item.param.grad = g
         # No unperturbed forward is paid for: report the mean perturbed loss.

@@ -35,8 +35,9 @@ class Perturbable:
     noise_kind: str
 
 
-def perturbation_plan(model: nn.Module, eps_mode: str, eps: float,
-                      only: Collection[str] | None = None) -> list[Perturbable]:
+def perturbation_plan(
+    model: nn.Module, eps_mode: str, eps: float, only: Collection[str] | None = None
+) -> list[Perturbable]:
     """Per-tensor perturbation scales (of the trainable tensors named in ``only``, if given).
 
     ``alpha``: a quantized weight is perturbed by ``alpha_l * eps_bar * u`` with ``alpha_l``
@@ -46,7 +47,9 @@ def perturbation_plan(model: nn.Module, eps_mode: str, eps: float,
     """
     if eps_mode not in EPS_MODES:
         raise ValueError(f"eps_mode {eps_mode!r} is not one of {', '.join(EPS_MODES)}")
-    quantized = {f"{name}.weight" if name else "weight": layer for name, layer in quantized_layers(model)}
+    quantized = {
+        f"{name}.weight" if name else "weight": layer for name, layer in quantized_layers(model)
+    }
     params = [(name, p) for name, p in trainable_parameters(model) if only is None or name in only]
     scales: dict[str, Tensor] = {}
     for name, p in params:
@@ -57,8 +60,11 @@ def perturbation_plan(model: nn.Module, eps_mode: str, eps: float,
     # Float tensors (biases, LSQ steps) join at the quantized tensors' mean scale: a much
     # smaller eps would divide every other tensor's loss change by it and blow up variance.
     total = sum(p.numel() for name, p in params if name in scales)
-    float_eps = (sum(float(s.expand_as(dict(params)[n]).sum()) for n, s in scales.items()) / total
-                 if total else eps)
+    float_eps = (
+        sum(float(s.expand_as(dict(params)[n]).sum()) for n, s in scales.items()) / total
+        if total
+        else eps
+    )
     plan = []
     for name, p in params:
         layer = quantized.get(name)
@@ -71,13 +77,21 @@ def perturbation_plan(model: nn.Module, eps_mode: str, eps: float,
 def sample_directions(plan: list[Perturbable], n: int, generator: torch.Generator) -> list[Tensor]:
     """``n`` unit-variance directions per tensor, shape ``[n, *param.shape]``."""
     return [
-        qf.sample_unit_noise(item.noise_kind, (n, *item.param.shape), generator, item.param.dtype, item.param.device)
+        qf.sample_unit_noise(
+            item.noise_kind, (n, *item.param.shape), generator, item.param.dtype, item.param.device
+        )
         for item in plan
     ]
 
 
-def _loop_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, names: list[str], base: dict[str, Tensor],
-                 deltas: list[Tensor]) -> Tensor:
+def _loop_losses(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    names: list[str],
+    base: dict[str, Tensor],
+    deltas: list[Tensor],
+) -> Tensor:
     """The reference (and fallback) evaluation: one eval-mode forward per row of ``deltas``.
 
     Each forward is the model's own, with every parameter's ``.data`` pointed at the
@@ -93,8 +107,11 @@ def _loop_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, names: list[st
         with torch.no_grad(), eval_mode(model):
             for j in range(m):
                 for name, delta in zip(names, deltas):
-                    slots[name].data = (delta.added_to(base[name], j) if isinstance(delta, _SignedRows)
-                                        else base[name] + delta[j])
+                    slots[name].data = (
+                        delta.added_to(base[name], j)
+                        if isinstance(delta, _SignedRows)
+                        else base[name] + delta[j]
+                    )
                 out.append(loss_fn(model(inputs), targets))
     finally:
         for name, t in slots.items():
@@ -129,8 +146,14 @@ def batching_pays_off(device: torch.device, m: int, forward_flops: float | None)
     return m >= CPU_VMAP_MIN_EVALS and forward_flops <= CPU_VMAP_MAX_FORWARD_FLOPS
 
 
-def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                     deltas: list[Tensor], batched: bool = True) -> Tensor:
+def perturbed_losses(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    plan: list[Perturbable],
+    deltas: list[Tensor],
+    batched: bool = True,
+) -> Tensor:
     """Loss at ``theta + delta_j`` for every row j of ``deltas`` (each ``[m, *shape]``).
 
     With ``batched`` all m evaluations are batched with ``vmap`` over ``functional_call``
@@ -157,13 +180,21 @@ def perturbed_losses(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list
                     return vmap(one)(*deltas)
             except (RuntimeError, NotImplementedError) as err:
                 _VMAP_UNSUPPORTED.add(type(model))
-                warnings.warn(f"vmap failed for {type(model).__name__} ({err}); evaluating directions in a loop",
-                              stacklevel=2)
+                warnings.warn(
+                    f"vmap failed for {type(model).__name__} ({err}); evaluating directions in a loop",
+                    stacklevel=2,
+                )
         return _loop_losses(model, loss_fn, batch, names, base, deltas)
 
 
-def symmetric_differences(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable],
-                          directions: list[Tensor], batched: bool = True) -> tuple[Tensor, Tensor]:
+def symmetric_differences(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    plan: list[Perturbable],
+    directions: list[Tensor],
+    batched: bool = True,
+) -> tuple[Tensor, Tensor]:
     """For each direction v_i: ``c_i = [L(theta + eps v_i) - L(theta - eps v_i)] / 2``, and the
     2n losses. Dividing ``c_i v_i`` by ``eps`` per tensor gives the estimate."""
     n = directions[0].shape[0]
@@ -191,9 +222,16 @@ class _SignedRows:
         return torch.addcmul(base, self.eps, self.d[i], value=sign)
 
 
-def zo_gradient(model: nn.Module, loss_fn: LossFn, batch: Batch, plan: list[Perturbable], n: int,
-                draw: Callable[[int], list[Tensor]], chunk: int,
-                forward_flops: float | None = None) -> tuple[list[Tensor], float]:
+def zo_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    plan: list[Perturbable],
+    n: int,
+    draw: Callable[[int], list[Tensor]],
+    chunk: int,
+    forward_flops: float | None = None,
+) -> tuple[list[Tensor], float]:
     """``G = (1/n) sum_i c_i v_i / eps`` per tensor, over n directions drawn ``chunk`` at a time.
 
     Chunking bounds memory at ``2 * chunk`` model copies however large n is (n-SPSA is run

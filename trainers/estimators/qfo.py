@@ -63,7 +63,9 @@ def absmax_rounding(g: Tensor, bits: int) -> Rounding:
     qmin, qmax = qf.int_range(bits)
     low, high = torch.aminmax(g)
     scale = (torch.maximum(-low, high) / qmax).clamp(min=1e-12)
-    return lambda part, generator: qf.stochastic_round_int(part / scale, qmin, qmax, generator).mul_(scale)
+    return lambda part, generator: qf.stochastic_round_int(
+        part / scale, qmin, qmax, generator
+    ).mul_(scale)
 
 
 def round_in_chunks_(t: Tensor, rounding: Rounding, generator: torch.Generator, chunk: int) -> None:
@@ -80,7 +82,9 @@ class QFO(Estimator):
 
     def prepare(self, model: nn.Module) -> None:
         if not quantized_layers(model):
-            raise ValueError("qfo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one")
+            raise ValueError(
+                "qfo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one"
+            )
         snap_to_grid(model)
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
@@ -99,14 +103,24 @@ class QFO(Estimator):
         for k, p in enumerate(params):
             if p.grad is not None:
                 if bits is not None:
-                    round_in_chunks_(p.grad, absmax_rounding(p.grad, bits),
-                                     tensor_generator(grad_seed, k, p.device), chunk)
+                    round_in_chunks_(
+                        p.grad,
+                        absmax_rounding(p.grad, bits),
+                        tensor_generator(grad_seed, k, p.device),
+                        chunk,
+                    )
                 p.sub_(p.grad, alpha=self.lr)
                 p.grad = None
-        quantizers = {id(layer.weight): layer.weight_quantizer for _, layer in quantized_layers(model)}
+        quantizers = {
+            id(layer.weight): layer.weight_quantizer for _, layer in quantized_layers(model)
+        }
         for k, p in enumerate(params):
             if id(p) in quantizers:
                 q = quantizers[id(p)]
                 # A per-channel scale needs whole rows: that tensor is rounded in one piece.
-                round_in_chunks_(p, q.round_stochastic, tensor_generator(weight_seed, k, p.device),
-                                 chunk if q.scale(p).numel() == 1 else p.numel())
+                round_in_chunks_(
+                    p,
+                    q.round_stochastic,
+                    tensor_generator(weight_seed, k, p.device),
+                    chunk if q.scale(p).numel() == 1 else p.numel(),
+                )

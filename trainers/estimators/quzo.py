@@ -48,7 +48,9 @@ class QuZOConfig:
         if self.eps <= 0:
             raise ValueError(f"quzo: eps must be > 0 (got {self.eps})")
         if self.perturb_bits is not None and not 2 <= self.perturb_bits <= 8:
-            raise ValueError(f"quzo: perturb_bits must be in 2..8 or null (got {self.perturb_bits})")
+            raise ValueError(
+                f"quzo: perturb_bits must be in 2..8 or null (got {self.perturb_bits})"
+            )
 
 
 def round_noise(u: Tensor, k: int, rounding_seed: int, bits: int | None, rounded: bool) -> Tensor:
@@ -59,7 +61,9 @@ def round_noise(u: Tensor, k: int, rounding_seed: int, bits: int | None, rounded
     qmin, qmax = qf.int_range(bits)
     low, high = torch.aminmax(u)  # abs-max without an |u| temporary
     scale = (torch.maximum(-low, high) / qmax).clamp(min=1e-12)
-    return qf.stochastic_round_int(u / scale, qmin, qmax, tensor_generator(rounding_seed, k, u.device)).mul_(scale)
+    return qf.stochastic_round_int(
+        u / scale, qmin, qmax, tensor_generator(rounding_seed, k, u.device)
+    ).mul_(scale)
 
 
 def rounded_noise(seed: int, rounding_seed: int, bits: int | None, quantized: set[int]) -> NoiseFn:
@@ -72,6 +76,7 @@ def rounded_noise(seed: int, rounding_seed: int, bits: int | None, quantized: se
 
     def noise(k: int, p: nn.Parameter) -> Tensor:
         return round_noise(base(k, p), k, rounding_seed, bits, id(p) in quantized)
+
     return noise
 
 
@@ -82,7 +87,9 @@ class QuZO(Estimator):
 
     def prepare(self, model: nn.Module) -> None:
         if not quantized_layers(model):
-            raise ValueError("quzo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one")
+            raise ValueError(
+                "quzo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one"
+            )
         snap_to_grid(model)
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
@@ -97,7 +104,9 @@ class QuZO(Estimator):
                 seed, r1, r2 = (draw_seed(self.generator) for _ in range(3))
                 u1 = rounded_noise(seed, r1, cfg.perturb_bits, quantized)
                 # The last direction stays at theta - eps*u1: the update pass below restores it.
-                plus, minus = two_point_in_place(model, loss_fn, batch, params, u1, cfg.eps, restore=i < cfg.n - 1)
+                plus, minus = two_point_in_place(
+                    model, loss_fn, batch, params, u1, cfg.eps, restore=i < cfg.n - 1
+                )
                 measured.append((seed, r1, r2, (plus - minus) / (2 * cfg.eps)))
                 loss_sum += plus + minus
         finally:
@@ -106,7 +115,9 @@ class QuZO(Estimator):
         return self.result(loss_sum / (2 * cfg.n), forwards=2 * cfg.n, backwards=0)
 
     @torch.no_grad()
-    def _update(self, params: list[nn.Parameter], layers: dict, measured: list[tuple[int, int, int, float]]) -> None:
+    def _update(
+        self, params: list[nn.Parameter], layers: dict, measured: list[tuple[int, int, int, float]]
+    ) -> None:
         """theta <- Q_SR(theta - sum_i lr mu_i / n * u_i2), one pass over the parameters.
 
         The same pass undoes the last direction's -eps*u1 (u1 and u2 are two roundings of one
@@ -122,11 +133,18 @@ class QuZO(Estimator):
             for i, (seed, r1, r2, mu) in enumerate(measured):
                 u = gaussian_noise(seed)(k, p)
                 rounded = layer is not None
-                target.sub_(round_noise(u, k, r2, cfg.perturb_bits, rounded), alpha=self.lr * mu / cfg.n)
+                target.sub_(
+                    round_noise(u, k, r2, cfg.perturb_bits, rounded), alpha=self.lr * mu / cfg.n
+                )
                 if i == len(measured) - 1:
                     target.add_(round_noise(u, k, r1, cfg.perturb_bits, rounded), alpha=cfg.eps)
-            p.copy_(layer.weight_quantizer.round_stochastic(target, tensor_generator(update_seed, k, p.device))
-                    if layer else target)
+            p.copy_(
+                layer.weight_quantizer.round_stochastic(
+                    target, tensor_generator(update_seed, k, p.device)
+                )
+                if layer
+                else target
+            )
 
     @staticmethod
     def _bypass(layers: dict, on: bool) -> None:

@@ -22,8 +22,12 @@ def tensor_generator(seed: int, k: int, device: torch.device) -> torch.Generator
 
 def gaussian_noise(seed: int) -> NoiseFn:
     """z_k ~ N(0, I) for tensor k, replayable from ``seed``."""
+
     def noise(k: int, p: nn.Parameter) -> Tensor:
-        return torch.randn(p.shape, generator=tensor_generator(seed, k, p.device), dtype=p.dtype, device=p.device)
+        return torch.randn(
+            p.shape, generator=tensor_generator(seed, k, p.device), dtype=p.dtype, device=p.device
+        )
+
     return noise
 
 
@@ -40,8 +44,15 @@ def loss_at(model: nn.Module, loss_fn, batch) -> float:
     return float(loss_fn(model(inputs), targets))
 
 
-def two_point_in_place(model: nn.Module, loss_fn, batch, params: Sequence[nn.Parameter],
-                       noise: NoiseFn, eps: float, restore: bool = True) -> tuple[float, float]:
+def two_point_in_place(
+    model: nn.Module,
+    loss_fn,
+    batch,
+    params: Sequence[nn.Parameter],
+    noise: NoiseFn,
+    eps: float,
+    restore: bool = True,
+) -> tuple[float, float]:
     """L(theta + eps z) and L(theta - eps z), restoring theta afterwards (up to float rounding).
 
     Both forwards run in eval mode (BatchNorm statistics read-only, dropout off; see

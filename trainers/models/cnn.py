@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 
-def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16
-              ) -> nn.Sequential:
+def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Sequential:
     """conv(C,w) -> ReLU -> conv(w,2w,stride 2) -> ReLU -> avgpool(4) -> Linear(2w*16, K).
 
     No BatchNorm on purpose: zeroth-order estimators evaluate perturbed parameter copies
@@ -14,8 +13,10 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16
     The adaptive pool makes the head size independent of H and W (8x8 digits, 28x28 MNIST).
     """
     if len(input_shape) != 3:
-        raise ValueError(f"cnn needs a (C, H, W) input_shape, got {tuple(input_shape)}; "
-                         f"use 'mlp' for flat features")
+        raise ValueError(
+            f"cnn needs a (C, H, W) input_shape, got {tuple(input_shape)}; "
+            f"use 'mlp' for flat features"
+        )
     channels = input_shape[0]
     return nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1),

@@ -56,8 +56,9 @@ def llama_num_params(vocab: int, dim: int, depth: int, ffn: int | None = None) -
     return 2 * vocab * dim + dim + depth * (4 * dim * dim + 3 * dim * ffn + 2 * dim)
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float = ROPE_BASE,
-                  device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def rotary_tables(
+    seq_len: int, head_dim: int, base: float = ROPE_BASE, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """cos/sin tables ``[seq_len, head_dim]`` for the rotate-half (GPT-NeoX) layout.
 
     Pair i of a head (coordinates i and i + head_dim/2) turns by angle ``t * base^(-2i/d)``
@@ -66,7 +67,9 @@ def rotary_tables(seq_len: int, head_dim: int, base: float = ROPE_BASE,
     """
     if head_dim % 2:
         raise ValueError(f"llama: rotary embeddings need an even head_dim, got {head_dim}")
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    inv_freq = base ** (
+        -torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    )
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -103,8 +106,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         # [B, T, dim] -> [B, heads, T, head_dim]
-        q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(-3, -2)
-                   for proj in (self.q, self.k, self.v))
+        q, k, v = (
+            proj(x).unflatten(-1, (self.heads, -1)).transpose(-3, -2)
+            for proj in (self.q, self.k, self.v)
+        )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(out.transpose(-3, -2).flatten(-2))
@@ -149,7 +154,9 @@ class Llama(nn.Module):
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, ffn_dim(dim)) for _ in range(depth))
         self.norm = RMSNorm(dim)
-        self.head = nn.Linear(dim, vocab, bias=False)  # untied, registered last: quantize_model's "last" layer
+        self.head = nn.Linear(
+            dim, vocab, bias=False
+        )  # untied, registered last: quantize_model's "last" layer
         cos, sin = rotary_tables(max_seq_len, dim // heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -167,7 +174,9 @@ class Llama(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         seq_len = tokens.shape[-1]
         if seq_len > self.max_seq_len:
-            raise ValueError(f"llama: sequence of {seq_len} tokens exceeds max_seq_len={self.max_seq_len}")
+            raise ValueError(
+                f"llama: sequence of {seq_len} tokens exceeds max_seq_len={self.max_seq_len}"
+            )
         cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
         x = self.embed(tokens)
         for block in self.blocks:
@@ -175,8 +184,15 @@ class Llama(nn.Module):
         return self.head(self.norm(x))
 
 
-def build_llama(input_shape: tuple[int, ...], num_classes: int, *, size: str = "tiny",
-                dim: int = 0, depth: int = 0, heads: int = 0) -> Llama:
+def build_llama(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    size: str = "tiny",
+    dim: int = 0,
+    depth: int = 0,
+    heads: int = 0,
+) -> Llama:
     """A LLaMA-style decoder over ``num_classes`` tokens with context ``input_shape == (T,)``.
 
     ``size`` picks (dim, depth, heads) from ``SIZES``; a positive ``dim``, ``depth`` or
@@ -188,5 +204,10 @@ def build_llama(input_shape: tuple[int, ...], num_classes: int, *, size: str = "
     if len(input_shape) != 1:
         raise ValueError(f"llama: input_shape must be (seq_len,), got {tuple(input_shape)}")
     base_dim, base_depth, base_heads = SIZES[size]
-    return Llama(vocab=num_classes, max_seq_len=int(input_shape[0]), dim=dim or base_dim,
-                 depth=depth or base_depth, heads=heads or base_heads)
+    return Llama(
+        vocab=num_classes,
+        max_seq_len=int(input_shape[0]),
+        dim=dim or base_dim,
+        depth=depth or base_depth,
+        heads=heads or base_heads,
+    )

@@ -7,8 +7,9 @@ import math
 from torch import nn
 
 
-def build_mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden: int = 10,
-              bias: bool = True) -> nn.Sequential:
+def build_mlp(
+    input_shape: tuple[int, ...], num_classes: int, *, hidden: int = 10, bias: bool = True
+) -> nn.Sequential:
     """flatten -> Linear(in, hidden) -> ReLU -> Linear(hidden, num_classes).
 
     `hidden=10` matches the paper, keeping d small (64-10-10 on digits has 750 parameters)

@@ -38,14 +38,16 @@ def _option_problem(option: str, value: Any, default: Any) -> str | None:
     """Why `value` is unfit for an option with this default, or None if it is fine."""
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
-    if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)
-                                     or value <= 0):
+    if isinstance(default, int) and (
+        isinstance(value, bool) or not isinstance(value, int) or value <= 0
+    ):
         return "must be a positive integer"
     return None
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
-                **options: Any) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, **options: Any
+) -> nn.Module:
     """Build a fresh plain `nn.Module` whose weight layers are all Linear/Conv2d.
 
     The rest is norms, activations, pools and attention via `F.scaled_dot_product_attention`

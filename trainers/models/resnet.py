@@ -24,8 +24,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -46,8 +47,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -74,9 +76,15 @@ class ResNet(nn.Module):
     stem would shrink the image to 8x8 before the first block.
     """
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...],
-                 in_channels: int, num_classes: int, width: int = 64,
-                 cifar_stem: bool = False) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: tuple[int, ...],
+        in_channels: int,
+        num_classes: int,
+        width: int = 64,
+        cifar_stem: bool = False,
+    ) -> None:
         super().__init__()
         self.inplanes = width
         if cifar_stem:
@@ -100,8 +108,9 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
-                    stride: int) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -119,9 +128,15 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def _build(name: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...],
-           input_shape: tuple[int, ...], num_classes: int, width: int,
-           cifar_stem: bool | None) -> ResNet:
+def _build(
+    name: str,
+    block: type[BasicBlock | Bottleneck],
+    layers: tuple[int, ...],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: int,
+    cifar_stem: bool | None,
+) -> ResNet:
     if len(input_shape) != 3:
         raise ValueError(f"{name} needs a (C, H, W) input_shape, got {tuple(input_shape)}")
     if cifar_stem is not None and not isinstance(cifar_stem, bool):
@@ -131,8 +146,13 @@ def _build(name: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, .
     return ResNet(block, layers, input_shape[0], num_classes, width, cifar_stem)
 
 
-def build_resnet18(input_shape: tuple[int, ...], num_classes: int, *, width: int = 64,
-                   cifar_stem: bool | None = None) -> ResNet:
+def build_resnet18(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int = 64,
+    cifar_stem: bool | None = None,
+) -> ResNet:
     """ResNet-18 (BasicBlock x [2, 2, 2, 2]); ``width`` scales every stage (64 = paper).
 
     ``cifar_stem=None`` picks the CIFAR stem for images of at most 64 px.
@@ -140,7 +160,12 @@ def build_resnet18(input_shape: tuple[int, ...], num_classes: int, *, width: int
     return _build("resnet18", BasicBlock, (2, 2, 2, 2), input_shape, num_classes, width, cifar_stem)
 
 
-def build_resnet50(input_shape: tuple[int, ...], num_classes: int, *, width: int = 64,
-                   cifar_stem: bool | None = None) -> ResNet:
+def build_resnet50(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int = 64,
+    cifar_stem: bool | None = None,
+) -> ResNet:
     """ResNet-50 (Bottleneck x [3, 4, 6, 3]); options as for ``build_resnet18``."""
     return _build("resnet50", Bottleneck, (3, 4, 6, 3), input_shape, num_classes, width, cifar_stem)

@@ -85,8 +85,16 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
     """Patch embedding + cls token + learned positions -> blocks -> LayerNorm -> head(cls)."""
 
-    def __init__(self, image_size: tuple[int, int], in_channels: int, num_classes: int,
-                 patch_size: int, dim: int, depth: int, heads: int) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        in_channels: int,
+        num_classes: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+    ) -> None:
         super().__init__()
         num_patches = (image_size[0] // patch_size) * (image_size[1] // patch_size)
         self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
@@ -118,30 +126,56 @@ def default_patch_size(image_side: int) -> int:
     return 16 if image_side >= 128 else max(1, image_side // 8)
 
 
-def _build(name: str, input_shape: tuple[int, ...], num_classes: int, patch_size: int | None,
-           depth: int | None) -> VisionTransformer:
+def _build(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    patch_size: int | None,
+    depth: int | None,
+) -> VisionTransformer:
     if len(input_shape) != 3:
         raise ValueError(f"{name} needs a (C, H, W) input_shape, got {tuple(input_shape)}")
     for option, value in (("patch_size", patch_size), ("depth", depth)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{name}: option {option}={value!r} must be a positive integer or null")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ValueError(
+                f"{name}: option {option}={value!r} must be a positive integer or null"
+            )
     channels, height, width = input_shape
     patch = patch_size if patch_size is not None else default_patch_size(min(height, width))
     if height % patch or width % patch:
         raise ValueError(f"{name}: image {height}x{width} is not divisible by patch_size={patch}")
     dim, default_depth, heads = DEIT_SIZES[name]
-    return VisionTransformer((height, width), channels, num_classes, patch, dim,
-                             depth if depth is not None else default_depth, heads)
+    return VisionTransformer(
+        (height, width),
+        channels,
+        num_classes,
+        patch,
+        dim,
+        depth if depth is not None else default_depth,
+        heads,
+    )
 
 
-def build_deit_tiny(input_shape: tuple[int, ...], num_classes: int, *, patch_size: int | None = None,
-                    depth: int | None = None) -> VisionTransformer:
+def build_deit_tiny(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    patch_size: int | None = None,
+    depth: int | None = None,
+) -> VisionTransformer:
     """DeiT-Tiny: dim 192, 12 blocks, 3 heads. ``depth`` overrides the block count (smoke
     runs); ``patch_size=None`` picks 16 for >= 128 px images, else side // 8."""
     return _build("deit_tiny", input_shape, num_classes, patch_size, depth)
 
 
-def build_deit_small(input_shape: tuple[int, ...], num_classes: int, *, patch_size: int | None = None,
-                     depth: int | None = None) -> VisionTransformer:
+def build_deit_small(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    patch_size: int | None = None,
+    depth: int | None = None,
+) -> VisionTransformer:
     """DeiT-Small: dim 384, 12 blocks, 6 heads; options as for ``build_deit_tiny``."""
     return _build("deit_small", input_shape, num_classes, patch_size, depth)

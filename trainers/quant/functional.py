@@ -44,7 +44,9 @@ def fake_quantize(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
     return round_to_int_grid(x / scale, qmin, qmax) * scale
 
 
-def stochastic_round_int(x: Tensor, qmin: int, qmax: int, generator: torch.Generator | None) -> Tensor:
+def stochastic_round_int(
+    x: Tensor, qmin: int, qmax: int, generator: torch.Generator | None
+) -> Tensor:
     """Unbiased stochastic rounding onto the integer grid: ``E[SR(x)] = x`` inside the range.
 
     For the sign grid {-1, 1} the two neighbours are -1 and +1 for every x in [-1, 1].
@@ -171,8 +173,13 @@ def surrogate_grad(x: Tensor, surrogate: str, qmin: int, qmax: int) -> Tensor:
     raise ValueError(f"unknown STE surrogate {surrogate!r}; valid: {', '.join(SURROGATES)}")
 
 
-def sample_unit_noise(kind: str, shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
-                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+def sample_unit_noise(
+    kind: str,
+    shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator | None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """Zero-mean, unit-variance noise of the given shape (uniform, triangular, logistic, gaussian).
 
     Transforms work in place on the draw: for a model-sized [n, *shape] block every extra
@@ -181,7 +188,9 @@ def sample_unit_noise(kind: str, shape: torch.Size | tuple[int, ...], generator:
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     if kind == "uniform":
         root3 = math.sqrt(3)
-        return torch.empty(shape, dtype=dtype, device=device).uniform_(-root3, root3, generator=generator)
+        return torch.empty(shape, dtype=dtype, device=device).uniform_(
+            -root3, root3, generator=generator
+        )
     u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     if kind == "triangular":
         v = torch.rand(shape, generator=generator, dtype=dtype, device=device)

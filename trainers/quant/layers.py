@@ -64,11 +64,15 @@ class QuantSpec:
         if self.kind == "lsq" and self.bits == 1:
             raise ValueError("quant.kind 'lsq' needs bits >= 2 (1-bit sign has no step to learn)")
         if self.surrogate not in qf.SURROGATES:
-            raise ValueError(f"quant.surrogate {self.surrogate!r} is not one of {', '.join(qf.SURROGATES)}")
+            raise ValueError(
+                f"quant.surrogate {self.surrogate!r} is not one of {', '.join(qf.SURROGATES)}"
+            )
         if self.act_bits is not None:
             qf.int_range(self.act_bits)
         if self.first_last not in FIRST_LAST_MODES:
-            raise ValueError(f"quant.first_last {self.first_last!r} is not one of {', '.join(FIRST_LAST_MODES)}")
+            raise ValueError(
+                f"quant.first_last {self.first_last!r} is not one of {', '.join(FIRST_LAST_MODES)}"
+            )
         if self.scale not in SCALE_MODES:
             raise ValueError(f"quant.scale {self.scale!r} is not one of {', '.join(SCALE_MODES)}")
         if self.scale == "fixed" and self.kind == "lsq":
@@ -85,7 +89,12 @@ def make_weight_quantizer(spec: QuantSpec, weight: Tensor, bits: int | None = No
     if spec.kind.startswith("fp8"):
         return FP8Quantizer(spec.kind, spec.per_channel)
     if spec.kind == "lsq":
-        return LSQQuantizer(weight, bits, spec.per_channel, spec.surrogate if spec.surrogate != "identity" else "clipped")
+        return LSQQuantizer(
+            weight,
+            bits,
+            spec.per_channel,
+            spec.surrogate if spec.surrogate != "identity" else "clipped",
+        )
     return IntQuantizer(bits, spec.per_channel, spec.surrogate)
 
 
@@ -94,7 +103,9 @@ class _QuantMixin:
 
     weight_quantizer: Quantizer
     act_quantizer: ActQuantizer | None
-    bypass_weight_quant: bool = False  # QuZO evaluates on-grid weights + a low-bit perturbation as-is
+    bypass_weight_quant: bool = (
+        False  # QuZO evaluates on-grid weights + a low-bit perturbation as-is
+    )
 
     def quantized_weight(self) -> Tensor:
         if self.bypass_weight_quant:

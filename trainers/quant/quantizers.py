@@ -124,11 +124,15 @@ class IntQuantizer(Quantizer):
     def __init__(self, bits: int, per_channel: bool = False, surrogate: str = "identity"):
         super().__init__()
         if surrogate not in qf.SURROGATES:
-            raise ValueError(f"unknown STE surrogate {surrogate!r}; valid: {', '.join(qf.SURROGATES)}")
+            raise ValueError(
+                f"unknown STE surrogate {surrogate!r}; valid: {', '.join(qf.SURROGATES)}"
+            )
         self.bits, self.per_channel, self.surrogate = bits, per_channel, surrogate
         self.qmin, self.qmax = qf.int_range(bits)
         self.noise_kind = qf.NOISE_KIND[surrogate]
-        self.noise_std_per_step = qf.level_gap(self.qmin, self.qmax) * qf.NOISE_STD_PER_GAP[surrogate]
+        self.noise_std_per_step = (
+            qf.level_gap(self.qmin, self.qmax) * qf.NOISE_STD_PER_GAP[surrogate]
+        )
 
     def _scale(self, w: Tensor) -> Tensor:
         w = w.detach()
@@ -162,7 +166,9 @@ class LSQQuantizer(IntQuantizer):
     """Learned Step-size Quantization: alpha is a parameter, init ``2 mean|w| / sqrt(Q_p)``,
     its gradient scaled by ``1 / sqrt(N * Q_p)`` (N = elements of the weight tensor)."""
 
-    def __init__(self, weight: Tensor, bits: int, per_channel: bool = False, surrogate: str = "clipped"):
+    def __init__(
+        self, weight: Tensor, bits: int, per_channel: bool = False, surrogate: str = "clipped"
+    ):
         super().__init__(bits, per_channel, surrogate)
         init = 2 * _channel_reduce(weight.detach(), per_channel, torch.mean) / math.sqrt(self.qmax)
         self.step = nn.Parameter(init.clamp(min=1e-8).clone())
@@ -185,7 +191,9 @@ class FP8Quantizer(Quantizer):
         self.fmt, self.per_channel, self.bits = fmt, per_channel, 8
 
     def _scale(self, w: Tensor) -> Tensor:
-        return (_channel_reduce(w.detach(), self.per_channel, torch.amax) / qf.fp8_max(self.fmt)).clamp(min=1e-12)
+        return (
+            _channel_reduce(w.detach(), self.per_channel, torch.amax) / qf.fp8_max(self.fmt)
+        ).clamp(min=1e-12)
 
     def forward(self, w: Tensor) -> Tensor:
         scale = self.scale(w)
@@ -227,7 +235,9 @@ class ActQuantizer(nn.Module):
             scale = magnitude.mean()
         else:
             scale = 2 * magnitude.mean() / math.sqrt(self.qmax)
-        return _RoundSTE.apply(x / scale.clamp(min=1e-12), self.qmin, self.qmax, "clipped") * scale.clamp(min=1e-12)
+        return _RoundSTE.apply(
+            x / scale.clamp(min=1e-12), self.qmin, self.qmax, "clipped"
+        ) * scale.clamp(min=1e-12)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
