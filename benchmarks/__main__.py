@@ -87,9 +87,11 @@ def render(
         "",
         "```bash",
         ". .venv/bin/activate",
-        "python -m benchmarks                      # everything, rewrites BENCHMARKS.md (~20 min on 2 cores)",
+        "python -m benchmarks                      # everything, rewrites BENCHMARKS.md (~20 min "
+        "on 2 cores)",
         "python -m benchmarks --quick --out /tmp/B.md   # smoke version (< 1 min)",
-        "python -m benchmarks --only estimator_cost     # one section; the others are kept from the file",
+        "python -m benchmarks --only estimator_cost     # one section; the others are kept from "
+        "the file",
         "```",
         "",
         f"This file: `{command}`.",

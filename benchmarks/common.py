@@ -203,7 +203,8 @@ def cprofile_summary(fn: Callable[[], Any], top: int = 12, sort: str = "tottime"
 
 
 def cumulative_share(stats: pstats.Stats, name: str, path_suffix: str) -> float:
-    """Share of the profiled wall time spent inside ``name`` defined in a file ending ``path_suffix``."""
+    """Share of the profiled wall time spent inside ``name`` defined in a file ending
+    ``path_suffix``."""
     total = sum(v[2] for v in stats.stats.values()) or 1.0
     return (
         sum(v[3] for (f, _, n), v in stats.stats.items() if n == name and f.endswith(path_suffix))

@@ -122,7 +122,10 @@ def cases(quick: bool) -> list[Case]:
             5,
             2,
             vmap_ns=(8,),
-            note="n=32 under vmap not timed: 64 stacked ResNet-18 copies take about a minute per call",
+            note=(
+                "n=32 under vmap not timed: 64 stacked ResNet-18 copies take about a minute "
+                "per call"
+            ),
         ),
         Case(
             "DeiT-Tiny depth 6 (3x32x32, patch 4, batch 32)",
@@ -386,7 +389,8 @@ def _measure_in_subprocess(index: int, quick: bool, log) -> Measured:
             log(line)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"estimator_cost case {index} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                f"estimator_cost case {index} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr[-3000:]}"
             )
         with open(out, "rb") as f:
             return pickle.load(f)
@@ -405,11 +409,12 @@ def _child(argv: list[str]) -> None:
 def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
     bars: list[Bar] = []
     lines = [
-        "One torch thread (`torch.set_num_threads(1)`) throughout. Every ratio is median (min–max) over "
-        "repetitions of two adjacent timings, order alternating; a timing repeats its callable until it "
-        "lasts ≥ 0.2 s. Models are INT4 fake-quantized; inputs are random CIFAR-shaped images except the MLP "
-        '(digits). "Forward" = an inference forward + loss under `torch.no_grad()` in train mode (what a '
-        "zeroth-order estimator evaluates). STE and FOGZO steps include the SGD optimizer step.",
+        "One torch thread (`torch.set_num_threads(1)`) throughout. Every ratio is median (min–max) "
+        "over repetitions of two adjacent timings, order alternating; a timing repeats its "
+        "callable until it lasts ≥ 0.2 s. Models are INT4 fake-quantized; inputs are random "
+        'CIFAR-shaped images except the MLP (digits). "Forward" = an inference forward + loss '
+        "under `torch.no_grad()` in train mode (what a zeroth-order estimator evaluates). STE and "
+        "FOGZO steps include the SGD optimizer step.",
         "",
     ]
     rows = []
@@ -437,13 +442,13 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
         bars.append(Bar(f"§1 MeZO step / forward, {c.label}", r.mezo.median, INPLACE_BAR))
         bars.append(Bar(f"§1 QuZO step / forward, {c.label}", r.quzo.median, INPLACE_BAR))
     lines += [
-        "**FOGZO, MeZO, QuZO.** Bars: FOGZO/STE wall ≤ 1.8 (cost model: (3F+B)/(F+B), printed as the "
-        'FLOPs column), MeZO and QuZO step / forward ≤ 2.2. "noise pass" = regenerating one direction '
-        "over all parameters (MeZO: Gaussian, `seeded.add_noise_`; QuZO: Gaussian + INT8 stochastic "
-        "rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 3 such passes "
-        "(+ε, −2ε, then restore and update folded into one) and 2 forwards; a QuZO step 3 Gaussian draws, "
-        "with 2 roundings for the perturbation, 2 in the update pass (u1 to restore, u2 to move) and the "
-        "stochastic rounding of the update onto the weight grid.",
+        "**FOGZO, MeZO, QuZO.** Bars: FOGZO/STE wall ≤ 1.8 (cost model: (3F+B)/(F+B), printed as "
+        'the FLOPs column), MeZO and QuZO step / forward ≤ 2.2. "noise pass" = regenerating one '
+        "direction over all parameters (MeZO: Gaussian, `seeded.add_noise_`; QuZO: Gaussian + INT8 "
+        "stochastic rounding, `quzo.rounded_noise`) in units of one forward: a MeZO step makes 3 "
+        "such passes (+ε, −2ε, then restore and update folded into one) and 2 forwards; a QuZO "
+        "step 3 Gaussian draws, with 2 roundings for the perturbation, 2 in the update pass (u1 to "
+        "restore, u2 to move) and the stochastic rounding of the update onto the weight grid.",
         "",
         table(
             [
@@ -487,9 +492,10 @@ def _render(results: list[Measured]) -> tuple[str, list[Bar]]:
             bars.append(Bar(f"§1 n-SPSA n={n} / 2n forwards, {r.case.label}", v.median, NSPSA_BAR))
     lines += [
         '**n-SPSA.** Step wall / (2n inference forwards), bar ≤ 1.1. "path" = how the estimator '
-        "evaluates the 2n perturbed losses (`trainers.estimators.perturb.batching_pays_off`, see below). "
-        '"loop / vmap" = time of the Python loop (`_loop_losses`) / time of the batched vmap evaluation '
-        "(`perturbed_losses(batched=True)`) of the same 2n perturbed losses: above 1 vmap is faster.",
+        "evaluates the 2n perturbed losses (`trainers.estimators.perturb.batching_pays_off`, see "
+        'below). "loop / vmap" = time of the Python loop (`_loop_losses`) / time of the batched '
+        "vmap evaluation (`perturbed_losses(batched=True)`) of the same 2n perturbed losses: above "
+        "1 vmap is faster.",
         "",
         table(
             ["model", "n", "step / 2n forwards", "step (approx.)", "path", "loop / vmap", "reps"],
@@ -531,38 +537,43 @@ def _findings(results: list[Measured]) -> list[str]:
     big = [r for r in results if r.case.model in ("resnet18", "deit_tiny")]
     out = ["**Findings.**", ""]
     out.append(
-        "- *vmap vs loop (fixed).* The estimators used to evaluate every batch of perturbed losses with vmap. "
-        f"On CPU that is slower than a plain loop of forwards for every model but the MLP — loop / vmap at "
-        f"n = 8: CNN {vm('cnn')}, ResNet-18 {vm('resnet18')}, DeiT {vm('deit_tiny')} (below 1: vmap slower) "
-        f"against MLP {vm('mlp')} — because one forward on a batch-32 mini-batch already keeps the core busy, "
-        "the m stacked activations fall out of cache, and vmap turns every conv into a grouped conv. "
-        "`trainers.estimators.perturb.batching_pays_off` now keeps vmap on accelerators and for forwards of "
-        "≤ 1e7 FLOPs with ≥ 8 evaluations (the MLP) and loops otherwise; the loop path no longer materialises "
-        "the 2n model-sized ±εv deltas (one `addcmul` per row instead), and the estimate is accumulated with "
-        "one in-place `addmv_` per tensor. (Single timings with the old code, earlier today on this machine: ResNet-18 n-SPSA 2.1x "
-        "(n=8) and 2.8x (n=32) of 2n forwards, CNN 2.4x / 3.5x; FOGZO/STE 2.3x on ResNet-18, 3.7x on the CNN.)"
+        "- *vmap vs loop (fixed).* The estimators used to evaluate every batch of perturbed losses "
+        "with vmap. On CPU that is slower than a plain loop of forwards for every model but the "
+        f"MLP — loop / vmap at n = 8: CNN {vm('cnn')}, ResNet-18 {vm('resnet18')}, DeiT "
+        f"{vm('deit_tiny')} (below 1: vmap slower) against MLP {vm('mlp')} — because one forward "
+        "on a batch-32 mini-batch already keeps the core busy, the m stacked activations fall out "
+        "of cache, and vmap turns every conv into a grouped conv. "
+        "`trainers.estimators.perturb.batching_pays_off` now keeps vmap on accelerators and for "
+        "forwards of ≤ 1e7 FLOPs with ≥ 8 evaluations (the MLP) and loops otherwise; the loop path "
+        "no longer materialises the 2n model-sized ±εv deltas (one `addcmul` per row instead), and "
+        "the estimate is accumulated with one in-place `addmv_` per tensor. (Single timings with "
+        "the old code, earlier today on this machine: ResNet-18 n-SPSA 2.1x (n=8) and 2.8x (n=32) "
+        "of 2n forwards, CNN 2.4x / 3.5x; FOGZO/STE 2.3x on ResNet-18, 3.7x on the CNN.)"
     )
     mlp = by_model.get("mlp")
     if mlp:
         out.append(
-            f"- *MLP (FOGZO/STE {mlp.fogzo.median:.1f}x, MeZO {mlp.mezo.median:.1f}x, QuZO {mlp.quzo.median:.1f}x "
-            "of a forward).* The 64-10-10 MLP's forward is ~47k FLOPs, about a microsecond of arithmetic: its "
-            f"{fmt_s(mlp.forward_s)} forward and every step are Python and dispatcher overhead, so these ratios "
-            "count interpreter work, not compute. FOGZO's zeroth-order half (perturbation plan, guide, direction "
-            "sampling, two forwards with every parameter's `.data` swapped to its perturbed copy and back) costs "
-            "more Python than the STE step itself; MeZO/QuZO re-seed a generator and regenerate noise per tensor three times. The "
-            "cProfile tables below show the split. n-SPSA, whose 2n forwards share one vmapped call, is the one "
-            f"estimator here *cheaper* than its forwards ({', '.join(f'n={n}: {v.median:.2f}x' for n, v in mlp.nspsa.items())})."
+            f"- *MLP (FOGZO/STE {mlp.fogzo.median:.1f}x, MeZO {mlp.mezo.median:.1f}x, QuZO "
+            f"{mlp.quzo.median:.1f}x of a forward).* The 64-10-10 MLP's forward is ~47k FLOPs, "
+            f"about a microsecond of arithmetic: its {fmt_s(mlp.forward_s)} forward and every step "
+            "are Python and dispatcher overhead, so these ratios count interpreter work, not "
+            "compute. FOGZO's zeroth-order half (perturbation plan, guide, direction sampling, two "
+            "forwards with every parameter's `.data` swapped to its perturbed copy and back) costs "
+            "more Python than the STE step itself; MeZO/QuZO re-seed a generator and regenerate "
+            "noise per tensor three times. The cProfile tables below show the split. n-SPSA, whose "
+            "2n forwards share one vmapped call, is the one estimator here *cheaper* than its "
+            f"forwards ({', '.join(f'n={n}: {v.median:.2f}x' for n, v in mlp.nspsa.items())})."
         )
     cnn = by_model.get("cnn")
     if cnn:
         over = (cnn.fogzo.median - 1) * statistics.median(cnn.fogzo.b) - 2 * cnn.forward_s
         out.append(
-            f"- *FOGZO on the small CNN* ({cnn.fogzo.median:.2f}x; {cnn.params:,} parameters, {fmt_s(cnn.forward_s)} "
-            f"forward): the zeroth-order half costs {extra(cnn):.2f} forwards instead of 2 — about "
-            f"{fmt_s(max(over, 0.0))} per step of fixed Python work (perturbation plan, guide normalisation, "
-            "direction draw, the parameter swaps around its two forwards), which a "
-            "millisecond-scale forward does not hide; see its cProfile below when it is above the bar."
+            f"- *FOGZO on the small CNN* ({cnn.fogzo.median:.2f}x; {cnn.params:,} parameters, "
+            f"{fmt_s(cnn.forward_s)} forward): the zeroth-order half costs {extra(cnn):.2f} "
+            f"forwards instead of 2 — about {fmt_s(max(over, 0.0))} per step of fixed Python work "
+            "(perturbation plan, guide normalisation, direction draw, the parameter swaps around "
+            "its two forwards), which a millisecond-scale forward does not hide; see its cProfile "
+            "below when it is above the bar."
         )
     if big:
         parts = ", ".join(
@@ -571,17 +582,19 @@ def _findings(results: list[Measured]) -> list[str]:
             for r in big
         )
         out.append(
-            f"- *MeZO and QuZO are bound by the random number generator.* A MeZO step is 2 forwards plus 3 "
-            f"regenerations of z (the seed trick that keeps memory at inference level): {parts} from "
-            "2 + 3 × (noise pass / forward). `torch.randn` costs several ns per element on one core of this "
-            "CPU, while a forward does only "
-            f"{', '.join(f'{r.forward_flops / r.params:,.0f}' for r in big)} FLOPs per parameter (same order), "
-            "so each pass "
-            f"costs {', '.join(f'{r.gauss_pass.median:.2f}' for r in big)} forwards. QuZO additionally draws the "
-            "stochastic-rounding coins (one more uniform per element per pass, and the update's rounding), so "
-            f"its pass costs {', '.join(f'{r.rounded_pass.median:.2f}' for r in big)} forwards. The bar of 2.2 "
-            "holds when noise is cheap relative to the forward (GPU, larger batches), not at batch 32 on one CPU "
-            "core; the aten profiles below show `normal_` / `uniform_` as the largest non-conv items."
+            "- *MeZO and QuZO are bound by the random number generator.* A MeZO step is 2 forwards "
+            "plus 3 regenerations of z (the seed trick that keeps memory at inference level): "
+            f"{parts} from 2 + 3 × (noise pass / forward). `torch.randn` costs several ns per "
+            "element on one core of this CPU, while a forward does only "
+            f"{', '.join(f'{r.forward_flops / r.params:,.0f}' for r in big)} FLOPs per parameter "
+            "(same order), so each pass "
+            f"costs {', '.join(f'{r.gauss_pass.median:.2f}' for r in big)} forwards. QuZO "
+            "additionally draws the stochastic-rounding coins (one more uniform per element per "
+            "pass, and the update's rounding), so its pass costs "
+            f"{', '.join(f'{r.rounded_pass.median:.2f}' for r in big)} forwards. The bar of 2.2 "
+            "holds when noise is cheap relative to the forward (GPU, larger batches), not at batch "
+            "32 on one CPU core; the aten profiles below show `normal_` / `uniform_` as the "
+            "largest non-conv items."
             + (
                 " At batch 128 (4x the forward FLOPs per parameter, the same noise): "
                 + ", ".join(
@@ -601,28 +614,29 @@ def _findings(results: list[Measured]) -> list[str]:
             if 8 in r.nspsa
         )
         out.append(
-            f"- *n-SPSA on the deep nets* ({parts}): per direction the step does work proportional to the "
-            "parameter count — a uniform draw (scaled inside `uniform_`), θ ± εv for each of the two forwards, "
-            "the c·v accumulation — while the forwards do work proportional to FLOPs. After the fix it is that "
-            "elementwise work (visible as `uniform_`, `mul`, `addcmul`, `sub` in the profile below) that "
-            "separates the step from its 2n forwards: "
+            f"- *n-SPSA on the deep nets* ({parts}): per direction the step does work proportional "
+            "to the parameter count — a uniform draw (scaled inside `uniform_`), θ ± εv for each "
+            "of the two forwards, the c·v accumulation — while the forwards do work proportional "
+            "to FLOPs. After the fix it is that elementwise work (visible as `uniform_`, `mul`, "
+            "`addcmul`, `sub` in the profile below) that separates the step from its 2n forwards: "
             + ", ".join(
                 f"{_short(r.case.label)} +{max(v.median - 1, 0):.0%} at n={n}"
                 for r in big
                 for n, v in r.nspsa.items()
             )
-            + ". Fusing those passes or a faster generator would close the gap; larger batches (more FLOPs "
-            "per parameter) make it smaller."
+            + ". Fusing those passes or a faster generator would close the gap; larger batches "
+            "(more FLOPs per parameter) make it smaller."
         )
     if cnn and any(v.median > NSPSA_BAR for v in cnn.nspsa.values()):
         out.append(
             "- *n-SPSA on the small CNN above the bar* ("
             + ", ".join(f"n={n}: {v.median:.2f}x" for n, v in cnn.nspsa.items())
             + "): this ratio is bimodal "
-            "across fresh processes, ≈1.0 or ≈1.5 at n=32, with the estimator code of before and after this "
-            "section's changes alike. It is glibc malloc's dynamic mmap threshold (where the step's and the "
-            "forward's buffers land): with `MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824` "
-            "the same measurement gave 1.03x in three runs out of three. Not the estimator's work."
+            "across fresh processes, ≈1.0 or ≈1.5 at n=32, with the estimator code of before and "
+            "after this section's changes alike. It is glibc malloc's dynamic mmap threshold "
+            "(where the step's and the forward's buffers land): with "
+            "`MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824` the same "
+            "measurement gave 1.03x in three runs out of three. Not the estimator's work."
         )
     out.append("")
     return out

@@ -133,7 +133,8 @@ def measure(case: Case, log) -> Outcome:
         reached = next((m for m in curve if m["eval_loss"] <= target), None)
         fogzo[lr] = (curve, wall, reached)
         log(
-            f"    FOGZO lr {lr}: reached it at step {reached['step'] if reached else 'never'} ({wall:.0f} s)"
+            f"    FOGZO lr {lr}: reached it at step {reached['step'] if reached else 'never'} "
+            f"({wall:.0f} s)"
         )
     forward_flops = last["flops"] / last["forwards"]
     return Outcome(
@@ -186,33 +187,35 @@ def run(quick: bool, workdir, log=print) -> Section:
             tail_losses = ", ".join(f"{m['eval_loss']:.3f}" for m in tail)
             tail_steps = ", ".join(str(m["step"]) for m in tail)
             notes.append(
-                f"- d = {c.d}: n-SPSA with n = d costs {per_step:.2f} s per step here (15,020 fake-quantized "
-                f"forwards, evaluated {c.nspsa_chunk} directions per batched call), so 300 steps would take "
-                f"~{300 * per_step / 60:.0f} min — ~11 min at the 2.25 s/step measured under heavier load "
-                "earlier today — too much for a 20-minute benchmark; it runs 100. Its eval loss has flattened by "
-                f"then ({tail_losses} at steps {tail_steps}), so 300 steps would lower the target a little and "
-                "triple n-SPSA's compute: the ratio here is most likely an underestimate."
+                f"- d = {c.d}: n-SPSA with n = d costs {per_step:.2f} s per step here (15,020 "
+                f"fake-quantized forwards, evaluated {c.nspsa_chunk} directions per batched call), "
+                f"so 300 steps would take ~{300 * per_step / 60:.0f} min — ~11 min at the 2.25 "
+                "s/step measured under heavier load earlier today — too much for a 20-minute "
+                f"benchmark; it runs 100. Its eval loss has flattened by then ({tail_losses} at "
+                f"steps {tail_steps}), so 300 steps would lower the target a little and triple "
+                "n-SPSA's compute: the ratio here is most likely an underestimate."
             )
         nspsa_evals = ", ".join(f"{m['step']}: {m['eval_loss']:.3f}" for m in o.nspsa_curve)
         fogzo_walls = ", ".join(f"lr {lr}: {wall:.0f} s" for lr, (_, wall, _) in o.fogzo.items())
         notes.append(
-            f"- d = {c.d}: n-SPSA eval loss by step {nspsa_evals}. n-SPSA took {o.nspsa_wall:.0f} s "
-            f"({o.nspsa_wall / c.nspsa_steps:.2f} s/step, chunked {c.nspsa_chunk} directions per "
-            f"batched evaluation); FOGZO's {c.fogzo_steps} steps with {c.fogzo_steps // c.eval_every} "
-            f"evaluations took {fogzo_walls}."
+            f"- d = {c.d}: n-SPSA eval loss by step {nspsa_evals}. n-SPSA took {o.nspsa_wall:.0f} "
+            f"s ({o.nspsa_wall / c.nspsa_steps:.2f} s/step, chunked {c.nspsa_chunk} directions per "
+            f"batched evaluation); FOGZO's {c.fogzo_steps} steps with "
+            f"{c.fogzo_steps // c.eval_every} evaluations took {fogzo_walls}."
         )
     lines = [
-        "2-layer MLP on digits, INT 2-bit per-tensor weights, identity STE, SGD (momentum 0.9), lr 0.05, "
-        "batch 64, seed 0, via `trainers.run_trial`; n-SPSA at lr 0.05, FOGZO at lr 0.05 (as "
-        "examples/fogzo_mlp_vs_nspsa.yaml) and 0.01: at d = 7.5k, β = 0.999 and lr 0.05 the FOGZO estimate is "
-        "too noisy for the step size (the noise part of v has norm √((1−β)d) ≈ 2.7 against the guide's 1) and "
-        "the loss climbs back after ~500 steps, so the best-tuned lr sets the ratio, as in the paper. **Loss = eval loss** (cross-entropy on the fixed digits "
-        "test split, 360 images, quantized forward), not the estimator's noisy mini-batch loss. Target = "
-        "n-SPSA's final eval loss. FOGZO: n = 1, β = 0.999 constant, evaluated every "
-        f"{outcomes[0].case.eval_every} steps, so its crossing is resolved to that many steps (an upper "
-        "bound on its compute). Compute = the trial's cumulative FLOPs (cost model: forward and backward "
-        "FLOPs measured once with `FlopCounterMode`); forward-equivalents = FLOPs / one forward's FLOPs. "
-        "FOGZO's step costs 3 forwards + 1 backward; n-SPSA's 2n forwards.",
+        "2-layer MLP on digits, INT 2-bit per-tensor weights, identity STE, SGD (momentum 0.9), lr "
+        "0.05, batch 64, seed 0, via `trainers.run_trial`; n-SPSA at lr 0.05, FOGZO at lr 0.05 (as "
+        "examples/fogzo_mlp_vs_nspsa.yaml) and 0.01: at d = 7.5k, β = 0.999 and lr 0.05 the FOGZO "
+        "estimate is too noisy for the step size (the noise part of v has norm √((1−β)d) ≈ 2.7 "
+        "against the guide's 1) and the loss climbs back after ~500 steps, so the best-tuned lr "
+        "sets the ratio, as in the paper. **Loss = eval loss** (cross-entropy on the fixed digits "
+        "test split, 360 images, quantized forward), not the estimator's noisy mini-batch loss. "
+        "Target = n-SPSA's final eval loss. FOGZO: n = 1, β = 0.999 constant, evaluated every "
+        f"{outcomes[0].case.eval_every} steps, so its crossing is resolved to that many steps (an "
+        "upper bound on its compute). Compute = the trial's cumulative FLOPs (cost model: forward "
+        "and backward FLOPs measured once with `FlopCounterMode`); forward-equivalents = FLOPs / "
+        "one forward's FLOPs. FOGZO's step costs 3 forwards + 1 backward; n-SPSA's 2n forwards.",
         "",
         table(
             [
@@ -236,8 +239,8 @@ def run(quick: bool, workdir, log=print) -> Section:
         "",
         *notes,
         "",
-        f"Bar: ≥ {PAPER_BAR:.0f}x at the paper size (d ≈ 7.5k; the paper reports 796x on MNIST with d ≈ 8k). "
-        "The ratio grows with d: n-SPSA's step costs 2d forwards while FOGZO's costs ~4 forward-equivalents "
-        "whatever d is.",
+        f"Bar: ≥ {PAPER_BAR:.0f}x at the paper size (d ≈ 7.5k; the paper reports 796x on MNIST "
+        "with d ≈ 8k). The ratio grows with d: n-SPSA's step costs 2d forwards while FOGZO's costs "
+        "~4 forward-equivalents whatever d is.",
     ]
     return Section(KEY, TITLE, "\n".join(lines), bars)

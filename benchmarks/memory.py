@@ -170,25 +170,25 @@ def run(quick: bool, workdir, log=print) -> Section:
     case, peaks = llamas[0]
     params, train = peaks["params"], peaks["STE + Adam"]
     lines = [
-        "Peak bytes of live tensors during one training step (the first, so optimizer state is created "
-        "inside it), via `trainers.metering.track_peak_memory` — parameters, gradients, optimizer state, "
-        "activations and temporaries; INT8 fake-quantized weights (fp32 storage). Inference = one forward + "
-        "loss under `torch.no_grad()`. In parentheses: / inference. Deterministic counts, measured once. "
-        f"Bar: MeZO and QuZO ≤ {INPLACE_BAR}x inference.",
+        "Peak bytes of live tensors during one training step (the first, so optimizer state is "
+        "created inside it), via `trainers.metering.track_peak_memory` — parameters, gradients, "
+        "optimizer state, activations and temporaries; INT8 fake-quantized weights (fp32 storage). "
+        "Inference = one forward + loss under `torch.no_grad()`. In parentheses: / inference. "
+        f"Deterministic counts, measured once. Bar: MeZO and QuZO ≤ {INPLACE_BAR}x inference.",
         "",
         table(["model", "parameters", "inference", *[label for label, _, _ in ARMS[1:]]], rows),
         "",
         "**First-order (STE + Adam) : QuZO**: "
         + "; ".join(ratios)
         + f" (QuZO paper: {PAPER_FIRST_ORDER_VS_QUZO}x on LLaMA2-7B). "
-        f"STE + Adam peaks inside the backward pass, when the gradients and the activations saved for backward "
-        f"are live; Adam's two moments ({fmt_bytes(2 * params)}) are allocated in `optimizer.step()`, after the "
-        "backward has freed those activations, so they set the peak only where activations are small "
-        f"(STE + SGD vs STE + Adam: {_sgd_vs_adam(measured)}). "
-        f"On {case.label} the saved activations (≈ {fmt_bytes(max(train - 2 * params, 0))} = peak − weights − "
-        f"gradients) are {max(train - 2 * params, 0) / params:.1f}x the weights, so the ratio measures "
-        "activation memory rather than optimizer state; with fewer tokens per step it drops toward the "
-        "weights-dominated regime of a 7B model.",
+        "STE + Adam peaks inside the backward pass, when the gradients and the activations saved "
+        f"for backward are live; Adam's two moments ({fmt_bytes(2 * params)}) are allocated in "
+        "`optimizer.step()`, after the backward has freed those activations, so they set the peak "
+        f"only where activations are small (STE + SGD vs STE + Adam: {_sgd_vs_adam(measured)}). "
+        f"On {case.label} the saved activations (≈ {fmt_bytes(max(train - 2 * params, 0))} = peak "
+        f"− weights − gradients) are {max(train - 2 * params, 0) / params:.1f}x the weights, so "
+        "the ratio measures activation memory rather than optimizer state; with fewer tokens per "
+        "step it drops toward the weights-dominated regime of a 7B model.",
         "",
     ]
     over = [b for b in bars if not b.met]
@@ -202,11 +202,12 @@ def run(quick: bool, workdir, log=print) -> Section:
         ]
     else:
         lines += [
-            "MeZO and QuZO stay at inference memory: they regenerate their noise one parameter tensor at a "
-            "time from a seed, so the step adds only a few temporaries of one tensor, and those live "
-            "between forwards, when the activations are freed. (QuZO's stochastic rounding used to need "
-            "seven such temporaries and put ResNet-18 at 1.28x; `stochastic_round_int` now works in place "
-            "on its own buffers — same values — see the summary of changes.)",
+            "MeZO and QuZO stay at inference memory: they regenerate their noise one parameter "
+            "tensor at a time from a seed, so the step adds only a few temporaries of one tensor, "
+            "and those live between forwards, when the activations are freed. (QuZO's stochastic "
+            "rounding used to need seven such temporaries and put ResNet-18 at 1.28x; "
+            "`stochastic_round_int` now works in place on its own buffers — same values — see the "
+            "summary of changes.)",
             "",
         ]
     return Section(KEY, TITLE, "\n".join(lines), bars)
@@ -214,7 +215,8 @@ def run(quick: bool, workdir, log=print) -> Section:
 
 def _sgd_vs_adam(measured) -> str:
     return ", ".join(
-        f"{case.label.split(' (')[0]}{' batch ' + str(case.batch) if case.model == 'llama' else ''} "
+        f"{case.label.split(' (')[0]}"
+        f"{' batch ' + str(case.batch) if case.model == 'llama' else ''} "
         f"{fmt_bytes(p['STE + SGD(momentum)'])} vs {fmt_bytes(p['STE + Adam'])}"
         for case, p in measured
         if case.model != "mlp"
@@ -239,7 +241,7 @@ def _explain_over(measured) -> str:
         "Where the extra bytes are: "
         + "; ".join(parts)
         + ". MeZO/QuZO regenerate the noise one parameter "
-        "tensor at a time, so their overhead over inference is a few temporaries of the largest tensor "
-        "(noise, its rounding, the update) — small against a model whose activations dominate, large for a "
-        "tiny model whose inference peak is little more than its weights."
+        "tensor at a time, so their overhead over inference is a few temporaries of the largest "
+        "tensor (noise, its rounding, the update) — small against a model whose activations "
+        "dominate, large for a tiny model whose inference peak is little more than its weights."
     )

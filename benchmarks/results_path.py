@@ -193,12 +193,13 @@ def real_sweep(workdir: Path, n_trials: int, num_evals: int, num_cpus: int = 2) 
     }
 
 
-# ------------------------------------------------------------------------------------- synthetic results
+# -------------------------------------------------------------------------------- synthetic results
 
 
 def write_synthetic(sweep_dir: Path, n_trials: int, evals: int) -> int:
-    """A results folder of completed trials (``n_trials`` rounded to a multiple of 100: 5 estimators x
-    4 bit-widths x 5 learning rates x seeds) with ``evals`` curve rows each; returns the row count."""
+    """A results folder of completed trials (``n_trials`` rounded to a multiple of 100:
+    5 estimators x 4 bit-widths x 5 learning rates x seeds) with ``evals`` curve rows each;
+    returns the row count."""
     from service import storage
     from service.schema import (
         CURVES_DIR,
@@ -328,14 +329,16 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
         where = workdir / f"sink-{n_trials}-{num_evals}"
         sink.append(drive_sink(where, n_trials, num_evals))
         log(
-            f"  sink: {n_trials} trials x {num_evals + 1} results: {sink[-1]['rows_per_s']:.0f} rows/s"
+            f"  sink: {n_trials} trials x {num_evals + 1} results: {sink[-1]['rows_per_s']:.0f} "
+            "rows/s"
         )
         shutil.rmtree(where, ignore_errors=True)
     sweep_trials = 20 if quick else 200
     sweep = real_sweep(workdir / "sweep", sweep_trials, num_evals=10)
     log(
-        f"  real sweep: {sweep['trials']} trials, {sweep['rows']:,} curve rows in {sweep['wall_s']:.1f} s "
-        f"({sweep['rows_per_s']:.0f} rows/s); sink hooks {sweep['sink_s']:.1f} s"
+        f"  real sweep: {sweep['trials']} trials, {sweep['rows']:,} curve rows in "
+        f"{sweep['wall_s']:.1f} s ({sweep['rows_per_s']:.0f} rows/s); sink hooks "
+        f"{sweep['sink_s']:.1f} s"
     )
     sink_profile, write_share, fsync_share = None, math.nan, math.nan
     if not quick:
@@ -386,9 +389,9 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
         for s in sink
     ]
     lines = [
-        f"**A real sweep of {sweep['trials']} tiny trials** (the five estimators × bits {{2, 3, 4, 8}} × seeds, "
-        "MLP on digits, 20 steps, 11 evaluations each; `qsweep run`'s code path on an embedded Ray with "
-        "2 CPUs, in-process so the sink's Tune hooks can be timed):",
+        f"**A real sweep of {sweep['trials']} tiny trials** (the five estimators × bits "
+        "{2, 3, 4, 8} × seeds, MLP on digits, 20 steps, 11 evaluations each; `qsweep run`'s code "
+        "path on an embedded Ray with 2 CPUs, in-process so the sink's Tune hooks can be timed):",
         "",
         table(
             [
@@ -415,15 +418,16 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
             ],
         ),
         "",
-        "In a real sweep of tiny trials the rows per second are set by how fast trials go through Ray (a "
-        "few tenths of a second of scheduling and worker overhead per trial, §4), not by the sink: the "
-        "sink's own hooks take the share of the driver's time in the last column, and the driver waits on "
-        "Ray most of the rest. Its capacity, measured without Ray in the way:",
+        "In a real sweep of tiny trials the rows per second are set by how fast trials go through "
+        "Ray (a few tenths of a second of scheduling and worker overhead per trial, §4), not by "
+        "the sink: the sink's own hooks take the share of the driver's time in the last column, "
+        "and the driver waits on Ray most of the rest. Its capacity, measured without Ray in the "
+        "way:",
         "",
-        "**Parquet sink alone** (`service.sink.ParquetSink`) driven directly through its Tune hooks with stub "
-        "`Trial` objects, two trials reporting interleaved as in a 2-CPU sweep; local disk. Every result "
-        "rewrites that trial's whole curve file (atomic temp + fsync + rename) and, at most every 2 s, "
-        "trials.parquet.",
+        "**Parquet sink alone** (`service.sink.ParquetSink`) driven directly through its Tune "
+        "hooks with stub `Trial` objects, two trials reporting interleaved as in a 2-CPU sweep; "
+        "local disk. Every result rewrites that trial's whole curve file (atomic temp + fsync + "
+        "rename) and, at most every 2 s, trials.parquet.",
         "",
         table(
             [
@@ -440,15 +444,15 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
         "",
         f"A result costs ~{statistics.median(s['result_ms_median'] for s in sink):.1f} ms"
         + (
-            f", {write_share:.0%} of it the atomic rewrite of the trial's curve file ({fsync_share:.0%} in "
-            "`fsync` alone)"
+            f", {write_share:.0%} of it the atomic rewrite of the trial's curve file "
+            f"({fsync_share:.0%} in `fsync` alone)"
             if not math.isnan(write_share)
             else ""
         )
-        + "; rewriting the whole curve each time grows with its length, but at a few hundred rows the fixed "
-        "cost of a Parquet file dominates (last column vs median). That is hundreds of rows per second from "
-        "one driver thread, against ~10 rows/s that §4's quick.yaml sweep produces: the sink is not a "
-        "bottleneck.",
+        + "; rewriting the whole curve each time grows with its length, but at a few hundred rows "
+        "the fixed cost of a Parquet file dominates (last column vs median). That is hundreds of "
+        "rows per second from one driver thread, against ~10 rows/s that §4's quick.yaml sweep "
+        "produces: the sink is not a bottleneck.",
         "",
     ]
     if sink_profile:
@@ -470,8 +474,8 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
     )
     lines += [
         f"**Analysis on {rows:,} curve rows**: a synthetic results folder in the contract schema "
-        f"({n_trials} trials × {evals} evaluations, one curve file per trial, written in {write_s:.0f} s with "
-        "`service.storage.write_parquet_atomic`).",
+        f"({n_trials} trials × {evals} evaluations, one curve file per trial, written in "
+        f"{write_s:.0f} s with `service.storage.write_parquet_atomic`).",
         "",
         table(
             ["step", "median s", "min–max s", "reps", "bar"],
@@ -503,8 +507,8 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
         ]
     if report_stats:
         lines += [
-            f"`report_command` has no bar; {plots_share:.0%} of it is drawing and saving the PNG plots "
-            "(matplotlib), the rest building the trade-off tables from the 1M rows "
+            f"`report_command` has no bar; {plots_share:.0%} of it is drawing and saving the PNG "
+            "plots (matplotlib), the rest building the trade-off tables from the 1M rows "
             "(cProfile by cumulative time):",
             "",
             stats_table(report_stats, top=14, sort="cumulative"),

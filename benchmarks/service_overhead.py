@@ -200,7 +200,8 @@ def calibrate_long_steps(target_s: float, log) -> tuple[int, float]:
     fixed = max(t_short - short * per_step, 0.0)
     steps = max(long, int((target_s - fixed) / per_step))
     log(
-        f"  long trials: {per_step * 1e3:.2f} ms/step + {fixed:.1f} s set-up -> {steps} steps for ~{target_s:.0f} s"
+        f"  long trials: {per_step * 1e3:.2f} ms/step + {fixed:.1f} s set-up -> {steps} steps for "
+        f"~{target_s:.0f} s"
     )
     return steps, per_step
 
@@ -343,8 +344,8 @@ def _measure(
                 ray_runs[what].append(_spawn(args, log))
                 run = ray_runs[what][-1]
                 log(
-                    f"  {label} rep {rep}: ray --num-cpus {what}: start {run['ray_start_s']:.1f} s, "
-                    f"sweep {run['sweep_s']:.1f} s"
+                    f"  {label} rep {rep}: ray --num-cpus {what}: start {run['ray_start_s']:.1f} "
+                    f"s, sweep {run['sweep_s']:.1f} s"
                 )
     return _summarise(seq, ray_runs)
 
@@ -427,8 +428,8 @@ def _render(short: dict, long: dict | None, quick: bool, steps: int, target: flo
     short_w2 = short["workers"][2]
     if long is None:
         body = (
-            "Quick mode: 4 short trials, sequential vs Ray with 2 workers only (no long trials, no 1-worker "
-            "run).\n\n" + table(_HEADER, rows)
+            "Quick mode: 4 short trials, sequential vs Ray with 2 workers only (no long trials, no "
+            "1-worker run).\n\n" + table(_HEADER, rows)
         )
         return Section(KEY, TITLE, body, bars)
     rows += _rows(f"long: 4 × STE CNN/digits, {steps} steps", long, 4)
@@ -444,48 +445,57 @@ def _render(short: dict, long: dict | None, quick: bool, steps: int, target: flo
     scaling = [a / b for a, b in zip(long["workers"][1]["sweep"], long["workers"][2]["sweep"])]
     med = statistics.median
     lines = [
-        "Every run is a fresh subprocess. *sequential* = the planned trials one after another in one process "
-        "with `trainers.run_trial` (1 torch thread each); *ray* = `service.runner.connect` + `run_sweep`, "
-        "i.e. `qsweep run SPEC --no-dashboard --num-cpus N` (embedded Ray, Parquet sink, checkpoints every "
-        "5 evaluations, 1 CPU per trial). Ray runs trial workers at nice 15, so the sequential runs are "
-        "niced to 15 too. Ideal = sequential total / workers; parallel efficiency = ideal / sweep wall, "
-        "Ray's own start-up excluded (its own column). The overhead is split into Tune's start + stop "
-        "(sweep start → first trial starts, last trial ends → `fit` returns: once per sweep) and a per-trial "
-        "part = (rest of the sweep wall × workers − sequential total) / trials, itself split into *inside* "
-        "trials (Tune's start→finish of a trial minus its in-process time: a fresh worker's process start "
-        "and imports, checkpoints, `tune.report`, CPU contention) and *between* trials (slots idle while Tune "
-        'schedules the next). "training time Ray / sequential" compares the trials\' own reported training '
-        "time (`wall_s`): above 1 means the same steps ran slower inside the sweep. Median (min–max) over "
-        "repetitions; each Ray run is paired with the sequential run next to it. Load average = the machine's "
-        "1-minute load when the run ended (2 cores; other people's jobs included).",
+        "Every run is a fresh subprocess. *sequential* = the planned trials one after another in "
+        "one process with `trainers.run_trial` (1 torch thread each); *ray* = "
+        "`service.runner.connect` + `run_sweep`, i.e. `qsweep run SPEC --no-dashboard --num-cpus "
+        "N` (embedded Ray, Parquet sink, checkpoints every 5 evaluations, 1 CPU per trial). Ray "
+        "runs trial workers at nice 15, so the sequential runs are niced to 15 too. Ideal = "
+        "sequential total / workers; parallel efficiency = ideal / sweep wall, Ray's own start-up "
+        "excluded (its own column). The overhead is split into Tune's start + stop (sweep start → "
+        "first trial starts, last trial ends → `fit` returns: once per sweep) and a per-trial part "
+        "= (rest of the sweep wall × workers − sequential total) / trials, itself split into "
+        "*inside* trials (Tune's start→finish of a trial minus its in-process time: a fresh "
+        "worker's process start and imports, checkpoints, `tune.report`, CPU contention) and "
+        "*between* trials (slots idle while Tune "
+        'schedules the next). "training time Ray / sequential" compares the trials\' own reported '
+        "training time (`wall_s`): above 1 means the same steps ran slower inside the sweep. "
+        "Median (min–max) over repetitions; each Ray run is paired with the sequential run next to "
+        "it. Load average = the machine's 1-minute load when the run ended (2 cores; other "
+        "people's jobs included).",
         "",
         table(_HEADER, rows),
         "",
-        f"- Long trials: {steps} steps each (calibrated to ~{target:.0f} s in one process). Scaling from 1 to 2 "
-        f"workers (sweep wall, 1 worker / 2 workers): {_fmt(scaling)} (ideal 2.00).",
-        f"- **Long trials, 2 workers: parallel efficiency {_fmt(lw2['efficiency'], 0, pct=True)}** (bar ≥ "
-        f"{EFFICIENCY_BAR:.0%}); without Tune's start/stop {_fmt(lw2['efficiency_steady'], 0, pct=True)}. "
-        f"Per trial: {med(lw2['overhead']):.1f} s overhead, of which {med(lw2['inside']):.1f} s inside trials and "
-        f"{med(lw2['gaps']):.1f} s between trials. Inside, the trials' own training ran {med(lw2['slow']):.2f}x as "
-        f"long as in one process (≈ {(med(lw2['slow']) - 1) * med(long['seq_train']) / 4:.1f} s per trial of CPU "
-        "contention: two trainings plus Ray's processes on two cores); the remainder is each trial's start in "
-        "its worker (imports on a fresh worker, dataset, model, FLOP count) and its checkpoints.",
-        f"- **Short trials** (quick.yaml, ~{med(short['seq_total']) / QUICK_TRIALS:.1f} s each in one process): efficiency "
-        f"{_fmt(short_w2['efficiency'], 0, pct=True)}. Tune's start + stop ({med(short_w2['fixed']):.1f} s) and "
-        f"{med(short_w2['overhead']):.1f} s per trial dwarf trials this short; the first trial on each worker "
-        "also pays a fresh Python process importing torch, Ray Tune and qsweep (actors are reused after that).",
+        f"- Long trials: {steps} steps each (calibrated to ~{target:.0f} s in one process). "
+        f"Scaling from 1 to 2 workers (sweep wall, 1 worker / 2 workers): {_fmt(scaling)} (ideal "
+        "2.00).",
+        f"- **Long trials, 2 workers: parallel efficiency {_fmt(lw2['efficiency'], 0, pct=True)}** "
+        f"(bar ≥ {EFFICIENCY_BAR:.0%}); without Tune's start/stop "
+        f"{_fmt(lw2['efficiency_steady'], 0, pct=True)}. Per trial: {med(lw2['overhead']):.1f} s "
+        f"overhead, of which {med(lw2['inside']):.1f} s inside trials and {med(lw2['gaps']):.1f} s "
+        f"between trials. Inside, the trials' own training ran {med(lw2['slow']):.2f}x as long as "
+        f"in one process (≈ {(med(lw2['slow']) - 1) * med(long['seq_train']) / 4:.1f} s per trial "
+        "of CPU contention: two trainings plus Ray's processes on two cores); the remainder is "
+        "each trial's start in its worker (imports on a fresh worker, dataset, model, FLOP count) "
+        "and its checkpoints.",
+        f"- **Short trials** (quick.yaml, ~{med(short['seq_total']) / QUICK_TRIALS:.1f} s each in "
+        f"one process): efficiency {_fmt(short_w2['efficiency'], 0, pct=True)}. Tune's start + "
+        f"stop ({med(short_w2['fixed']):.1f} s) and {med(short_w2['overhead']):.1f} s per trial "
+        "dwarf trials this short; the first trial on each worker also pays a fresh Python process "
+        "importing torch, Ray Tune and qsweep (actors are reused after that).",
     ]
     w1 = short["workers"][1]
     if w1.get("profile"):
         lines += [
             "",
-            f"*Where the driver's time goes* — cProfile (wall clock) of `run_sweep` in the quick.yaml sweep with "
-            f"1 worker (the 1-worker quick.yaml row above is this profiled run): {100 * (w1['wait_share'] or 0):.0f}% of it is `ray.wait`, i.e. the Tune driver is waiting "
-            "for the trial worker, not working (its result handling, the Parquet sink and the progress "
-            "callback are the small remainder). So the per-trial overhead is on the worker side — process "
-            "warm-up, per-trial set-up (dataset, model, FLOP count), checkpoints — and in CPU contention: "
-            "on 2 cores, 2 trial processes share the machine with Ray's driver, raylet, GCS and agents "
-            "(and here with other people's jobs), which the sequential baseline does not.",
+            "*Where the driver's time goes* — cProfile (wall clock) of `run_sweep` in the "
+            "quick.yaml sweep with 1 worker (the 1-worker quick.yaml row above is this profiled "
+            f"run): {100 * (w1['wait_share'] or 0):.0f}% of it is `ray.wait`, i.e. the Tune driver "
+            "is waiting for the trial worker, not working (its result handling, the Parquet sink "
+            "and the progress callback are the small remainder). So the per-trial overhead is on "
+            "the worker side — process warm-up, per-trial set-up (dataset, model, FLOP count), "
+            "checkpoints — and in CPU contention: on 2 cores, 2 trial processes share the machine "
+            "with Ray's driver, raylet, GCS and agents (and here with other people's jobs), which "
+            "the sequential baseline does not.",
             "",
             w1["profile"],
         ]

@@ -66,8 +66,9 @@ class Namespace:
         if not probe.stdout.startswith("127."):
             self.close()
             pytest.skip(
-                f"this host's name resolves to {probe.stdout.strip() or probe.stderr.strip()!r}, not to "
-                f"loopback: Ray would take that for the node address, which this namespace lacks"
+                f"this host's name resolves to {probe.stdout.strip() or probe.stderr.strip()!r}, "
+                "not to loopback: Ray would take that for the node address, which this namespace "
+                "lacks"
             )
 
     def argv(self, argv: list[str]) -> list[str]:
@@ -91,7 +92,8 @@ class LocalCluster:
 
     def node_env(self, extra: dict[str, str]) -> dict[str, str]:
         """Each node is a machine of its own: its own RAY_TMPDIR (session and runtime-env
-        folders); clusters on (the default on Linux), in the namespace where only loopback exists."""
+        folders); clusters on (the default on Linux), in the namespace where only loopback
+        exists."""
         tmp = short_tempdir("qsd-")
         self.tempdirs.append(tmp)
         return {
@@ -140,7 +142,8 @@ class LocalCluster:
             kill_session(proc.pid)
             out, err = proc.communicate()
             raise AssertionError(
-                f"{shlex.join(argv)} ran over {timeout}s\n{out[-3000:]}\n{err[-3000:]}\n{self.log_tail()}"
+                f"{shlex.join(argv)} ran over {timeout}s\n"
+                f"{out[-3000:]}\n{err[-3000:]}\n{self.log_tail()}"
             ) from None
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
@@ -188,7 +191,8 @@ while True:  # the job server asks for the token (the manifests turn token auth 
             raise
         time.sleep(1)
 while True:
-    nodes = [n for n in list_nodes(address="http://127.0.0.1:%s" % sys.argv[2]) if n.state == "ALIVE"]
+    nodes = [n for n in list_nodes(address="http://127.0.0.1:%s" % sys.argv[2]) \
+if n.state == "ALIVE"]
     if len(nodes) >= want or time.monotonic() > deadline:
         break
     time.sleep(1)

@@ -27,7 +27,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ERROR = "fogzo: training loss became nan at step 40"
 TRACEBACK = (
     'Traceback (most recent call last):\n  File "trainers/trial.py", line 140, in run_trial\n'
-    "    raise TrialDiverged(step, loss)\ntrainers.trial.TrialDiverged: fogzo: training loss became nan at step 40\n"
+    "    raise TrialDiverged(step, loss)\n"
+    "trainers.trial.TrialDiverged: fogzo: training loss became nan at step 40\n"
 )
 SPEC = (
     "name: e2e\ngrid:\n  estimators: [ste, nspsa, fogzo, mezo]\n  bits: [2, 4]\n  seeds: [0, 1]\n"
@@ -135,7 +136,8 @@ def test_headline_text_has_table_and_focus_ratios(written: tuple[Path, str]) -> 
 
 
 def test_headline_marks_arms_within_noise_of_the_best(tmp_path: Path) -> None:
-    """Per setting: the best median is "best", an arm whose seed range overlaps it "within noise"."""
+    """Per setting: the best median is "best", an arm whose seed range overlaps it
+    "within noise"."""
     report = build_report(load_results(realistic_sweep(tmp_path)), target=1.0)
     table = display_headline(report).set_index(["bits", "arm"])
     h = report.headline.set_index(["bits", "arm"])
@@ -178,7 +180,8 @@ def test_reach_ratio_is_what_the_curves_say(tmp_path: Path) -> None:
 
 
 def test_a_version_3_folder_reports_the_last_line_of_its_error(tmp_path: Path) -> None:
-    """Before schema version 4 ``error`` held the whole traceback and there was no ``error_traceback``."""
+    """Before schema version 4 ``error`` held the whole traceback and there was no
+    ``error_traceback``."""
     folder = realistic_sweep(tmp_path)
     path = Path(folder, "trials.parquet")
     table = pq.read_table(path)
@@ -275,8 +278,8 @@ def test_unknown_metric_is_refused(tmp_path: Path) -> None:
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, analysis.summary, "
-        "analysis.claims, analysis.bootstrap\n"
+        "import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, "
+        "analysis.summary, analysis.claims, analysis.bootstrap\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
         "print(bad)\nsys.exit(1 if bad else 0)\n"
     )

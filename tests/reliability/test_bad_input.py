@@ -326,7 +326,8 @@ ALIAS_BOMB = (
     + "trial:\n  model_options:\n    a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
     + "".join(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
 )
-HOSTILE = {  # name -> (document, the start of its error after "<path>: " where the loader names the file)
+# name -> (document, the start of its error after "<path>: " where the loader names the file)
+HOSTILE = {
     "deep brackets": ("[" * 5000, "not valid YAML"),
     "deep mappings": ("a: " + "{b: " * 3000, "not valid YAML"),
     "not utf-8": ("\xff\xfe\x00name: x", "not UTF-8 text"),

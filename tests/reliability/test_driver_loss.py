@@ -119,8 +119,8 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
     final = qsweep("resume", sweep_dir, "--no-dashboard", "--num-cpus", 2, timeout=400)
     assert final.returncode == 0, explain(final)
     print(
-        f"\nfaults: 3 driver kills (+{tries - 1} mid-write retries), leftover temp file {leftover[0].name}; "
-        f"final resume {time.monotonic() - started:.0f}s"
+        f"\nfaults: 3 driver kills (+{tries - 1} mid-write retries), leftover temp file "
+        f"{leftover[0].name}; final resume {time.monotonic() - started:.0f}s"
     )
 
     assert temp_files(sweep_dir) == [] and not leftover[0].exists()

@@ -100,9 +100,10 @@ def test_500_tiny_trials_all_land_with_bounded_driver_memory_and_a_responsive_st
     first_kb = memory.samples[0][1]
     print(
         f"\nload: 500/500 trials, 1000 curve rows, 0 lost, 0 duplicated in {wall_s:.0f}s; "
-        f"driver RSS {first_kb / 1024:.0f} MB at launch, {rss_at_start_kb / 1024:.0f} MB when trials began, "
-        f"{memory.samples[-1][1] / 1024:.0f} MB at the end, peak {memory.peak_kb / 1024:.0f} MB; "
-        f"`qsweep status` took {status_s:.1f}s with {done_then}-{done_after} trials done"
+        f"driver RSS {first_kb / 1024:.0f} MB at launch, {rss_at_start_kb / 1024:.0f} MB when "
+        f"trials began, {memory.samples[-1][1] / 1024:.0f} MB at the end, peak "
+        f"{memory.peak_kb / 1024:.0f} MB; `qsweep status` took {status_s:.1f}s with "
+        f"{done_then}-{done_after} trials done"
     )
     assert (
         memory.peak_kb < 2 * 1024 * 1024

@@ -217,7 +217,8 @@ def test_two_sweeps_sharing_a_results_root_run_at_once_without_mixing(qsweep, tm
         "sweep"
     ).size().to_dict() == {"left": len(planned), "right": len(planned)}
 
-    # A name that exists already: refused in one line, nothing touched (not even the other sweep) ...
+    # A name that exists already: refused in one line, nothing touched (not even the other
+    # sweep) ...
     snapshot = {p: p.read_bytes() for p in root.rglob("*.parquet")}
     again = qsweep("run", specs["left"], "--results", root, "--no-dashboard", "--num-cpus", 2)
     assert user_error(again) == (

@@ -223,7 +223,11 @@ class Qsweep:
 
 def explain(result: subprocess.CompletedProcess) -> str:
     """Assertion message: the tail of what a command printed."""
-    return f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    return (
+        f"exit {result.returncode}\n"
+        f"stdout:\n{result.stdout[-4000:]}\n"
+        f"stderr:\n{result.stderr[-4000:]}"
+    )
 
 
 def read_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:

@@ -100,7 +100,8 @@ def cluster():
         try:
             # One session directory serves every node here, runtime-env folder included, as when
             # README.md's `ray start` commands run on one machine: a submitted job must not
-            # depend on a package in it (Ray deletes one when the node's last worker using it exits).
+            # depend on a package in it (Ray deletes one when the node's last worker using it
+            # exits).
             workers = [cluster.add_node(num_cpus=1) for _ in (1, 2)]
             cluster.wait_for_nodes()
             dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -121,8 +122,8 @@ def test_submit_with_a_relative_results_path_exits_2_with_one_line(qsweep, tmp_p
         result = qsweep("submit", spec_file, "--address", "http://127.0.0.1:1", *extra, timeout=120)
         location = extra[-1] if extra else "results"
         assert user_error(result) == (
-            f"error: results: {location!r} is relative, but a submitted sweep runs on the cluster — give an "
-            f"absolute path on shared storage or a URI (--results s3://bucket/sweeps)"
+            f"error: results: {location!r} is relative, but a submitted sweep runs on the cluster "
+            "— give an absolute path on shared storage or a URI (--results s3://bucket/sweeps)"
         )
 
 

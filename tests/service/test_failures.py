@@ -1,5 +1,6 @@
 """service.failures: which exceptions are retried, the one-line reasons, and FailOnce against
-Tune's own retry rule (``Trial.should_recover``). The real sweep is tests/reliability/test_retries.py."""
+Tune's own retry rule (``Trial.should_recover``). The real sweep is
+tests/reliability/test_retries.py."""
 
 from __future__ import annotations
 
@@ -126,12 +127,13 @@ def actor_died(error_message: str) -> ActorDiedError:
 def test_the_driver_summarizes_a_dead_actor_in_one_line():
     died = actor_died(
         "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR "
-        "Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file. "
-        "Some common causes include: (1) the process was killed by the OOM killer"
+        "Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of "
+        "file. Some common causes include: (1) the process was killed by the OOM killer"
     )
     assert failures.summarize(tune_text(died)) == (
-        "worker died (pid 4242, 10.0.0.7): The actor is dead because its worker process has died. Worker exit type: "
-        "SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file."
+        "worker died (pid 4242, 10.0.0.7): The actor is dead because its worker process has died. "
+        "Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a "
+        "connection error code 2. End of file."
     )
     assert failures.summarize(tune_text(ActorDiedError())) == (
         "worker died: The actor died unexpectedly before finishing this task."
@@ -141,8 +143,9 @@ def test_the_driver_summarizes_a_dead_actor_in_one_line():
         "node lost (pid 4242, 10.0.0.7): The actor died because its node has died. Node Id: ab12"
     )
     oom = actor_died(
-        "The actor is dead because its worker process has died. Worker exit type: NODE_OUT_OF_MEMORY "
-        "Worker exit detail: Task was killed due to the node running low on memory."
+        "The actor is dead because its worker process has died. Worker exit type: "
+        "NODE_OUT_OF_MEMORY Worker exit detail: Task was killed due to the node running low on "
+        "memory."
     )
     assert failures.summarize(tune_text(oom)).startswith(
         "out of memory (pid 4242, 10.0.0.7): The actor is dead"

@@ -60,7 +60,8 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
     deadline = time.monotonic() + 240
     while True:
         assert driver.poll() is None, (
-            f"the sweep ended before it could be killed:\n{(tmp_path / 'first-driver.log').read_text()[-3000:]}"
+            "the sweep ended before it could be killed:\n"
+            f"{(tmp_path / 'first-driver.log').read_text()[-3000:]}"
         )
         assert time.monotonic() < deadline, "no trial completed in time"
         try:

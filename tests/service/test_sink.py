@@ -1,4 +1,5 @@
-"""ParquetSink under real Ray Tune: the Parquet contract, failures, retries, resume, atomic writes."""
+"""ParquetSink under real Ray Tune: the Parquet contract, failures, retries, resume, atomic
+writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The sink writes each trial's probes to <sweep>/diagnostics/<trial_id>.parquet (curves' dedupe rule)."""
+"""The sink writes each trial's probes to <sweep>/diagnostics/<trial_id>.parquet (curves' dedupe
+rule)."""
 
 from __future__ import annotations
 

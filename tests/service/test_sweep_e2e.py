@@ -1,4 +1,5 @@
-"""End to end through the CLI: ``qsweep run`` on embedded Ray -> real ``run_trial`` trials -> Parquet.
+"""End to end through the CLI: ``qsweep run`` on embedded Ray -> real ``run_trial`` trials ->
+Parquet.
 
 Each sweep runs ``qsweep`` as a subprocess with its own embedded Ray (2 CPUs, no
 dashboard), so these tests own no Ray state and leave no Ray process behind.

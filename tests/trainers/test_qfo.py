@@ -85,7 +85,8 @@ def test_no_float_copy_is_held_anywhere():
             and any(isinstance(x, torch.Tensor) for x in (v.values() if isinstance(v, dict) else v))
         )
     ]
-    # The model: parameters (the on-grid weights themselves), one frozen scale per layer, no gradient.
+    # The model: parameters (the on-grid weights themselves), one frozen scale per layer, no
+    # gradient.
     for name, value in model.state_dict().items():
         if not name.endswith("frozen_scale"):
             assert any(value.data_ptr() == p.data_ptr() for p in model.parameters()), name

@@ -152,7 +152,10 @@ def test_fogzo_beats_nspsa_at_equal_compute_on_2bit_digits():
 
 
 def test_trainers_never_import_ray():
-    code = "import sys, trainers, trainers.run; assert 'ray' not in sys.modules, 'trainers imported ray'"
+    code = (
+        "import sys, trainers, trainers.run; "
+        "assert 'ray' not in sys.modules, 'trainers imported ray'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
