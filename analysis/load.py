@@ -1,6 +1,6 @@
 """Load one sweep's results (local path or pyarrow URI) as pandas tables, checking the contract.
 
-Reads only Parquet through pyarrow (``service.storage`` / ``service.schema`` are pyarrow-only
+Reads only Parquet through pyarrow (``contract.storage`` / ``contract.schema`` are pyarrow-only
 modules: no Ray, no torch). A missing, corrupt or wrong-version file is one clear
 ``ResultsError``; a sweep that is still running loads whatever it has written so far.
 """
@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from service import storage
-from service.schema import SPEC_FILE, TRIALS_FILE
+from contract import storage
+from contract.schema import SPEC_FILE, TRIALS_FILE
 
 
 class ResultsError(ValueError):

@@ -13,7 +13,6 @@ import base64
 import html
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,9 @@ from analysis import bootstrap, plots, tradeoff
 from analysis import claims as paper_claims
 from analysis import diagnostics as gradient_quality
 from analysis.load import ResultsError, SweepResults, combine, load_results
-from analysis.tradeoff import COSTS, LOWER_IS_BETTER, SETTING
+from analysis.tradeoff import COSTS, SETTING
+from contract import storage
+from contract.metrics import REPORTED
 
 GROUP = ["model", "dataset", "quantizer"]  # one figure per group; bit-widths are its panels
 TASK = ["model", "dataset"]  # one Pareto front per task: every estimator and bit-width competes
@@ -261,8 +262,8 @@ def build_report(
     target is ``target`` if given, else the ``reference`` arm's worst-seed final ``metric`` in each
     setting; ratios compare the ``focus`` arm with every other arm of the setting.
     """
-    if metric not in LOWER_IS_BETTER:
-        raise ResultsError(f"unknown metric {metric!r}; choose one of {sorted(LOWER_IS_BETTER)}")
+    if metric not in REPORTED:
+        raise ResultsError(f"unknown metric {metric!r}; choose one of {sorted(REPORTED)}")
     if results.trials.empty:
         raise ResultsError(f"{results.location}: no trials recorded yet")
     trials = tradeoff.add_arms(results.trials)
@@ -628,9 +629,9 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and the PNGs in ``out_dir/plots/``."""
     out_dir = Path(out_dir)
     page = _html(report, draw_plots(report, out_dir / "plots"))
-    path, tmp = out_dir / "report.html", out_dir / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)  # a browser refreshing the page never sees half a report
+    path = out_dir / "report.html"
+    fs, target = storage.resolve(str(path))
+    storage.write_text_atomic(fs, target, page)  # a refreshing browser never sees half a page
     return path
 
 

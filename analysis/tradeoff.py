@@ -14,22 +14,25 @@ import math
 import numpy as np
 import pandas as pd
 
+from contract.metrics import DEFAULT_METRIC_NAME, higher_is_better
+
 SETTING = ["model", "dataset", "quantizer", "bits"]
-LOWER_IS_BETTER = {"eval_loss": True, "train_loss": True, "eval_metric": False}
 
 
 def lower_is_better(metric: str, frame: pd.DataFrame | None = None) -> bool:
-    """Direction of ``metric``: ``eval_metric`` is accuracy (higher is better) unless the
-    trials say it is perplexity (language models), as their ``metric_name`` column records."""
+    """Direction of ``metric`` (``contract.metrics``): ``eval_metric``'s is that of the metric
+    the trials name in their ``metric_name`` column (accuracy when they name none)."""
+    name = None
     if metric == "eval_metric" and frame is not None and "metric_name" in frame:
-        return bool((frame["metric_name"] == "perplexity").any())
-    return LOWER_IS_BETTER[metric]
+        named = [n for n in frame["metric_name"].dropna().unique() if n != DEFAULT_METRIC_NAME]
+        name = named[0] if named else None
+    return not higher_is_better(metric, name)
 
 
 def metric_label(frame: pd.DataFrame) -> str:
     """ "accuracy" or "perplexity" (what eval_metric holds), for tables and axes."""
     names = frame["metric_name"].dropna().unique() if "metric_name" in frame else []
-    return str(names[0]) if len(names) == 1 else "accuracy"
+    return str(names[0]) if len(names) == 1 else DEFAULT_METRIC_NAME
 
 
 COSTS = ["flops", "forwards", "wall_s"]

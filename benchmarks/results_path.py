@@ -4,8 +4,8 @@ The sink is driven directly through its Tune hooks (``on_trial_start`` /
 ``on_trial_result`` / ``on_step_end`` / ``on_trial_complete``, with stub ``Trial``
 objects, two trials interleaved as a 2-CPU Tune run reports them): that measures the
 sink's own cost per reported row without Ray's scheduling in the way. The analysis part
-writes a synthetic results folder in the contract schema (``service.schema`` +
-``service.storage.write_parquet_atomic``: one curve file per trial plus trials.parquet)
+writes a synthetic results folder in the contract schema (``contract.schema`` +
+``contract.storage.write_parquet_atomic``: one curve file per trial plus trials.parquet)
 and times ``analysis.load.load_results`` and ``analysis.report.report_command`` on it.
 """
 
@@ -200,8 +200,8 @@ def write_synthetic(sweep_dir: Path, n_trials: int, evals: int) -> int:
     """A results folder of completed trials (``n_trials`` rounded to a multiple of 100:
     5 estimators x 4 bit-widths x 5 learning rates x seeds) with ``evals`` curve rows each;
     returns the row count."""
-    from service import storage
-    from service.schema import (
+    from contract import storage
+    from contract.schema import (
         CURVES_DIR,
         CURVES_SCHEMA,
         SCHEMA_VERSION,
@@ -344,7 +344,7 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
     if not quick:
         stats = cprofile_stats(lambda: drive_sink(workdir / "sink-profile", 40, 20))
         sink_profile = stats_table(stats, top=10, sort="cumulative")
-        write_share = cumulative_share(stats, "write_parquet_atomic", "service/storage.py")
+        write_share = cumulative_share(stats, "write_parquet_atomic", "contract/storage.py")
         fsync_share = cumulative_share(stats, "<built-in method posix.fsync>", "~")
 
     n_trials, evals = (100, 100) if quick else (1000, 1000)
@@ -475,7 +475,7 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
     lines += [
         f"**Analysis on {rows:,} curve rows**: a synthetic results folder in the contract schema "
         f"({n_trials} trials × {evals} evaluations, one curve file per trial, written in "
-        f"{write_s:.0f} s with `service.storage.write_parquet_atomic`).",
+        f"{write_s:.0f} s with `contract.storage.write_parquet_atomic`).",
         "",
         table(
             ["step", "median s", "min–max s", "reps", "bar"],

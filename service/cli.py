@@ -21,10 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from contract.storage import StorageError
 from service import crashlog
 from service.errors import SweepError
 from service.spec import SpecError, SweepSpec, load_spec, load_spec_text
-from service.storage import StorageError
 
 app = typer.Typer(
     add_completion=False,
@@ -132,7 +132,7 @@ def print_headline(sweep_dir: str) -> None:
     from analysis.bootstrap import fmt_spread
     from analysis.summary import headline_table
     from analysis.tradeoff import metric_label
-    from service.storage import read_results
+    from contract.storage import read_results
 
     trials, _ = read_results(sweep_dir)
     if trials.num_rows == 0:

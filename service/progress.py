@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from contract import metrics
 from service.spec import resolve_trial
 
 
@@ -45,8 +46,9 @@ class SweepProgress(tune.Callback):
         value = result.get(self.metric)
         if isinstance(value, float) and math.isfinite(value):
             key = (config["estimator"], config["bits"])
-            better = max if self.metric == "eval_metric" else min
-            self.best[key] = better(self.best.get(key, value), value)
+            self.best[key] = metrics.best(
+                [self.best.get(key, value), value], self.metric, result.get("metric_name")
+            )
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -16,17 +16,17 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from service import storage
+from contract import storage
+from contract.schema import SPEC_FILE, TRIALS_FILE
+from contract.storage import read_results
 from service.errors import SweepError
-from service.schema import SPEC_FILE, TRIALS_FILE
 from service.sink import ParquetSink
 from service.spec import STAGE_PREFIX, SpecError, SweepSpec, parse_spec
-from service.storage import read_results
 
 
 def sweep_location(results: str, name: str) -> str:
     """``<results>/<name>``: absolute for a local path, unchanged scheme for a URI."""
-    if "://" in results:
+    if storage.is_uri(results):
         return f"{results.rstrip('/')}/{name}"
     return os.path.abspath(os.path.join(os.path.expanduser(results), name))
 

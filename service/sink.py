@@ -1,9 +1,9 @@
-"""The Ray Tune callback that writes every trial to the Parquet contract of ``service.schema``.
+"""The Ray Tune callback that writes every trial to the Parquet contract of ``contract.schema``.
 
 ``<sweep_dir>/curves/<trial_id>.parquet`` holds one trial's curve and is rewritten whole at
 every evaluation; ``<sweep_dir>/trials.parquet`` holds one row per trial and is rewritten on
 every status change (and, while results stream in, at most every ``flush_every_s``). All
-writes go through ``service.storage`` and are atomic. A trial run with ``diagnostics`` also
+writes go through ``contract.storage`` and are atomic. A trial run with ``diagnostics`` also
 gets ``<sweep_dir>/diagnostics/<trial_id>.parquet`` (one row per probe), kept like its curve.
 
 Dedupe rule — the latest attempt wins, and a rewind truncates: when a trial reports a step
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping
@@ -42,9 +41,9 @@ import pyarrow as pa
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from service import failures, schema, storage
-from service.errors import SweepError
-from service.schema import (
+from contract import metrics, schema, storage
+from contract.record import COST_COLUMNS, CURVE_METRICS
+from contract.schema import (
     CURVES_DIR,
     CURVES_SCHEMA,
     DIAGNOSTIC_FIGURES,
@@ -54,8 +53,10 @@ from service.schema import (
     TRIALS_FILE,
     TRIALS_SCHEMA,
 )
+from contract.storage import join, read_results
+from service import failures
+from service.errors import SweepError
 from service.spec import resolve_trial
-from service.storage import join, read_results
 from trainers.config import ConfigError, TrialConfig
 from trainers.estimators import estimator_config
 
@@ -63,17 +64,8 @@ __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 
 logger = logging.getLogger(__name__)
 
-_CURVE_METRICS = (
-    "forwards",
-    "backwards",
-    "flops",
-    "wall_s",
-    "train_loss",
-    "eval_loss",
-    "eval_metric",
-    "peak_memory_bytes",
-)
-_COST_COLUMNS = ("forwards", "backwards", "flops", "wall_s", "peak_memory_bytes")
+_CURVE_METRICS = CURVE_METRICS
+_COST_COLUMNS = COST_COLUMNS
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_ERROR_CHARS = 20_000  # a Ray traceback can be long; the message is at its end
 
@@ -348,19 +340,10 @@ class ParquetSink(Callback):
             final_eval_loss=last["eval_loss"],
             final_eval_metric=last["eval_metric"],
         )
-        losses = [
-            r["eval_loss"]
-            for r in rows
-            if r["eval_loss"] is not None and not math.isnan(r["eval_loss"])
-        ]
-        metrics = [
-            r["eval_metric"]
-            for r in rows
-            if r["eval_metric"] is not None and not math.isnan(r["eval_metric"])
-        ]
-        row["best_eval_loss"] = min(losses, default=None)
-        lower_is_better = row.get("metric_name") == "perplexity"
-        row["best_eval_metric"] = (min if lower_is_better else max)(metrics, default=None)
+        row["best_eval_loss"] = metrics.best((r["eval_loss"] for r in rows), "eval_loss")
+        row["best_eval_metric"] = metrics.best(
+            (r["eval_metric"] for r in rows), "eval_metric", row.get("metric_name")
+        )
 
     def _write(self, path: str, table: pa.Table) -> bool:
         """One atomic write; on a storage failure (disk full, read-only, gone) record it and

@@ -21,7 +21,8 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from service import failures, storage
+from contract import storage
+from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
 from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial

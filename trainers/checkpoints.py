@@ -8,29 +8,20 @@ and shape match and reports the rest: a fine-tune may swap the classifier head.
 from __future__ import annotations
 
 import io
-import os
 
 import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-
-def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+from contract.storage import resolve, write_bytes_atomic
 
 
 def save_model(model: nn.Module, location: str) -> None:
-    """Write ``model.state_dict()`` to ``location`` all at once (temp name, then move)."""
-    fs, path = _resolve(location)
-    fs.create_dir(os.path.dirname(path), recursive=True)
+    """Write ``model.state_dict()`` to ``location`` all at once (the contract's atomic writer)."""
+    fs, path = resolve(location)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    tmp = f"{path}.partial"
-    with fs.open_output_stream(tmp) as out:
-        out.write(buffer.getvalue())
-    fs.move(tmp, path)
+    write_bytes_atomic(fs, path, buffer.getvalue())
 
 
 def load_model(model: nn.Module, location: str) -> list[str]:
@@ -38,7 +29,7 @@ def load_model(model: nn.Module, location: str) -> list[str]:
 
     Only tensors are unpickled (``weights_only=True``): a checkpoint is data, never code.
     """
-    fs, path = _resolve(location)
+    fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(f"init_from: no checkpoint at {location}")
     with fs.open_input_stream(path) as f:

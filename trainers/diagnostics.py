@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from contract.schema import DIAGNOSTIC_FIGURES
 from trainers.estimators.base import (
     Batch,
     Estimator,
@@ -48,29 +49,8 @@ DEFAULTS: dict[str, Any] = {"every": 1, "batch_size": 256, "repeats": 16, "refer
 REFERENCE_CHUNKS = 8  # the reference is the mean of this many chunk means (for ref_noise)
 _PROBE_SEED = 4_000_037
 
-# Every figure a probe reports (the columns of the diagnostics table, in this order).
-FIGURES = (
-    "est_cosine",
-    "est_rel_bias",
-    "est_variance",
-    "est_snr",
-    "est_norm",
-    "ste_cosine",
-    "ste_rel_bias",
-    "ste_variance",
-    "ste_snr",
-    "ste_norm",
-    "ref_norm",
-    "ref_noise",
-    "ref_n",
-    "repeats",
-    "probe_batch_size",
-    "dim",
-    "probe_forwards",
-    "probe_backwards",
-    "probe_flops",
-    "probe_wall_s",
-)
+# Every figure a probe reports: the columns of the diagnostics table, in their order.
+FIGURES = DIAGNOSTIC_FIGURES
 
 
 def diagnostics_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:

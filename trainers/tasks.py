@@ -1,8 +1,8 @@
 """What a trial optimises and reports: the loss and the evaluation metric of each task.
 
-Classification reports accuracy (higher is better); language modelling reports
-perplexity, ``exp`` of the mean token cross-entropy (lower is better). The metric's name
-and direction travel with the results so analysis never guesses.
+Classification reports accuracy; language modelling reports perplexity, ``exp`` of the
+mean token cross-entropy. The metric's name travels with the results, and
+``contract.metrics`` says which way it is better, so analysis never guesses.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ def token_loss(logits: Tensor, targets: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Task:
     name: str
-    metric_name: str
-    higher_is_better: bool
+    metric_name: str  # one of contract.metrics.METRIC_NAMES, which says which way is better
 
     @property
     def loss_fn(self):
@@ -57,6 +56,6 @@ class Task:
 
 
 TASKS = {
-    "classification": Task("classification", "accuracy", higher_is_better=True),
-    "language_modeling": Task("language_modeling", "perplexity", higher_is_better=False),
+    "classification": Task("classification", "accuracy"),
+    "language_modeling": Task("language_modeling", "perplexity"),
 }

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.record import Evaluation
 from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
 from trainers.data import BatchSampler, load_dataset
@@ -148,7 +149,7 @@ def run_trial(
         nonlocal layer_bits
         eval_loss, eval_metric = task.evaluate(model, test_x, test_y, cfg.eval_batch_size)
         describe = getattr(estimator, "describe", None)
-        metrics = {
+        metrics: Evaluation = {
             **(describe() if describe is not None else {}),  # never overrides the keys below
             **counters,
             "train_loss": sum(losses) / len(losses) if losses else math.nan,

@@ -12,14 +12,14 @@ import pytest
 
 from analysis.load import load_results
 from analysis.report import build_report, report_command
-from service.schema import (
+from contract.schema import (
     DIAGNOSTIC_FIGURES,
     DIAGNOSTICS_DIR,
     DIAGNOSTICS_SCHEMA,
     SCHEMA_VERSION,
     TRIALS_FILE,
 )
-from service.storage import resolve, write_parquet_atomic
+from contract.storage import resolve, write_parquet_atomic
 from tests.analysis.test_tradeoff import curve_rows, trial_row, write_sweep
 
 COSINE = {

@@ -29,8 +29,8 @@ from analysis.tradeoff import (
     reference_target,
     summarize_reach,
 )
-from service.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
-from service.storage import resolve, write_parquet_atomic
+from contract.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
+from contract.storage import resolve, write_parquet_atomic
 
 SETTING_2BIT = ("mlp", "digits", "int", 2)
 FLOPS = [0.0, 1e6, 2e6, 4e6, 8e6, 12e6, 16e6]  # the evaluation points of every curve below

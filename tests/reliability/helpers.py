@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tests.service.harness import kill_session, read_state, session_pids  # noqa: F401 (re-exported)
 
-TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # service.storage._write_atomic's temp files
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # contract.storage._write_atomic's temp files
 
 
 def free_port() -> int:

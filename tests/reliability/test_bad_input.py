@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.load import ResultsError, load_results
+from contract.schema import TRIALS_SCHEMA
 from service.errors import SweepError
 from service.runner import SweepRun, _callbacks, sweep_location, sweep_status
-from service.schema import TRIALS_SCHEMA
 from service.sink import config_columns
 from service.spec import SpecError, SweepSpec, load_spec, parse_spec
 from tests.service.harness import user_error, write_spec

@@ -7,7 +7,7 @@ write — and ``qsweep resume`` after each: every trial once, every curve row on
 2. Mid-sweep: that resumed driver is killed once a trial is complete and another is
    half-way (it has checkpoints to resume from).
 3. Mid-write: the next resumed driver is killed the moment inotify reports a new temp file
-   of ``service.storage``'s atomic writer (``.<name>.<random>.tmp``, created in the results
+   of ``contract.storage``'s atomic writer (``.<name>.<random>.tmp``, created in the results
    folder before the bytes are written, fsynced and renamed over the target) — so the kill
    lands while a Parquet file is being written. A kill that still came after the rename
    (no temp file left) is retried with the next resumed driver, up to 3 times.

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 from tests.service.harness import cli_env, short_tempdir
 from tests.service.quick_golden import GOLDEN, ROOT, comparable
 
-# In-place estimators (MeZO, QuZO) never ran an optimizer: since issue 17 their rows leave
+# In-place estimators (MeZO, QuZO, QFO) never ran an optimizer: since issue 17 their rows leave
 # the optimizer settings empty instead of recording defaults that did not take effect.
-IN_PLACE = {"mezo", "quzo"}
+IN_PLACE = {"mezo", "quzo", "qfo"}
 OPTIMIZER_FIELDS = ("optimizer", "momentum", "weight_decay")
 
 

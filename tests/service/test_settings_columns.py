@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from service.schema import MEASURED_SETTING_FIELDS, SCHEMA_VERSION, TRIALS_SCHEMA, upgrade_trials
+from contract.schema import MEASURED_SETTING_FIELDS, SCHEMA_VERSION, TRIALS_SCHEMA, upgrade_trials
+from contract.storage import read_results
 from service.sink import config_columns, measured_settings
-from service.storage import read_results
 
 FOGZO = {
     "estimator": "fogzo",

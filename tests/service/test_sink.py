@@ -20,12 +20,12 @@ import ray
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 
-import service.storage
+import contract.storage
+from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
+from contract.storage import list_files, read_parquet, resolve, write_parquet_atomic
 from service.failures import FAILURE_KEY, TRACEBACK_KEY
-from service.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
 from service.sink import ParquetSink, read_results
 from service.spec import parse_spec
-from service.storage import list_files, read_parquet, resolve, write_parquet_atomic
 from trainers.estimators import default_eps, default_lr
 
 STEPS, EVERY = 40, 10  # five evaluations per trial: steps 0, 10, 20, 30, 40
@@ -386,7 +386,7 @@ def test_writes_leave_no_temp_files_and_a_failed_write_keeps_the_old_file(
         out.write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(service.storage.pq, "write_table", half_write)
+    monkeypatch.setattr(contract.storage.pq, "write_table", half_write)
     with pytest.raises(OSError, match="disk full"):
         write_parquet_atomic(fs, path, pa.table({"x": [3]}))
     monkeypatch.undo()

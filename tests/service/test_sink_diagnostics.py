@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from ray.tune.experiment import Trial
 
-from service.schema import DIAGNOSTIC_FIGURES, DIAGNOSTICS_SCHEMA, SCHEMA_VERSION
+from contract.schema import DIAGNOSTIC_FIGURES, DIAGNOSTICS_SCHEMA, SCHEMA_VERSION
+from contract.storage import read_diagnostics, read_results
 from service.sink import ParquetSink
 from service.spec import parse_spec
-from service.storage import read_diagnostics, read_results
 from trainers.diagnostics import FIGURES
 
 

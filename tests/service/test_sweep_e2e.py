@@ -16,7 +16,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from service.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
+from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
 from service.spec import load_spec
 from tests.service.harness import explain, user_error, write_spec
 

@@ -180,7 +180,7 @@ CURVES_SCHEMA = pa.schema(
     metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "curves"},
 )
 
-# The gradient-quality probe's figures (trainers.diagnostics.FIGURES, same order): the
+# The gradient-quality probe's figures (what trainers.diagnostics reports, in this order): the
 # trial's estimator ("est_") and STE ("ste_") against a large-n ZO reference gradient of the
 # smoothed quantized loss ("ref_"), and the probe's own cost (never in the training counters).
 DIAGNOSTIC_FIGURES = (

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from service.schema import (
+from contract.schema import (
     CURVES_DIR,
     CURVES_SCHEMA,
     DIAGNOSTICS_DIR,
@@ -60,16 +60,22 @@ def naming(operation: str, path: str) -> Iterator[None]:
         raise StorageError(err.errno, reason, operation, path) from err
 
 
+def is_uri(location: str) -> bool:
+    """Whether ``location`` names a filesystem by scheme (``s3://``, ``file://``, ...) rather
+    than being a local path."""
+    return "://" in location
+
+
 def absolute(location: str) -> str:
     """A local path made absolute (Tune and pyarrow read a relative one as a URI); a URI as is."""
-    if "://" in location:
+    if is_uri(location):
         return location.rstrip("/")
     return os.path.abspath(os.path.expanduser(location))
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path (made absolute) or a filesystem URI."""
-    if "://" in location:
+    if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), absolute(location)
 
@@ -141,8 +147,13 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
 
 
 def write_text_atomic(fs: pafs.FileSystem, path: str, text: str) -> None:
-    """Atomically write a UTF-8 text file (the stored sweep spec)."""
-    _write_atomic(fs, path, lambda out: out.write(text.encode()))
+    """Atomically write a UTF-8 text file (the stored sweep spec, the report)."""
+    write_bytes_atomic(fs, path, text.encode())
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Atomically write ``data`` (a stage's model checkpoint)."""
+    _write_atomic(fs, path, lambda out: out.write(data))
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
