@@ -1,5 +1,5 @@
 """Plots of the trade-off: each function takes a table already computed by ``analysis.tradeoff``
-/ ``analysis.report`` and a path, draws one PNG and returns the path.
+/ ``analysis.report_data`` and a path, draws one PNG and returns the path.
 
 Layer 3 of the analysis: no numbers are computed here beyond what drawing needs (dropping
 0-FLOP rows a log axis cannot show, picking a byte unit). Figure sizes are fixed constants

@@ -13,7 +13,8 @@ import pytest
 
 from analysis import bootstrap, claims
 from analysis.load import combine, load_results
-from analysis.report import build_report, report_command
+from analysis.report import report_command
+from analysis.report_data import build_report
 from tests.analysis.test_tradeoff import FLOPS, curve_rows, trial_row, write_sweep
 
 HIGH, LOW = [0.80, 0.82, 0.81], [0.70, 0.72, 0.71]  # clearly apart: ranges do not overlap

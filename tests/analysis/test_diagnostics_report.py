@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.load import load_results
-from analysis.report import build_report, report_command
+from analysis.report import report_command
+from analysis.report_data import build_report
 from contract.schema import (
     DIAGNOSTIC_FIGURES,
     DIAGNOSTICS_DIR,

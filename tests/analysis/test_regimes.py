@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from analysis.report import ratio_sentences
+from analysis.report_text import ratio_sentences
 from analysis.summary import headline_table, regimes
 
 

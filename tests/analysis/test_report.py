@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.load import ResultsError, load_results
-from analysis.report import build_report, display_headline, report_command
+from analysis.report import report_command
+from analysis.report_data import build_report
+from analysis.report_text import display_headline
 from analysis.summary import headline_table
 from tests.analysis.test_tradeoff import curve_rows, trial_row, write_sweep
 
@@ -278,7 +280,8 @@ def test_unknown_metric_is_refused(tmp_path: Path) -> None:
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, analysis.report, analysis.plots, analysis.load, analysis.tradeoff, "
+        "import sys, analysis.report, analysis.report_data, analysis.report_text, "
+        "analysis.report_html, analysis.plots, analysis.load, analysis.tradeoff, "
         "analysis.summary, analysis.claims, analysis.bootstrap\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
         "print(bad)\nsys.exit(1 if bad else 0)\n"

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from analysis.load import combine, load_results
-from analysis.report import build_report, matching_arms
+from analysis.report_data import build_report, matching_arms
+from analysis.report_text import headline_text
 from analysis.tradeoff import (
     add_arms,
     attach_arms,
@@ -306,4 +307,6 @@ def test_settings_with_different_focus_arms_get_no_invented_ratios(tmp_path: Pat
     assert (
         report.ratios["arm_reached"].notna().all() and report.ratios["versus_reached"].notna().all()
     )
-    assert "at 4 bits: extra:fogzo needs the same compute (flops) as extra:nspsa" in report.text
+    assert "at 4 bits: extra:fogzo needs the same compute (flops) as extra:nspsa" in headline_text(
+        report
+    )
