@@ -55,7 +55,7 @@ def _planned(n_trials: int, num_evals: int) -> dict[str, dict]:
             "budget": {"steps": 100},
         }
     )
-    return {t.trial_id: t.config for t in spec.trials()}
+    return {t.trial_id: t.config for t in spec.trials}
 
 
 def _metrics(step: int, steps: int) -> dict:
@@ -189,7 +189,7 @@ def real_sweep(workdir: Path, n_trials: int, num_evals: int, num_cpus: int = 2) 
         "rows_per_s": curves.num_rows / wall,
         "sink_s": spent["s"],
         "sink_calls": spent["calls"],
-        "expected_rows": len(spec.trials()) * (num_evals + 1),
+        "expected_rows": len(spec.trials) * (num_evals + 1),
     }
 
 
@@ -468,7 +468,7 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
         else cprofile_stats(lambda: report_command([str(synthetic)], str(workdir / "report")))
     )
     plots_share = (
-        cumulative_share(report_stats, "draw_plots", "analysis/report.py")
+        cumulative_share(report_stats, "draw_plots", "analysis/report_html.py")
         if report_stats
         else math.nan
     )

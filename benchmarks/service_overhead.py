@@ -50,7 +50,7 @@ def _sequential(spec_path: str) -> dict[str, Any]:
     spec = load_spec(spec_path)
     imported = time.perf_counter()
     trials, train, cpu0 = {}, {}, time.process_time()
-    for planned in spec.trials():
+    for planned in spec.trials:
         config = dict(planned.config)
         config.setdefault("threads", 1)  # what service.tuner.train_one gives a 1-CPU trial
         t0 = time.perf_counter()

@@ -224,3 +224,4 @@ TRIALS_FILE = "trials.parquet"
 CURVES_DIR = "curves"
 DIAGNOSTICS_DIR = "diagnostics"  # optional: only sweeps with trial.diagnostics have it
 SPEC_FILE = "sweep.yaml"  # the validated spec, stored next to the results
+PLAN_FILE = "plan.json"  # the expanded plan's summary: trial ids, total, skipped cells

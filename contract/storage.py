@@ -200,9 +200,10 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[st
     )
 
 
-def check_schema_version(table: pa.Table, where: str) -> None:
+def check_schema_version(table: pa.Table | pa.Schema, where: str) -> None:
     """Refuse files written under another version of the contract instead of misreading them."""
-    found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"?").decode()
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    found = (schema.metadata or {}).get(b"qsweep_schema_version", b"?").decode()
     if found not in {str(v) for v in READABLE_SCHEMA_VERSIONS}:
         raise ValueError(
             f"{where}: written with qsweep schema version {found}, "
@@ -216,18 +217,25 @@ def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:
     Missing files give empty tables, so a sweep that has not reported yet reads cleanly.
     """
     fs, root = resolve(sweep_dir)
-    trials = read_parquet(fs, join(root, TRIALS_FILE))
-    if trials is None:
-        trials = TRIALS_SCHEMA.empty_table()
-    check_schema_version(trials, join(root, TRIALS_FILE))
-    trials = upgrade_trials(trials)  # a version 2-3 table in this version's columns
+    trials = read_trials(sweep_dir)
     parts = []
     for path in list_files(fs, join(root, CURVES_DIR), ".parquet"):
         part = pq.read_table(path, filesystem=fs)
         check_schema_version(part, path)
         parts.append(part.cast(CURVES_SCHEMA))
     curves = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
-    return trials.cast(TRIALS_SCHEMA), curves
+    return trials, curves
+
+
+def read_trials(sweep_dir: str) -> pa.Table:
+    """The trials table of one sweep folder in this version's schema (empty if none yet)."""
+    fs, root = resolve(sweep_dir)
+    trials = read_parquet(fs, join(root, TRIALS_FILE))
+    if trials is None:
+        trials = TRIALS_SCHEMA.empty_table()
+    check_schema_version(trials, join(root, TRIALS_FILE))
+    trials = upgrade_trials(trials)  # an older version's table in this version's columns
+    return trials.cast(TRIALS_SCHEMA)
 
 
 def read_diagnostics(sweep_dir: str) -> pa.Table:

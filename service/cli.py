@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -23,8 +23,10 @@ from rich.table import Table
 
 from contract.storage import StorageError
 from service import crashlog
-from service.errors import SweepError
-from service.spec import SpecError, SweepSpec, load_spec, load_spec_text
+from service.errors import SpecError, SweepError
+
+if TYPE_CHECKING:
+    from service.spec import SweepPlan
 
 app = typer.Typer(
     add_completion=False,
@@ -86,9 +88,10 @@ def warn_if_dashboard_exposed(dashboard: bool, host: str, address: str | None) -
     )
 
 
-def _trial_table(spec: SweepSpec) -> Table:
+def _trial_table(plan: SweepPlan) -> Table:
+    spec = plan.spec
     table = Table(
-        title=f"{spec.name}: {len(spec.trials())} trials"
+        title=f"{spec.name}: {len(plan.trials)} trials"
         + (
             f" (optuna samples {spec.search.num_samples} of these)"
             if spec.search.mode == "optuna"
@@ -107,7 +110,7 @@ def _trial_table(spec: SweepSpec) -> Table:
         "options",
     ):
         table.add_column(column)
-    for trial in spec.trials():
+    for trial in plan.trials:
         c = trial.config
         options = ", ".join(f"{k}={v}" for k, v in sorted(c["estimator_options"].items()))
         table.add_row(
@@ -132,9 +135,9 @@ def print_headline(sweep_dir: str) -> None:
     from analysis.bootstrap import fmt_spread
     from analysis.summary import headline_table
     from analysis.tradeoff import metric_label
-    from contract.storage import read_results
+    from contract.storage import read_trials
 
-    trials, _ = read_results(sweep_dir)
+    trials = read_trials(sweep_dir)
     if trials.num_rows == 0:
         console.print("no trials recorded yet")
         return
@@ -180,14 +183,18 @@ def print_headline(sweep_dir: str) -> None:
 @user_errors
 def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
     """Parse and expand a sweep spec; print the trial table (exit 2 on errors)."""
-    spec = load_spec(spec_file, scale)
-    console.print(_trial_table(spec))
-    for note in spec.skipped:
+    from service.spec import load_spec
+
+    plan = load_spec(spec_file, scale)
+    console.print(_trial_table(plan))
+    for note in plan.skipped:
         console.print(f"skipped: {note}")
 
 
-def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) -> SweepSpec:
+def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) -> SweepPlan:
     """The spec from a file, or (a submitted job) from an environment variable."""
+    from service.spec import load_spec, load_spec_text
+
     if spec_env:
         text = os.environ.get(spec_env)
         if text is None:
@@ -226,13 +233,13 @@ def run(
     """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
     from service.runner import connect, prepare, run_sweep
 
-    spec = _spec_from(spec_file, spec_from_env, scale)
+    plan = _spec_from(spec_file, spec_from_env, scale)
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
-    sweep = prepare(spec, results, overwrite)
+    sweep = prepare(plan, results, overwrite)
     crashlog.remember_sweep_dir(sweep.sweep_dir)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     console.print(
-        f"sweep {spec.name}: {len(spec.trials())} planned trials -> {sweep.sweep_dir}",
+        f"sweep {plan.name}: {len(plan.trials)} planned trials -> {sweep.sweep_dir}",
         markup=False,
         soft_wrap=True,
     )
@@ -268,10 +275,10 @@ def resume(
     num_cpus: int | None = None,
 ) -> None:
     """Continue an interrupted sweep: no lost and no duplicate rows."""
-    from service.runner import connect, load_stored_spec, resume_sweep
+    from service.runner import connect, load_stored_plan, resume_sweep
 
     crashlog.remember_sweep_dir(sweep_dir)
-    load_stored_spec(sweep_dir)  # fail before starting Ray
+    load_stored_plan(sweep_dir)  # fail before starting Ray
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
     connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
     resume_sweep(sweep_dir, retry_failed=retry_failed)
@@ -282,13 +289,13 @@ def resume(
 @user_errors
 def status(sweep_dir: str) -> None:
     """Trials done / running / failed / pending, from the Parquet."""
-    from service.runner import sweep_status
+    from service.status import sweep_status
 
     crashlog.remember_sweep_dir(sweep_dir)
     info = sweep_status(sweep_dir)
     c = info["counts"]
     console.print(
-        f"{info['spec'].name}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
+        f"{info['name']}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
         f"{c['pending']} pending of {info['total']}; {info['curve_rows']} curve rows"
     )
     if info["trials"] is not None:
@@ -306,10 +313,11 @@ def submit(
 ) -> None:
     """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it."""
     from service.jobs import submit_sweep
+    from service.spec import load_spec
 
-    spec = load_spec(spec_file, scale)
+    plan = load_spec(spec_file, scale)
     job_id, status_text = submit_sweep(
-        spec,
+        plan.spec,
         address,
         results,
         wait,

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from contract import metrics
-from service.spec import resolve_trial
+from service.tune_config import decode
 
 
 class SweepProgress(tune.Callback):
@@ -35,7 +35,7 @@ class SweepProgress(tune.Callback):
         self._display: Live | None = None
 
     def _key(self, trial) -> tuple[str, dict[str, Any]]:
-        return resolve_trial(self.planned, trial.config, trial.trial_id)
+        return decode(self.planned, trial.config, trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[self._key(trial)[0]] = "running"

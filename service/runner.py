@@ -17,11 +17,11 @@ import pyarrow as pa
 import yaml
 
 from contract import storage
-from contract.schema import SPEC_FILE, TRIALS_FILE
-from contract.storage import read_results
+from contract.schema import PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from service.errors import SweepError
 from service.sink import ParquetSink
-from service.spec import STAGE_PREFIX, SpecError, SweepSpec, parse_spec
+from service.spec import STAGE_PREFIX, SweepPlan
+from service.status import load_stored_plan
 
 
 def sweep_location(results: str, name: str) -> str:
@@ -105,12 +105,18 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 @dataclass
 class SweepRun:
-    spec: SweepSpec
+    plan: SweepPlan
     sweep_dir: str
 
+    @property
+    def spec(self):
+        return self.plan.spec
 
-def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False) -> SweepRun:
-    """Check the results location and store the validated spec beside the Parquet."""
+
+def prepare(plan: SweepPlan, results: str | None = None, overwrite: bool = False) -> SweepRun:
+    """Check the results location and store the validated spec beside the Parquet, with the
+    plan's summary (what ``qsweep status`` reads without expanding the spec again)."""
+    spec = plan.spec
     sweep_dir = sweep_location(results or spec.results, spec.name)
     fs, path = storage.resolve(sweep_dir)
     existing = storage.exists(fs, f"{path}/{TRIALS_FILE}")  # readable or not: it is a sweep's
@@ -124,37 +130,21 @@ def prepare(spec: SweepSpec, results: str | None = None, overwrite: bool = False
     storage.write_text_atomic(
         fs, f"{path}/{SPEC_FILE}", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
-    return SweepRun(spec, sweep_dir)
-
-
-def load_stored_spec(sweep_dir: str) -> SweepSpec:
-    fs, path = storage.resolve(sweep_dir)
-    text = storage.read_text(fs, f"{path}/{SPEC_FILE}")
-    if text is None:
-        raise SweepError(f"{sweep_dir}: no {SPEC_FILE} here — is this a sweep's results directory?")
-    try:
-        return parse_spec(yaml.safe_load(text))
-    except SpecError as err:
-        raise SweepError(f"{sweep_dir}/{SPEC_FILE}: {err}") from None
-
-
-def _total(spec: SweepSpec) -> int:
-    main = len(spec.trials()) if spec.search.mode == "grid" else spec.search.num_samples
-    return main + len(spec.pretrain_trials())
+    storage.write_text_atomic(fs, f"{path}/{PLAN_FILE}", json.dumps(plan.summary(), indent=1))
+    return SweepRun(plan, sweep_dir)
 
 
 def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
     from service.progress import SweepProgress
-    from service.tuner import all_planned
 
-    planned = all_planned(run.spec)
+    planned = run.plan.planned
     try:
-        sink = ParquetSink(run.sweep_dir, run.spec.name, planned, versions())
+        sink = ParquetSink(run.sweep_dir, run.plan.name, planned, versions())
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated or foreign Parquet
         raise SweepError(
             f"{run.sweep_dir}: cannot continue from unreadable results ({_first_line(err)})"
         ) from None
-    return [sink, SweepProgress(planned, _total(run.spec), live=live)]
+    return [sink, SweepProgress(planned, run.plan.total, live=live)]
 
 
 def _first_line(err: Exception) -> str:
@@ -169,7 +159,7 @@ def _pretrain_done(run: SweepRun) -> set[str]:
     fs, _ = storage.resolve(run.sweep_dir)
     return {
         t.trial_id
-        for t in run.spec.pretrain_trials()
+        for t in run.plan.pretrain
         if storage.exists(
             fs, storage.resolve(stage_location(run.sweep_dir, STAGE_PREFIX + t.trial_id))[1]
         )
@@ -180,17 +170,17 @@ def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) 
     """The float pre-training stage, unless its checkpoints exist; resumed if interrupted."""
     from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner, tune_state_exists
 
-    stage = run.spec.pretrain_trials()
+    stage = run.plan.pretrain
     done = _pretrain_done(run)
     if len(done) == len(stage):
         return
     callbacks = _callbacks(run, live)
     if tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR):
         tuner = restore_tuner(
-            run.spec, run.sweep_dir, callbacks, retry_failed, pretrain=stage, skip=done
+            run.plan, run.sweep_dir, callbacks, retry_failed, pretrain=True, skip=done
         )
     else:
-        tuner = build_tuner(run.spec, run.sweep_dir, callbacks, pretrain=stage, skip=done)
+        tuner = build_tuner(run.plan, run.sweep_dir, callbacks, pretrain=True, skip=done)
     tuner.fit()
     if len(_pretrain_done(run)) < len(stage):
         raise SweepError(
@@ -203,7 +193,7 @@ def run_sweep(run: SweepRun, live: bool | None = None) -> None:
     from service.tuner import build_tuner
 
     _run_pretrain(run, live)
-    build_tuner(run.spec, run.sweep_dir, _callbacks(run, live)).fit()
+    build_tuner(run.plan, run.sweep_dir, _callbacks(run, live)).fit()
 
 
 def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
@@ -231,42 +221,17 @@ def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None =
     from service.tuner import build_tuner, restore_tuner, tune_state_exists
 
     sweep_dir = storage.absolute(sweep_dir)  # Tune reads a relative path as a URI
-    run = SweepRun(load_stored_spec(sweep_dir), sweep_dir)
+    run = SweepRun(load_stored_plan(sweep_dir), sweep_dir)
     _run_pretrain(run, live, retry_failed)
     callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
     skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
-    if {t.trial_id for t in run.spec.trials()} <= skip:
+    if {t.trial_id for t in run.plan.trials} <= skip:
         return run  # every planned trial is final in the Parquet: nothing to run
     if tune_state_exists(sweep_dir):
-        restore_tuner(run.spec, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
+        restore_tuner(run.plan, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
     else:
-        build_tuner(run.spec, sweep_dir, callbacks, skip=skip).fit()
+        build_tuner(run.plan, sweep_dir, callbacks, skip=skip).fit()
     return run
-
-
-def sweep_status(sweep_dir: str) -> dict[str, Any]:
-    """Counts per status (pending = planned but never started) and the trials table."""
-    spec = load_stored_spec(sweep_dir)
-    try:
-        trials, curves = read_results(sweep_dir)
-    except (
-        pa.ArrowException,
-        OSError,
-        ValueError,
-    ) as err:  # corrupt, truncated, wrong schema or version
-        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
-    table = trials.to_pandas() if trials is not None else None
-    seen = table["status"].value_counts().to_dict() if table is not None else {}
-    total = _total(spec)
-    counts = {s: int(seen.get(s, 0)) for s in ("completed", "running", "failed", "stopped")}
-    counts["pending"] = max(total - sum(counts.values()), 0)
-    return {
-        "spec": spec,
-        "counts": counts,
-        "trials": table,
-        "curve_rows": 0 if curves is None else curves.num_rows,
-        "total": total,
-    }
 
 
 def dump_json(data: Any) -> str:

@@ -9,6 +9,7 @@ Every mistake becomes ``SpecError`` with one line naming the field, before Ray s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.errors import SpecError
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
 from trainers.estimators import ESTIMATORS, default_eps, default_lr, estimator_config
@@ -37,18 +39,7 @@ from trainers.quant import QUANT_KINDS
 STAGE_PREFIX = "stage:"  # "stage:<trial id>" = that trial's checkpoint under <sweep>/stages/
 
 
-_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
-
-
-class SpecError(ValueError):
-    """A user mistake in a sweep spec: one line, names the field. Line breaks in the
-    message (a key or value from the file can hold any) are escaped to keep it one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(str(message).translate({ord(c): repr(c)[1:-1] for c in _LINE_BREAKS}))
-
-
-_TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
 _GRID_OWNED = {
     "estimator",
     "bits",
@@ -65,7 +56,7 @@ _GRID_OWNED = {
 # Per-estimator keys that are trial settings rather than estimator options (lr, optimizer,
 # num_evals, ...); steps/flops override the budget (the FOGZO paper runs n-SPSA for 300
 # steps and FOGZO until it matches that loss).
-_PER_ESTIMATOR_TRIAL_KEYS = (_TRIAL_FIELDS - _GRID_OWNED) | {"steps", "flops"}
+_PER_ESTIMATOR_TRIAL_KEYS = (TRIAL_FIELDS - _GRID_OWNED) | {"steps", "flops"}
 
 
 class _Strict(BaseModel):
@@ -262,10 +253,10 @@ class SweepSpec(_Strict):
     def _pretrain_keys(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
         if values is None:
             return None
-        unknown = sorted(set(values) - _TRIAL_FIELDS - {"estimators"})
+        unknown = sorted(set(values) - TRIAL_FIELDS - {"estimators"})
         if unknown:
             raise ValueError(
-                f"unknown key {unknown[0]!r}; valid: estimators, {', '.join(sorted(_TRIAL_FIELDS))}"
+                f"unknown key {unknown[0]!r}; valid: estimators, {', '.join(sorted(TRIAL_FIELDS))}"
             )
         chosen = values.get("estimators")
         if chosen is not None and (
@@ -296,10 +287,10 @@ class SweepSpec(_Strict):
         owned = sorted(set(values) & _GRID_OWNED)
         if owned:
             raise ValueError(f"{owned[0]!r} is set by grid/budget/estimators, not trial")
-        unknown = sorted(set(values) - _TRIAL_FIELDS)
+        unknown = sorted(set(values) - TRIAL_FIELDS)
         if unknown:
             raise ValueError(
-                f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(_TRIAL_FIELDS - _GRID_OWNED))}"
+                f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(TRIAL_FIELDS - _GRID_OWNED))}"
             )
         return values
 
@@ -337,7 +328,7 @@ class SweepSpec(_Strict):
 
     # --- expansion ---------------------------------------------------------------------------
 
-    def pretrain_trials(self) -> list[PlannedTrial]:
+    def _expand_pretrain(self) -> list[PlannedTrial]:
         """One float pre-training trial per model of the grid (empty without ``pretrain``).
 
         Defaults: STE (plain backprop on the float model), no quantization, the grid's first
@@ -373,10 +364,11 @@ class SweepSpec(_Strict):
             _check_trial(trial.config, "pretrain")
         return planned
 
-    def trials(self) -> list[PlannedTrial]:
-        """Every trial of the grid (or, for Optuna, the base configs it samples around)."""
+    def _expand(self, pretrain: list[PlannedTrial]) -> tuple[list[PlannedTrial], list[str]]:
+        """Every trial of the grid (or, for Optuna, the base configs it samples around), and
+        the grid cells left out with their reasons."""
         planned, skipped = [], []
-        pretrained = dict(zip(self.grid.models, (t.trial_id for t in self.pretrain_trials())))
+        pretrained = dict(zip(self.grid.models, (t.trial_id for t in pretrain)))
         g = self.grid
         for est, quantizer, bits, model, dataset, seed in (
             (e, q, b, m, d, s)
@@ -418,18 +410,63 @@ class SweepSpec(_Strict):
             raise SpecError(f"grid: no valid trial ({'; '.join(sorted(set(skipped)))})")
         for trial in planned:
             _check_trial(trial.config, f"estimators.{trial.config['estimator']}")
-        self._skipped = sorted(set(skipped))
-        return planned
-
-    @property
-    def skipped(self) -> list[str]:
-        return getattr(self, "_skipped", [])
+        return planned, sorted(set(skipped))
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedTrial:
     trial_id: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # a plain trial config (``trainers.TrialConfig.from_dict`` input)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """A validated spec expanded once: what ``load_spec`` returns and everything downstream
+    (runner, tuner, results ledger, progress, status) takes, so no one expands it again.
+
+    ``trials`` are the main sweep's (in Optuna mode the base configs it samples around),
+    ``pretrain`` the float pre-training stage's (empty without one), ``skipped`` the grid
+    cells left out, each with its reason.
+    """
+
+    spec: SweepSpec
+    trials: tuple[PlannedTrial, ...]
+    pretrain: tuple[PlannedTrial, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @functools.cached_property
+    def planned(self) -> dict[str, dict[str, Any]]:
+        """Every trial the sweep may run, by id, pre-training stage included (Tune trials
+        are resolved against it)."""
+        return {t.trial_id: t.config for t in (*self.pretrain, *self.trials)}
+
+    @property
+    def total(self) -> int:
+        """Trials the sweep will record: Optuna's samples stand for its base configs."""
+        optuna = self.spec.search.mode == "optuna"
+        main = self.spec.search.num_samples if optuna else len(self.trials)
+        return main + len(self.pretrain)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``qsweep status`` needs without expanding the spec again (``PLAN_FILE``)."""
+        return {
+            "name": self.name,
+            "total": self.total,
+            "trials": [t.trial_id for t in self.trials],
+            "pretrain": [t.trial_id for t in self.pretrain],
+            "skipped": list(self.skipped),
+        }
+
+
+def plan_sweep(spec: SweepSpec) -> SweepPlan:
+    """Expand and check every trial of ``spec`` (each is validated here, once)."""
+    pretrain = spec._expand_pretrain()
+    trials, skipped = spec._expand(pretrain)
+    return SweepPlan(spec, tuple(trials), tuple(pretrain), tuple(skipped))
 
 
 def _fill_defaults(config: dict[str, Any]) -> None:
@@ -586,7 +623,7 @@ def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
     return resolved
 
 
-def parse_spec(data: Any, scale: str | None = None) -> SweepSpec:
+def parse_spec(data: Any, scale: str | None = None) -> SweepPlan:
     """Validate a spec dict and expand it once, so every error surfaces here."""
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
@@ -596,19 +633,19 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepSpec:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err)) from None
-    spec.trials()
+    plan = plan_sweep(spec)
     for key in spec.search.space:
-        if key not in _TRIAL_FIELDS - _GRID_OWNED and not any(
+        if key not in TRIAL_FIELDS - _GRID_OWNED and not any(
             key in {f.name for f in dataclasses.fields(ESTIMATORS[e].config_class)}
             for e in spec.grid.estimators
         ):
             raise SpecError(
                 f"search.space.{key}: not a trial setting nor an option of any estimator in the grid"
             )
-    return spec
+    return plan
 
 
-def load_spec(path: str | Path, scale: str | None = None) -> SweepSpec:
+def load_spec(path: str | Path, scale: str | None = None) -> SweepPlan:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -621,7 +658,7 @@ def load_spec(path: str | Path, scale: str | None = None) -> SweepSpec:
     return load_spec_text(text, str(path), scale)
 
 
-def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepSpec:
+def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPlan:
     """A spec from YAML text; ``origin`` (a file name, an environment variable) names it in errors."""
     try:
         data = yaml.safe_load(text)  # safe_load only: a spec is data, it never constructs objects
@@ -632,25 +669,7 @@ def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepSpe
     return parse_spec(data, scale)
 
 
-def resolve_trial(
-    planned: dict[str, dict[str, Any]], config: dict[str, Any], tune_trial_id: str
-) -> tuple[str, dict[str, Any]]:
-    """Our trial id and full trial config from a Tune trial's ``config``.
+def resolve_trial(planned, config, tune_trial_id):  # TEMP: until the sink imports tune_config
+    from service.tune_config import decode
 
-    Grid mode: ``{"planned_id": id}`` -> the planned trial. Optuna mode adds sampled values
-    at the top level: trial settings replace the base value, estimator options go into
-    ``estimator_options`` (only for estimators that accept them); the id gets Tune's
-    trial id appended, which Tune keeps across a resume.
-    """
-    base_id = config["planned_id"]
-    trial = json.loads(json.dumps(planned[base_id]))  # deep copy of plain data
-    sampled = {k: v for k, v in config.items() if k != "planned_id"}
-    if not sampled:
-        return base_id, trial
-    accepted = {f.name for f in dataclasses.fields(ESTIMATORS[trial["estimator"]].config_class)}
-    for key, value in sampled.items():
-        if key in _TRIAL_FIELDS:
-            trial[key] = value
-        elif key in accepted:
-            trial["estimator_options"][key] = value
-    return f"{base_id}-{tune_trial_id}", trial
+    return decode(planned, config, tune_trial_id)

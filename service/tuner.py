@@ -25,7 +25,8 @@ from contract import storage
 from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
-from service.spec import STAGE_PREFIX, PlannedTrial, SweepSpec, resolve_trial
+from service.spec import STAGE_PREFIX, SweepPlan
+from service.tune_config import decode, encode
 from trainers import run_trial
 
 TUNE_DIR = "tune"  # experiment name under the sweep directory
@@ -73,7 +74,7 @@ def _train_one(
     sweep_dir: str,
     limits: LimitWatchdog,
 ) -> None:
-    trial_id, trial_config = resolve_trial(planned, config, tune.get_context().get_trial_id())
+    trial_id, trial_config = decode(planned, config, tune.get_context().get_trial_id())
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
         if key in trial_config:
             trial_config[key] = stage_location(sweep_dir, trial_config[key])
@@ -105,7 +106,8 @@ def _train_one(
     run_trial(trial_config, report, resume_state=resume_state, save_state=checkpoint_every > 0)
 
 
-def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_dir: str):
+def make_trainable(plan: SweepPlan, sweep_dir: str):
+    spec, planned = plan.spec, plan.planned
     keep_cloud_keys_out_of_runtime_env()  # Ray would log them in plain text (service.credentials)
     trainable = tune.with_parameters(
         train_one,
@@ -120,59 +122,17 @@ def make_trainable(spec: SweepSpec, planned: dict[str, dict[str, Any]], sweep_di
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
-def _search_domain(rng) -> Any:
-    if rng.choices is not None:
-        return tune.choice(rng.choices)
-    if rng.integer:
-        return (tune.lograndint if rng.log else tune.randint)(int(rng.low), int(rng.high) + 1)
-    return (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
-
-
-def param_space_and_search(
-    spec: SweepSpec, planned_ids: list[str]
-) -> tuple[dict[str, Any], Any, int]:
-    """Grid: every planned trial once. Optuna: a planned trial is one categorical choice."""
-    if spec.search.mode == "grid":
-        return {"planned_id": tune.grid_search(planned_ids)}, None, 1
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = {
-        "planned_id": tune.choice(planned_ids),
-        **{key: _search_domain(rng) for key, rng in spec.search.space.items()},
-    }
-    search = OptunaSearch(metric=spec.search.metric, mode=spec.search.direction)
-    return space, search, spec.search.num_samples
-
-
-def stage_space(
-    spec: SweepSpec,
-    pretrain: list[PlannedTrial] | None = None,
-    skip: set[str] | frozenset[str] = frozenset(),
-) -> tuple[dict[str, Any], Any, int]:
-    """(param_space, search algorithm, num_samples) of the main sweep or, with ``pretrain``,
-    of the float pre-training stage (always a plain grid), leaving out planned trials in
-    ``skip`` (already finished; grid mode)."""
-    planned = [
-        t.trial_id
-        for t in (pretrain if pretrain is not None else spec.trials())
-        if t.trial_id not in skip
-    ]
-    if pretrain is not None:
-        return {"planned_id": tune.grid_search(planned)}, None, 1
-    return param_space_and_search(spec, planned)
-
-
 def build_tuner(
-    spec: SweepSpec,
+    plan: SweepPlan,
     sweep_dir: str,
     callbacks: list[tune.Callback],
-    pretrain: list[PlannedTrial] | None = None,
+    pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> tune.Tuner:
     """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid).
     Planned trials in ``skip`` (already finished, grid mode) are left out."""
-    stage = pretrain is not None
-    space, search, num_samples = stage_space(spec, pretrain, skip)
+    spec, stage = plan.spec, pretrain
+    space, search, num_samples = encode(plan, pretrain, skip)
     scheduler = None
     if spec.early_stopping is not None and not stage:
         scheduler = ASHAScheduler(
@@ -182,7 +142,7 @@ def build_tuner(
         )
     needs_metric = search is not None or scheduler is not None
     return tune.Tuner(
-        make_trainable(spec, all_planned(spec), sweep_dir),
+        make_trainable(plan, sweep_dir),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric if needs_metric else None,
@@ -235,12 +195,6 @@ class PruneCheckpoints(tune.Callback):
             pass
 
 
-def all_planned(spec: SweepSpec) -> dict[str, dict[str, Any]]:
-    """Every trial the sweep may run, pre-training stage included (the trainable and the
-    sink resolve Tune trials against it)."""
-    return {t.trial_id: t.config for t in [*spec.pretrain_trials(), *spec.trials()]}
-
-
 def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
     """Whether Tune saved enough of a stage's state to restore it: ``tuner.pkl`` and a
     readable experiment snapshot (Tune restores the newest by name). A driver that died, or
@@ -266,11 +220,11 @@ def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
 
 
 def restore_tuner(
-    spec: SweepSpec,
+    plan: SweepPlan,
     sweep_dir: str,
     callbacks: list[tune.Callback],
     retry_failed: bool = False,
-    pretrain: list[PlannedTrial] | None = None,
+    pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> tune.Tuner:
     """Continue an interrupted sweep (or with ``pretrain`` its pre-training stage):
@@ -281,11 +235,11 @@ def restore_tuner(
     only if its experiment state turns out unreadable and it restarts the experiment, which
     must then run the planned trials, not one trial with an empty config.
     """
-    stage_dir = PRETRAIN_TUNE_DIR if pretrain is not None else TUNE_DIR
-    space, _, _ = stage_space(spec, pretrain, skip)
+    stage_dir = PRETRAIN_TUNE_DIR if pretrain else TUNE_DIR
+    space, _, _ = encode(plan, pretrain, skip)
     tuner = tune.Tuner.restore(
         f"{sweep_dir.rstrip('/')}/{stage_dir}",
-        make_trainable(spec, all_planned(spec), sweep_dir),
+        make_trainable(plan, sweep_dir),
         resume_unfinished=True,
         resume_errored=retry_failed,
         param_space=space,
@@ -296,7 +250,7 @@ def restore_tuner(
     run_config.callbacks = [
         *callbacks,
         PruneCheckpoints(),
-        failures.FailOnce(spec.retries),
+        failures.FailOnce(plan.spec.retries),
         TBXLoggerCallback(),
     ]
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.

@@ -980,5 +980,5 @@ def test_the_rayjobs_entrypoint_runs_its_configmaps_sweep_on_kuberays_commands(t
         spec = yaml.safe_load(text)
         rows = pq.read_table(results / spec["name"] / "trials.parquet").to_pylist()
         planned = parse_spec(spec)
-        assert len(rows) == len(planned.trials()) + len(planned.pretrain_trials())
+        assert len(rows) == len(planned.trials) + len(planned.pretrain)
         assert {r["status"] for r in rows} == {"completed"}

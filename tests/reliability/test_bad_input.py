@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from analysis.load import ResultsError, load_results
 from contract.schema import TRIALS_SCHEMA
 from service.errors import SweepError
-from service.runner import SweepRun, _callbacks, sweep_location, sweep_status
+from service.runner import SweepRun, _callbacks, sweep_location
+from service.status import sweep_status
 from service.sink import config_columns
 from service.spec import SpecError, SweepSpec, load_spec, parse_spec
 from tests.service.harness import user_error, write_spec
@@ -169,7 +170,7 @@ def mutated_specs(draw) -> dict:
 
 
 def test_the_base_spec_is_valid():
-    assert len(parse_spec(BASE).trials()) == 4
+    assert len(parse_spec(BASE).trials) == 4
 
 
 @FUZZ
@@ -186,7 +187,7 @@ def test_every_trial_of_a_valid_spec_can_be_recorded(data):
     spec = _parses_or_spec_error(data)
     if spec is None:
         return
-    for trial in spec.trials():
+    for trial in spec.trials:
         row = dict.fromkeys(TRIALS_SCHEMA.names)
         row.update(
             config_columns(trial.config),

@@ -42,7 +42,7 @@ def test_each_bad_trial_fails_with_its_reason_after_its_retries_and_the_siblings
             "fogzo": {"model_options": {"hidden": 300_000}},  # ~1.9 GB resident if let run
         },
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     assert len(planned) == 6
     started = time.monotonic()
     run = qsweep(
@@ -166,7 +166,7 @@ def test_the_watchdog_checks_memory_and_leaves_a_trial_within_its_limits_alone()
 @pytest.mark.parametrize("value", [0, -1, "soon", float("inf"), float("nan")])
 def test_limits_must_be_positive_finite_numbers(field, value):
     base = {"name": "x", "grid": {"estimators": ["ste"]}, "budget": {"steps": 1}}
-    assert getattr(parse_spec({**base, field: 2.5}), field) == 2.5
-    assert getattr(parse_spec(base), field) is None
+    assert getattr(parse_spec({**base, field: 2.5}).spec, field) == 2.5
+    assert getattr(parse_spec(base).spec, field) is None
     with pytest.raises(SpecError, match=f"^{field}: "):
         parse_spec({**base, field: value})

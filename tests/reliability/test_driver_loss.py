@@ -44,7 +44,7 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
         retries=0,
         checkpoint_every=1,
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "crashes"
     logs = iter(tmp_path / f"driver-{i}.log" for i in range(10))
 

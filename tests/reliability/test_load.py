@@ -43,7 +43,7 @@ def test_500_tiny_trials_all_land_with_bounded_driver_memory_and_a_responsive_st
         retries=0,
         checkpoint_every=0,
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     assert len(planned) == 500
     sweep_dir = tmp_path / "results" / "load"
     log_path = tmp_path / "driver.log"

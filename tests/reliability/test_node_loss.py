@@ -92,7 +92,7 @@ def test_trials_of_a_killed_node_resume_from_their_checkpoints_on_the_survivor(c
         retries=2,
         checkpoint_every=1,
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "nodeloss"
     log_path = tmp_path / "driver.log"
     log = log_path.open("w")

@@ -63,7 +63,7 @@ def test_a_divergence_fails_once_and_a_killed_worker_is_retried(qsweep, tmp_path
         checkpoint_every=1,
         max_concurrent=1,
     )
-    planned = {t.config["estimator"]: t.trial_id for t in load_spec(spec_file).trials()}
+    planned = {t.config["estimator"]: t.trial_id for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "once"
     log_path = tmp_path / "run.log"
     with log_path.open("w") as log:

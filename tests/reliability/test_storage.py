@@ -67,7 +67,7 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_what_was_written_stays_va
         retries=0,
         checkpoint_every=0,
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tiny_filesystem / "full"
     run = qsweep(
         "run",
@@ -129,7 +129,7 @@ def test_resume_without_a_readable_tune_snapshot_starts_the_rest_afresh(qsweep, 
         retries=0,
         checkpoint_every=1,
     )
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "torn"
     log = tmp_path / "driver.log"
     with log.open("w") as out:
@@ -182,8 +182,8 @@ def test_two_sweeps_sharing_a_results_root_run_at_once_without_mixing(qsweep, tm
         )
         for name in ("left", "right")
     }
-    planned = {t.trial_id: t.config for t in load_spec(specs["left"]).trials()}
-    assert planned.keys() == {t.trial_id for t in load_spec(specs["right"]).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(specs["left"]).trials}
+    assert planned.keys() == {t.trial_id for t in load_spec(specs["right"]).trials}
     with local_qsweep() as other:
         drivers = {
             "left": qsweep.start(

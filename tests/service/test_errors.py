@@ -41,7 +41,7 @@ def _bare_errno():
 def test_an_unexpected_error_is_one_line_naming_it_and_its_traceback_file(tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    monkeypatch.setattr("service.runner.sweep_status", lambda _dir: _bare_errno())
+    monkeypatch.setattr("service.status.sweep_status", lambda _dir: _bare_errno())
     result = CliRunner().invoke(app, ["status", str(sweep_dir)])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]

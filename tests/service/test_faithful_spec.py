@@ -23,7 +23,7 @@ def spec(**sections):
 def test_fogzos_faithful_options_are_spec_keys():
     trials = spec(
         estimators={"fogzo": {"zo_params": "quantized", "beta_min": "auto", "kappa": 8}}
-    ).trials()
+    ).trials
     (fogzo,) = [t.config for t in trials if t.config["estimator"] == "fogzo"]
     assert {k: fogzo["estimator_options"][k] for k in ("zo_params", "beta_min", "kappa")} == {
         "zo_params": "quantized",
@@ -35,7 +35,7 @@ def test_fogzos_faithful_options_are_spec_keys():
 def test_the_faithful_settings_are_spec_keys_that_reach_every_trial():
     trials = spec(
         trial={"lr_schedule": "cosine", "warmup": 0.05, "quant_options": {"scale": "fixed"}}
-    ).trials()
+    ).trials
     for trial in trials:
         assert trial.config["lr_schedule"] == "cosine" and trial.config["warmup"] == 0.05
         assert trial.config["quant_options"] == {"scale": "fixed"}
@@ -64,7 +64,7 @@ def test_the_faithful_settings_are_spec_keys_that_reach_every_trial():
 )
 def test_bad_faithful_settings_are_one_spec_error_naming_the_field(sections, message):
     with pytest.raises(SpecError) as info:
-        spec(**sections).trials()
+        spec(**sections).trials
     assert message in str(info.value) and "\n" not in str(info.value)
 
 

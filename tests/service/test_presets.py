@@ -49,13 +49,13 @@ def _arms(configs: list[dict]) -> dict[tuple, set[int]]:
 @pytest.mark.parametrize("preset", REPRO)
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_every_repro_arm_has_3_seeds(preset, scale):
-    configs = [t.config for t in load_spec(f"examples/{preset}.yaml", scale).trials()]
+    configs = [t.config for t in load_spec(f"examples/{preset}.yaml", scale).trials]
     arms = _arms(configs)
     assert len(arms) >= 2 and all(len(seeds) >= 3 for seeds in arms.values()), arms
 
 
 def _configs(preset: str, scale: str) -> list[dict]:
-    return [t.config for t in load_spec(f"examples/{preset}.yaml", scale).trials()]
+    return [t.config for t in load_spec(f"examples/{preset}.yaml", scale).trials]
 
 
 @pytest.mark.parametrize("scale,dataset,size", [("smoke", "digits", 28), ("paper", "mnist", None)])
@@ -130,7 +130,7 @@ def test_repro_walltime_gives_ste_and_70_30_fogzo_the_same_flops(scale):
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_each_preset_validates_at_each_scale(preset, scale):
     spec = load_spec(preset, scale)
-    assert spec.name.endswith(f"-{scale}") and spec.trials()
+    assert spec.name.endswith(f"-{scale}") and spec.trials
 
 
 def test_unknown_scale_is_a_clear_error():
@@ -178,7 +178,7 @@ def test_repro_quzo_compares_the_papers_arms_with_3_seeds():
     trial fine-tuning the pre-trained model."""
     for scale in ("smoke", "paper"):
         formats = {("int", 8), ("int", 4), ("fp8_e4m3", 8)}
-        configs = [t.config for t in load_spec("examples/repro_quzo.yaml", scale).trials()]
+        configs = [t.config for t in load_spec("examples/repro_quzo.yaml", scale).trials]
         assert all(c["init_from"].startswith("stage:pretrain-") for c in configs)
         arms = {}
         for c in configs:

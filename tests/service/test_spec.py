@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from service.spec import SpecError, load_spec, parse_spec, resolve_trial
+from service.spec import SpecError, load_spec, parse_spec
+from service.tune_config import decode as resolve_trial
 from trainers.estimators import default_eps, default_lr
 
 BASE = {
@@ -24,18 +25,18 @@ def spec(**changes):
 
 
 def test_grid_expands_to_the_cartesian_product_with_stable_ids():
-    trials = spec().trials()
+    trials = spec().trials
     assert len(trials) == 2 * 2 * 2
     ids = [t.trial_id for t in trials]
     assert len(set(ids)) == len(ids)
-    assert ids == [t.trial_id for t in spec().trials()], (
+    assert ids == [t.trial_id for t in spec().trials], (
         "the same spec gives the same ids (resume, dedupe)"
     )
     assert ids[0].startswith("ste-int2-mlp-digits-s0-")
 
 
 def test_per_estimator_hyperparameters_and_lists_as_extra_axes():
-    trials = spec(estimators={"fogzo": {"lr": [0.1, 0.01], "n": 2, "beta_min": 0.99}}).trials()
+    trials = spec(estimators={"fogzo": {"lr": [0.1, 0.01], "n": 2, "beta_min": 0.99}}).trials
     fogzo = [t.config for t in trials if t.config["estimator"] == "fogzo"]
     assert len(fogzo) == 2 * 2 * 2
     assert {c["lr"] for c in fogzo} == {0.1, 0.01}
@@ -54,7 +55,7 @@ def test_flops_budget_reaches_every_trial_and_fp8_ignores_the_bits_axis():
         "budget": {"flops": "1.5e7"},
         "grid": {"estimators": ["quzo"], "bits": [2, 4, 8], "quantizers": ["int", "fp8_e4m3"]},
     }
-    trials = parse_spec(data).trials()
+    trials = parse_spec(data).trials
     assert all(t.config["flops"] == 1.5e7 and t.config["steps"] is None for t in trials)
     fp8 = [t for t in trials if t.config["quantizer"] == "fp8_e4m3"]
     assert len(fp8) == 1 and fp8[0].config["bits"] == 8
@@ -116,7 +117,7 @@ def test_each_bad_field_gets_its_own_one_line_error(change, message):
 
 def test_resolve_trial_grid_and_optuna():
     s = spec(estimators={"fogzo": {"lr": 0.05}})
-    planned = {t.trial_id: t.config for t in s.trials()}
+    planned = {t.trial_id: t.config for t in s.trials}
     fogzo_id = next(i for i, c in planned.items() if c["estimator"] == "fogzo")
     assert resolve_trial(planned, {"planned_id": fogzo_id}, "abc") == (fogzo_id, planned[fogzo_id])
     tid, cfg = resolve_trial(planned, {"planned_id": fogzo_id, "lr": 0.2, "beta_min": 0.9}, "abc")
@@ -135,7 +136,7 @@ def test_resolve_trial_grid_and_optuna():
 
 def test_the_quick_example_is_valid_and_has_36_trials():
     quick = load_spec("examples/quick.yaml")
-    assert len(quick.trials()) == 6 * 3 * 2
+    assert len(quick.trials) == 6 * 3 * 2
 
 
 def _qsweep(*args, cwd=None):

@@ -8,7 +8,8 @@ import sys
 import yaml
 
 from service.sink import config_columns
-from service.spec import parse_spec, resolve_trial
+from service.spec import parse_spec
+from service.tune_config import decode as resolve_trial
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
 
 ALL = sorted(ESTIMATORS)
@@ -21,7 +22,7 @@ def expand(**changes) -> list[dict]:
         "budget": {"steps": 10},
         **changes,
     }
-    return [t.config for t in parse_spec(data).trials()]
+    return [t.config for t in parse_spec(data).trials]
 
 
 def test_a_spec_without_lr_or_eps_expands_to_each_estimators_defaults():
@@ -57,7 +58,7 @@ def test_a_pretrain_stage_carries_its_default_lr_too():
         "budget": {"steps": 10},
         "pretrain": {"steps": 5},
     }
-    (stage,) = parse_spec(data).pretrain_trials()
+    (stage,) = parse_spec(data).pretrain
     assert stage.config["lr"] == default_lr("ste")
 
 
@@ -80,7 +81,7 @@ def test_an_optuna_sample_still_replaces_the_default():
             "space": {"lr": {"low": 1e-4, "high": 1e-2}, "eps": {"low": 1e-3, "high": 1e-1}},
         },
     }
-    planned = {t.trial_id: t.config for t in parse_spec(data).trials()}
+    planned = {t.trial_id: t.config for t in parse_spec(data).trials}
     (tid,) = planned
     _, cfg = resolve_trial(planned, {"planned_id": tid, "lr": 5e-4, "eps": 0.01}, "t1")
     assert (cfg["lr"], cfg["estimator_options"]["eps"]) == (5e-4, 0.01)

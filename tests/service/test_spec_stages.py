@@ -20,8 +20,8 @@ def _spec(**extra) -> dict:
 
 def test_quick_fine_tunes_the_zo_arms_and_trains_the_qat_arms_from_scratch():
     spec = load_spec("examples/quick.yaml")
-    (stage,) = spec.pretrain_trials()
-    trials = spec.trials()
+    (stage,) = spec.pretrain
+    trials = spec.trials
     assert {t.config["estimator"] for t in trials} == FINE_TUNING | QAT
     for t in trials:
         if t.config["estimator"] in FINE_TUNING:
@@ -33,7 +33,7 @@ def test_quick_fine_tunes_the_zo_arms_and_trains_the_qat_arms_from_scratch():
 
 def test_without_estimators_the_stage_feeds_every_trial():
     spec = parse_spec(_spec(pretrain={"steps": 5}))
-    assert all(t.config["init_from"].startswith(STAGE_PREFIX) for t in spec.trials())
+    assert all(t.config["init_from"].startswith(STAGE_PREFIX) for t in spec.trials)
 
 
 @pytest.mark.parametrize(
@@ -80,10 +80,10 @@ def test_models_section_pairs_each_model_with_its_datasets_bits_and_settings():
     )
     cells = {
         (t.config["model"], t.config["dataset"], t.config["bits"], t.config["steps"])
-        for t in spec.trials()
+        for t in spec.trials
     }
     assert cells == {("mlp", "digits", 2, 5), ("mlp", "digits", 4, 5), ("llama", "text", 2, 7)}
-    stages = {t.config["model"]: t.config for t in spec.pretrain_trials()}
+    stages = {t.config["model"]: t.config for t in spec.pretrain}
     assert stages["llama"]["dataset"] == "text" and stages["llama"]["model_options"] == {
         "size": "tiny"
     }
@@ -125,8 +125,8 @@ def test_a_fine_tuning_trial_starts_from_the_stage_weights_and_a_qat_trial_does_
         "run", path, "--results", tmp_path, "--no-dashboard", "--num-cpus", 2, timeout=300
     )
     assert result.returncode == 0, explain(result)
-    planned = {t.config["estimator"]: t for t in parse_spec(spec).trials()}
-    (stage,) = parse_spec(spec).pretrain_trials()
+    planned = {t.config["estimator"]: t for t in parse_spec(spec).trials}
+    (stage,) = parse_spec(spec).pretrain
     checkpoint = tmp_path / "p" / "stages" / f"{stage.trial_id}.pt"
     assert checkpoint.is_file()
     curves = pq.read_table(tmp_path / "p" / "curves").to_pylist()

@@ -43,7 +43,7 @@ def sweep(module_qsweep, tmp_path_factory):
 
 def test_run_writes_one_trial_row_per_trial_and_one_curve_row_per_evaluation(sweep):
     spec_file, sweep_dir, run = sweep
-    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials()}
+    planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     assert f"sweep e2e: {len(planned)} planned trials -> {sweep_dir}" in run.stdout
 
     trials = pq.read_table(sweep_dir / "trials.parquet")

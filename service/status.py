@@ -1,0 +1,96 @@
+"""``qsweep status``: counts per status from the Parquet and the plan stored beside it.
+
+Reads only the results location (pyarrow), never torch or Ray, so it answers in about a
+second while a sweep runs. The total comes from ``plan.json``, written when the sweep was
+prepared; a folder older than that file gets it by expanding the stored spec again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from contract import storage
+from contract.schema import CURVES_DIR, PLAN_FILE, SPEC_FILE, TRIALS_FILE
+from service.errors import SweepError
+
+if TYPE_CHECKING:
+    from service.spec import SweepPlan
+
+STATUSES = ("completed", "running", "failed", "stopped")
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def stored_plan(sweep_dir: str) -> dict[str, Any]:
+    """The plan summary of a sweep folder (``SweepPlan.summary``)."""
+    fs, path = storage.resolve(sweep_dir)
+    text = storage.read_text(fs, storage.join(path, PLAN_FILE))
+    if text is not None:
+        try:
+            summary = json.loads(text)
+        except ValueError as err:
+            raise SweepError(f"{sweep_dir}/{PLAN_FILE}: unreadable ({_first_line(err)})") from None
+        if isinstance(summary, dict) and isinstance(summary.get("total"), int):
+            return summary
+    return load_stored_plan(sweep_dir).summary()  # an older folder: expand its spec (torch)
+
+
+def load_stored_plan(sweep_dir: str) -> SweepPlan:
+    """The plan of the spec stored in a sweep folder, expanded again (imports the trainers)."""
+    from service.spec import SpecError, parse_spec
+
+    fs, path = storage.resolve(sweep_dir)
+    text = storage.read_text(fs, storage.join(path, SPEC_FILE))
+    if text is None:
+        raise SweepError(f"{sweep_dir}: no {SPEC_FILE} here — is this a sweep's results directory?")
+    try:
+        return parse_spec(yaml.safe_load(text))
+    except SpecError as err:
+        raise SweepError(f"{sweep_dir}/{SPEC_FILE}: {err}") from None
+
+
+def _curve_rows(fs, root: str) -> int:
+    """Rows of every curve file, from the Parquet footers alone (each one's contract version
+    checked, so a foreign or damaged file is reported, not counted)."""
+    total = 0
+    for path in storage.list_files(fs, storage.join(root, CURVES_DIR), ".parquet"):
+        with storage.naming("reading", path), fs.open_input_file(path) as f:
+            footer = pq.ParquetFile(f)
+            storage.check_schema_version(footer.schema_arrow, path)
+            total += footer.metadata.num_rows
+    return total
+
+
+def sweep_status(sweep_dir: str) -> dict[str, Any]:
+    """Counts per status (pending = planned but never started), the trials table (pandas,
+    None before the first trial starts), curve rows and the plan's total."""
+    plan = stored_plan(sweep_dir)
+    fs, root = storage.resolve(sweep_dir)
+    try:
+        started = storage.exists(fs, storage.join(root, TRIALS_FILE))
+        trials = storage.read_trials(sweep_dir) if started else None
+        curve_rows = _curve_rows(fs, root)
+    except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong version
+        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
+    table = None if trials is None else trials.to_pandas()
+    seen = {} if table is None else table["status"].value_counts().to_dict()
+    counts = {s: int(seen.get(s, 0)) for s in STATUSES}
+    counts["pending"] = max(plan["total"] - sum(counts.values()), 0)
+    return {
+        "name": plan["name"],
+        "counts": counts,
+        "trials": table,
+        "curve_rows": curve_rows,
+        "total": plan["total"],
+    }
+
+
+__all__ = ["STATUSES", "load_stored_plan", "stored_plan", "sweep_status"]
