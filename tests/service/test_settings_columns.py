@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from contract.schema import MEASURED_SETTING_FIELDS, SCHEMA_VERSION, TRIALS_SCHEMA, upgrade_trials
 from contract.storage import read_results
-from service.sink import config_columns, measured_settings
+from service.rows import config_columns, measured_settings
 
 FOGZO = {
     "estimator": "fogzo",

@@ -18,11 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from ray import cloudpickle, tune
+from ray.exceptions import ActorDiedError, RayActorError
 from ray.tune.experiment import Trial
 
 import contract.storage
 from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
 from contract.storage import list_files, read_parquet, resolve, write_parquet_atomic
+from service.failure_text import GENERIC_ACTOR_LINES
 from service.failures import FAILURE_KEY, TRACEBACK_KEY
 from service.sink import ParquetSink, read_results
 from service.spec import parse_spec
@@ -352,9 +354,8 @@ def test_a_version_3_folder_loads_and_is_continued_in_the_current_version(sweep,
         old_dir / "trials.parquet",
     )
     upgraded = read_results(str(old_dir))[0]
-    ParquetSink(
-        str(old_dir), "basic", planned, VERSIONS
-    )._write_trials()  # as a resumed driver does
+    # as a resumed driver does
+    ParquetSink(str(old_dir), "basic", planned, VERSIONS).ledger.write_trials()
     rewritten = pq.read_table(old_dir / "trials.parquet")
     for loaded in (upgraded, rewritten):
         assert loaded.schema.equals(TRIALS_SCHEMA)
@@ -407,3 +408,9 @@ def test_storage_resolves_paths_and_uris_and_works_on_a_non_local_filesystem(tmp
     assert read_parquet(mock, "bucket/sweep/missing.parquet") is None
     assert list_files(mock, "bucket/sweep/curves", ".parquet") == ["bucket/sweep/curves/a.parquet"]
     assert list_files(mock, "bucket/nowhere", ".parquet") == []
+
+
+def test_the_ray_free_failure_text_knows_rays_generic_actor_messages():
+    """``service.failure_text`` spells out Ray's generic dead-actor lines so the ledger needs
+    no Ray; a dead actor's reason skips them, so they must still be Ray's own."""
+    assert {RayActorError.BASE_ERROR_MSG, ActorDiedError.BASE_ERROR_MSG} == GENERIC_ACTOR_LINES

@@ -66,4 +66,4 @@ def test_sink_writes_probes_keyed_by_trial_and_step(tmp_path):
     assert read_results(str(tmp_path / "diag"))[1].num_rows == 4  # the curve: 0, 10, 20, 40
     # A new sink over the folder (a resumed driver) keeps the rows, without duplicates.
     again = ParquetSink(str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"})
-    assert sorted(again._diagnostics[tid]) == [0, 20, 40]
+    assert sorted(again.ledger.diagnostics[tid]) == [0, 20, 40]

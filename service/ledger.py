@@ -1,0 +1,402 @@
+"""The results of one sweep folder, and the rules that record every trial exactly once.
+
+``<sweep_dir>/curves/<trial_id>.parquet`` holds one trial's curve and is rewritten whole at
+every evaluation; ``<sweep_dir>/trials.parquet`` holds one row per trial and is rewritten on
+every status change (and, while results stream in, at most every ``flush_every_s``). All
+writes go through ``contract.storage`` and are atomic. A trial run with ``diagnostics`` also
+gets ``<sweep_dir>/diagnostics/<trial_id>.parquet`` (one row per probe), kept like its curve.
+
+Dedupe rule — the latest attempt wins, and a rewind truncates: when a trial reports a step
+at or below the last one stored, it has restarted (from scratch after a failure, or from an
+older checkpoint after a failure or a driver crash), so every stored row from that step on
+is dropped before the new row goes in. Keeping the first row instead would splice two runs
+into one curve: steps 0..k from a dead attempt, k+1.. from the live one, with cumulative
+wall time jumping back and, where training is not bit-exact (GPU), a different trajectory.
+Truncating keeps each curve one consistent history: the prefix the restored checkpoint
+stands for, then what the live attempt reported. So ``(trial_id, step)`` is unique, and the
+curve always ends at the run that produced the trial's final numbers.
+
+A trial recorded as ``completed`` is final: later events for it (a resumed Tune re-reporting
+it) are ignored, so resuming never rewrites finished results.
+
+A failed trial's ``error`` is one line (``service.failure_text``: the exception's message, or
+``worker died: ...`` for an infrastructure fault) and ``error_traceback`` the whole text
+Tune recorded. The result a trainable reports just before a deterministic failure
+(``FAILURE_KEY``) is no evaluation: it names the failure and adds no curve row.
+
+No Ray here, directly or not: the ledger knows trials by our trial id and takes the text of
+a failure as a string, and ``service.sink.ParquetSink`` turns Tune's callbacks into these
+calls. So every rule above is tested in milliseconds (``tests/service/test_ledger.py``),
+not only under a real Tune run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from contract import metrics, schema, storage
+from contract.record import COST_COLUMNS, CURVE_METRICS
+from contract.schema import (
+    CURVES_DIR,
+    CURVES_SCHEMA,
+    DIAGNOSTIC_FIGURES,
+    DIAGNOSTICS_DIR,
+    DIAGNOSTICS_SCHEMA,
+    SCHEMA_VERSION,
+    TRIALS_FILE,
+    TRIALS_SCHEMA,
+)
+from contract.storage import join
+from service.errors import SweepError
+from service.failure_text import FAILURE_KEY, TRACEBACK_KEY, summarize
+from service.rows import _coerce, config_columns, measured_settings
+
+__all__ = ["ResultsLedger"]
+
+logger = logging.getLogger(__name__)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ResultsLedger:
+    """Every trial's row, curve and probes of one sweep folder: in memory, written through.
+
+    Trials are known by our trial id (``service.spec``'s, stable across drivers); a trial must
+    be ``register``-ed before its other events. Each event method applies the module's rules
+    and writes what changed; after a failed write nothing more is written (``write_error``).
+
+    Args:
+        sweep_dir: ``<results>/<sweep name>``, a local path or a pyarrow filesystem URI.
+        sweep: the sweep name (a column of every table).
+        versions: package versions, stored as JSON in every trial row.
+        flush_every_s: least seconds between rewrites of trials.parquet caused by results
+            alone (status changes always write at once).
+        clean_stale_temp: delete the temp files a killed writer left in the folder; only for
+            the one writer of the folder, as it starts (a live writer's temp file looks alike).
+    """
+
+    def __init__(
+        self,
+        sweep_dir: str,
+        sweep: str,
+        versions: Mapping[str, str],
+        flush_every_s: float = 2.0,
+        clean_stale_temp: bool = True,
+    ) -> None:
+        self.sweep_dir = sweep_dir
+        self.sweep = sweep
+        self.versions_json = json.dumps(versions, sort_keys=True)
+        self.flush_every_s = flush_every_s
+        self._fs, root = storage.resolve(sweep_dir)
+        self._trials_path = join(root, TRIALS_FILE)
+        self._curves_dir = join(root, CURVES_DIR)
+        self._diagnostics_dir = join(root, DIAGNOSTICS_DIR)
+        self.rows: dict[str, dict[str, Any]] = {}  # trial id -> TRIALS_SCHEMA row
+        self.curves: dict[str, dict[int, dict[str, Any]]] = {}  # trial id -> step -> CURVES row
+        # trial id -> step -> DIAGNOSTICS row
+        self.diagnostics: dict[str, dict[int, dict[str, Any]]] = {}
+        self._progress: dict[str, float | None] = {}  # trial id -> last reported progress
+        self._recovering: set[str] = set()  # retries already counted by recover()
+        self._failing: dict[str, tuple[str, str | None]] = {}  # id -> (reason, traceback) reported
+        self._dirty = False  # trials.parquet is behind the rows
+        self._last_flush = 0.0
+        self.write_error: SweepError | None = None  # the first failed write; nothing after it
+        if clean_stale_temp:
+            self.remove_stale_temp_files()
+        self._load()
+
+    def __contains__(self, tid: str) -> bool:
+        return tid in self.rows
+
+    # --- the folder -----------------------------------------------------------------------
+
+    def remove_stale_temp_files(self) -> None:
+        """A driver killed mid-write leaves its hidden temp file (``storage._write_atomic``);
+        no reader sees it, but nothing else would ever delete it. Nothing writes this sweep
+        before its ledger exists, so every temp file here now is stale."""
+        root = self._trials_path.rsplit("/", 1)[0]
+        for directory in (root, self._curves_dir, self._diagnostics_dir):
+            for path in storage.remove_stale_temp_files(self._fs, directory):
+                logger.info("removed %s, left by a writer that did not finish", path)
+
+    def _load(self) -> None:
+        """Pick up a previous driver's rows so a resumed sweep extends them, never duplicates."""
+        trials = storage.read_parquet(self._fs, self._trials_path)
+        if trials is not None:
+            storage.check_schema_version(trials, self._trials_path)
+            trials = schema.upgrade_trials(trials)
+            self.rows = {row["trial_id"]: row for row in trials.cast(TRIALS_SCHEMA).to_pylist()}
+        for path in storage.list_files(self._fs, self._curves_dir, ".parquet"):
+            table = storage.read_parquet(self._fs, path)
+            if table is None:
+                continue
+            storage.check_schema_version(table, path)
+            for row in table.cast(CURVES_SCHEMA).to_pylist():
+                self.curves.setdefault(row["trial_id"], {})[row["step"]] = row
+        for path in storage.list_files(self._fs, self._diagnostics_dir, ".parquet"):
+            table = storage.read_parquet(self._fs, path)
+            if table is None:
+                continue
+            storage.check_schema_version(table, path)
+            for row in table.cast(DIAGNOSTICS_SCHEMA).to_pylist():
+                self.diagnostics.setdefault(row["trial_id"], {})[row["step"]] = row | {
+                    "schema_version": SCHEMA_VERSION
+                }
+        for tid in self.rows.keys() & self.curves.keys():  # curves are written first: they win
+            self._summarize(tid)
+
+    def _write(self, path: str, table: pa.Table) -> bool:
+        """One atomic write; on a storage failure (disk full, read-only, gone) record it and
+        write nothing more: the files keep their last complete version, and the caller stops
+        the sweep with ``write_error`` (one line) when it can (``ParquetSink`` does so at its
+        next ``on_step_end``: Tune would take an exception raised from a trial hook for that
+        trial's failure, and retry or fail it)."""
+        if self.write_error is not None:
+            return False
+        try:
+            storage.write_parquet_atomic(self._fs, path, table)
+        except OSError as err:  # pyarrow's IO errors are OSErrors too
+            self.write_error = SweepError(
+                f"cannot write results to {self.sweep_dir}: {err.strerror or _first_line(err)} "
+                f"({path}); the sweep stopped — what was written before stays readable, "
+                f"`qsweep resume {self.sweep_dir}` continues once the location is writable"
+            )
+            return False
+        return True
+
+    def write_trials(self) -> None:
+        """Rewrite trials.parquet now, whatever changed (a status change; a resumed driver's
+        first write brings an older version's file to this one)."""
+        table = pa.Table.from_pylist(
+            [self.rows[t] for t in sorted(self.rows)], schema=TRIALS_SCHEMA
+        )
+        if self._write(self._trials_path, table):
+            self._dirty = False
+            self._last_flush = time.monotonic()
+
+    def flush(self) -> None:
+        """Rewrite trials.parquet if its rows changed since the last write (the sweep's end)."""
+        if self._dirty:
+            self.write_trials()
+
+    def maybe_flush(self) -> None:
+        """``flush``, at most every ``flush_every_s``: results stream in far faster than a
+        reader needs the trials table, and each rewrite costs the whole table."""
+        if self._dirty and time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.write_trials()
+
+    # --- derived columns ------------------------------------------------------------------
+
+    def _summarize(self, tid: str) -> None:
+        """Final/best metrics and cumulative costs of a trial row, from its stored curve."""
+        curve = self.curves.get(tid)
+        if not curve:
+            return
+        rows = [curve[s] for s in sorted(curve)]
+        last, row = rows[-1], self.rows[tid]
+        row.update(
+            {c: last[c] for c in COST_COLUMNS},
+            steps=last["step"],
+            final_train_loss=last["train_loss"],
+            final_eval_loss=last["eval_loss"],
+            final_eval_metric=last["eval_metric"],
+        )
+        row["best_eval_loss"] = metrics.best((r["eval_loss"] for r in rows), "eval_loss")
+        row["best_eval_metric"] = metrics.best(
+            (r["eval_metric"] for r in rows), "eval_metric", row.get("metric_name")
+        )
+
+    def _record_diagnostics(
+        self, tid: str, row: dict[str, Any], step: int, result: Mapping[str, Any]
+    ) -> None:
+        """The gradient-quality probe of this result, if any (``result["diagnostics"]``, or
+        Tune's flattened ``diagnostics/<figure>`` keys), under the curves' dedupe rule."""
+        probe = result.get("diagnostics")
+        if not isinstance(probe, Mapping):
+            probe = {
+                k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("diagnostics/")
+            }
+        stored = self.diagnostics.get(tid, {})
+        stale = [s for s in stored if s >= step]  # a rewind: see the module docstring
+        if not probe and not stale:
+            return
+        for s in stale:
+            del stored[s]
+        if probe:
+            stored[step] = {
+                name: _coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES
+            } | {
+                "schema_version": SCHEMA_VERSION,
+                "sweep": self.sweep,
+                "trial_id": tid,
+                "step": step,
+                "estimator": row["estimator"],
+                "bits": row["bits"],
+                "seed": row["seed"],
+            }
+        self.diagnostics[tid] = stored
+        table = pa.Table.from_pylist([stored[s] for s in sorted(stored)], schema=DIAGNOSTICS_SCHEMA)
+        self._write(join(self._diagnostics_dir, f"{tid}.parquet"), table)
+
+    # --- a trial's events -----------------------------------------------------------------
+
+    def register(self, tid: str, config: Mapping[str, Any]) -> None:
+        """Give trial ``tid`` (with its trial config) a row, ``pending`` until it starts, unless
+        it has one (a previous driver's, loaded from the folder). Either way trials.parquet is
+        due for a rewrite at the next flush, so a trial the scheduler knows of shows up there
+        before it starts."""
+        if tid not in self.rows:
+            row: dict[str, Any] = dict.fromkeys(TRIALS_SCHEMA.names)
+            row.update(config_columns(config))
+            row.update(
+                schema_version=SCHEMA_VERSION,
+                sweep=self.sweep,
+                trial_id=tid,
+                status="pending",
+                attempts=0,
+                versions=self.versions_json,
+                config=json.dumps(config, sort_keys=True, default=str),
+            )
+            self.rows[tid] = row
+        self._dirty = True
+
+    def start(self, tid: str) -> None:
+        """An attempt of ``tid`` began: ``running``, and one more attempt, counting a first
+        start and a restart by a resumed driver alike, except the start that follows
+        ``recover`` (which counted that retry already, so the row shows it while it waits).
+        Versions become this driver's: they are what runs from now on."""
+        row = self.rows[tid]
+        if row["status"] == "completed":
+            return
+        self._failing.pop(tid, None)
+        if tid in self._recovering:
+            self._recovering.discard(tid)
+        else:
+            row["attempts"] = (row["attempts"] or 0) + 1
+        row.update(status="running", finished_at=None, versions=self.versions_json)
+        row["started_at"] = row["started_at"] or _now()
+        self.write_trials()
+
+    def result(self, tid: str, record: Mapping[str, Any]) -> None:
+        """One record ``tid`` reported (``contract.record.Evaluation``): a curve row under the
+        dedupe rule (written at once, a rewind truncating), its probe, and the row's summary
+        (trials.parquet follows within ``flush_every_s``). A record carrying ``FAILURE_KEY``
+        is no evaluation: it only names the failure that follows (``error`` or ``complete``)."""
+        row = self.rows[tid]
+        if FAILURE_KEY in record and row["status"] != "completed":
+            self._failing[tid] = (str(record[FAILURE_KEY]), record.get(TRACEBACK_KEY))
+            row["error"], row["error_traceback"] = self._failing[tid]
+            self._dirty = True
+            return
+        step = record.get("step", record.get("training_iteration"))
+        if row["status"] == "completed" or step is None:
+            return
+        step = int(step)
+        curve = self.curves.setdefault(tid, {})
+        for stale in [s for s in curve if s >= step]:  # a rewind: see the module docstring
+            del curve[stale]
+        curve[step] = {
+            name: _coerce(record.get(name), CURVES_SCHEMA.field(name).type)
+            for name in CURVE_METRICS
+        } | {
+            "schema_version": SCHEMA_VERSION,
+            "sweep": self.sweep,
+            "trial_id": tid,
+            "step": step,
+            "estimator": row["estimator"],
+            "bits": row["bits"],
+            "seed": row["seed"],
+        }
+        self._write(
+            join(self._curves_dir, f"{tid}.parquet"),
+            pa.Table.from_pylist([curve[s] for s in sorted(curve)], schema=CURVES_SCHEMA),
+        )
+        self._record_diagnostics(tid, row, step, record)
+        self._progress[tid] = record.get("progress")
+        row.update(measured_settings(row, record))
+        row.update(
+            status="running",
+            host=record.get("host") or record.get("hostname") or row["host"],
+            metric_name=record.get("metric_name") or row.get("metric_name"),
+            node_id=record.get("node_id") or row["node_id"],
+            num_params=_coerce(record.get("num_params", row["num_params"]), pa.int64()),
+        )
+        self._summarize(tid)
+        self._dirty = True
+        self.maybe_flush()
+
+    def complete(self, tid: str) -> None:
+        """``tid`` ended without an error: ``completed`` if it reached its budget, ``stopped``
+        if a scheduler (ASHA) ended it early, ``failed`` if it had reported its failure.
+
+        Tune sets ``done`` on the result of a trial it stops, so ``done`` cannot tell the two
+        apart; run_trial's ``progress`` (1.0 at the budget) can. A trainable that does not
+        report progress counts as completed. A trial stopped (by ASHA) on the very result that
+        reported its failure still failed.
+        """
+        row = self.rows[tid]
+        if row["status"] == "completed":
+            return
+        if tid in self._failing:
+            reason, text = self._failing[tid]
+            row.update(status="failed", error=reason, error_traceback=text, finished_at=_now())
+            self.write_trials()
+            return
+        progress = self._progress.get(tid)
+        row.update(
+            status="completed" if progress is None or progress >= 1.0 - 1e-9 else "stopped",
+            error=None,
+            error_traceback=None,
+            finished_at=_now(),
+        )
+        self.write_trials()
+
+    def recover(self, tid: str, error_text: str | None) -> None:
+        """A failure of ``tid`` that will be retried (``error_text``: what Tune recorded, None
+        if nothing): one more attempt, counted now, and the error stays visible while the
+        retry waits and runs."""
+        row = self.rows[tid]
+        if row["status"] == "completed":
+            return
+        row["attempts"] = (row["attempts"] or 0) + 1
+        row["error"] = summarize(error_text) or row["error"]
+        row["error_traceback"] = error_text or row["error_traceback"]
+        self._recovering.add(tid)
+        self.write_trials()
+
+    def error(self, tid: str, error_text: str | None) -> None:
+        """``tid`` failed for good (``error_text``: what Tune recorded, None if nothing). Its
+        reason: the one it reported (``FAILURE_KEY``, made from the exception itself), else
+        the one ``summarize`` reads from the text, else the last one recorded; its traceback:
+        the text, else the reported one."""
+        row = self.rows[tid]
+        if row["status"] == "completed":
+            return
+        reason, reported = self._failing.pop(tid, (None, None))
+        error = (
+            reason
+            or summarize(error_text)
+            or row["error"]
+            or "trial failed; Ray Tune recorded no error"
+        )
+        row.update(
+            status="failed",
+            error=error,
+            error_traceback=error_text or reported or row["error_traceback"],
+            finished_at=_now(),
+        )
+        self.write_trials()

@@ -1,0 +1,103 @@
+"""The trials-table columns a trial's config and its reported results fill.
+
+``config_columns`` gives the grid and hyper-parameter columns of a trial's row (the effective
+values, defaults included), ``measured_settings`` the settings a trial measures once its model
+exists. Ray-free (``service.ledger`` builds rows with them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from contract import schema
+from trainers.config import ConfigError, TrialConfig
+from trainers.estimators import estimator_config
+
+__all__ = ["config_columns", "measured_settings"]
+
+
+def _coerce(value: Any, type_: pa.DataType) -> Any:
+    """A reported number as its column's Python type (numpy scalars and 3.0-for-3 included)."""
+    if value is None:
+        return None
+    return (
+        int(value)
+        if pa.types.is_integer(type_)
+        else float(value)
+        if pa.types.is_floating(type_)
+        else value
+    )
+
+
+def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The grid and hyper-parameter columns of ``TRIALS_SCHEMA`` for one trial config.
+
+    Values are the effective ones (a key missing from the config gets the TrialConfig or
+    estimator default), so trials can be compared without knowing the defaults; an option
+    the trial's estimator does not have is null. An invalid config keeps only what it says:
+    its trial fails with the reason, and the row must still be written.
+    """
+    cols: dict[str, Any] = {
+        k: config.get(k) for k in ("estimator", "bits", "quantizer", "model", "dataset", "seed")
+    }
+    try:
+        cfg = TrialConfig.from_dict(config)
+        options = dataclasses.asdict(estimator_config(cfg.estimator, dict(cfg.estimator_options)))
+        surrogate = None if cfg.quantizer == "none" else cfg.quant_spec().surrogate
+    except (ConfigError, ValueError, TypeError):
+        return cols
+    quant = cfg.quant_spec()
+    cols.update(
+        estimator=cfg.estimator,
+        bits=quant.bits,
+        quantizer=cfg.quantizer,
+        model=cfg.model,
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        surrogate=surrogate,
+        budget_steps=cfg.steps,
+        budget_flops=cfg.flops,
+        lr_schedule=getattr(cfg, "lr_schedule", None),
+        warmup=getattr(cfg, "warmup", None),
+        scale=None if cfg.quantizer == "none" else getattr(quant, "scale", None),
+        first_last=None if cfg.quantizer == "none" else quant.first_last,
+    )
+    for f in schema.HYPERPARAMETER_FIELDS:
+        if (
+            f.name in options
+        ):  # a symbolic value (beta_min: auto) waits for the trial's measured one
+            cols[f.name] = options[f.name] if _fits(options[f.name], f.type) else None
+    return cols
+
+
+def _fits(value: Any, type_: pa.DataType) -> bool:
+    """Whether ``value`` can go in a column of ``type_`` as it is."""
+    if value is None or pa.types.is_string(type_):
+        return value is None or isinstance(value, str)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Settings a trial measures once its model exists, and the row column each one fills; the
+# effective beta_min replaces a symbolic ``auto`` (a number given in the spec stays as it is).
+_MEASURED = {f.name: f.type for f in schema.MEASURED_SETTING_FIELDS} | {"beta_min": pa.float64()}
+
+
+def measured_settings(row: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured-settings columns a result carries (``d_zo``, ``noise_to_guide``, ...)."""
+    found = {
+        name: _coerce(result[name], type_)
+        for name, type_ in _MEASURED.items()
+        if result.get(name) is not None
+    }
+    if "beta_min" in found and row.get("beta_min") is not None:
+        del found["beta_min"]  # the spec's own number
+    return found
