@@ -1,6 +1,6 @@
 """The Ray Tune callback that writes every trial to the Parquet contract of ``contract.schema``.
 
-A thin adapter: it maps Tune's trials onto our planned trial ids (``service.spec.resolve_trial``),
+A thin adapter: it maps Tune's trials onto our planned trial ids (``service.tune_config.decode``),
 reads the failure text Tune recorded (``trial_error_text``), and hands each event to a
 ``service.ledger.ResultsLedger``, which holds the rules (the dedupe rule of a rewind, completed
 rows being final, attempts, failure reasons, reload, write failures) and the files. The only
@@ -25,7 +25,7 @@ from service.ledger import ResultsLedger
 # Re-exported: tests/reliability/test_bad_input.py and tests/service/test_spec_defaults.py
 # import it from here.
 from service.rows import config_columns  # noqa: F401
-from service.spec import resolve_trial
+from service.tune_config import decode
 
 __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 
@@ -70,7 +70,7 @@ class ParquetSink(Callback):
     Args:
         sweep_dir: ``<results>/<sweep name>``, a local path or a pyarrow filesystem URI.
         sweep: the sweep name (a column of both tables).
-        planned: planned trial id -> trial config (``service.spec.resolve_trial`` input).
+        planned: planned trial id -> trial config (``service.tune_config.decode`` input).
         versions: package versions, stored as JSON in every trial row.
         flush_every_s: least seconds between rewrites of trials.parquet caused by results
             alone (status changes always write at once).
@@ -114,9 +114,7 @@ class ParquetSink(Callback):
     def _identify(self, trial: Trial) -> tuple[str, dict[str, Any]]:
         if trial.trial_id not in self._ids:
             try:
-                self._ids[trial.trial_id] = resolve_trial(
-                    self.planned, trial.config, trial.trial_id
-                )
+                self._ids[trial.trial_id] = decode(self.planned, trial.config, trial.trial_id)
             except (KeyError, TypeError, ValueError) as err:
                 # Not one of our planned trials: record it under Tune's id, not crash the sweep.
                 logger.warning(

@@ -43,7 +43,7 @@ def planned_trials(name: str, seeds: list[int]) -> dict[str, dict]:
             "budget": {"steps": STEPS},
         }
     )
-    return {p.trial_id: p.config for p in spec.trials()}
+    return {p.trial_id: p.config for p in spec.trials}
 
 
 def metrics(step: int, wall_s: float) -> dict:

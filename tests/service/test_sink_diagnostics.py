@@ -25,7 +25,7 @@ def test_sink_writes_probes_keyed_by_trial_and_step(tmp_path):
             "budget": {"steps": 40},
         }
     )
-    planned = {p.trial_id: p.config for p in spec.trials()}
+    planned = {p.trial_id: p.config for p in spec.trials}
     (tid,) = planned
     trial = Trial("trainable", config={"planned_id": tid}, trial_id="t0", stub=True)
     sink = ParquetSink(str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"})
