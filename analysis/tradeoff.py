@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from contract.metrics import DEFAULT_METRIC_NAME, higher_is_better
+from contract.schema import ARM_SETTING_COLUMNS, option_columns
 
 SETTING = ["model", "dataset", "quantizer", "bits"]
 
@@ -36,27 +37,8 @@ def metric_label(frame: pd.DataFrame) -> str:
 
 
 COSTS = ["flops", "forwards", "wall_s"]
-_ARM_HYPERPARAMETERS = [
-    "lr",
-    "optimizer",
-    "n",
-    "eps",
-    "beta_start",
-    "beta_min",
-    "warm_start",
-    "perturb_bits",
-    "batch_size",
-    "surrogate",
-    "zo_params",
-    "kappa",
-    "grad_bits",
-    "lr_schedule",
-    "warmup",
-    "scale",
-    "first_last",
-]
-
-
+# Columns analysis adds to a trials table; every other non-core column is an estimator option.
+DERIVED_COLUMNS = frozenset({"arm", "regime"})
 def _format_value(value: object) -> str:
     """A hyper-parameter as a label shows it: ``n=4`` not ``n=4.0`` (nullable int columns
     arrive in pandas as floats), ``lr=0.001``."""
@@ -72,9 +54,9 @@ def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
     several_sweeps = trials["sweep"].nunique() > 1
 
     def label(group: pd.DataFrame) -> pd.Series:
-        varying = [
-            c for c in _ARM_HYPERPARAMETERS if c in group and group[c].nunique(dropna=True) > 1
-        ]
+        options = option_columns(c for c in group.columns if c not in DERIVED_COLUMNS)
+        candidates = [*ARM_SETTING_COLUMNS, *options]
+        varying = [c for c in candidates if c in group and group[c].nunique(dropna=True) > 1]
         base = group["estimator"].astype(str)
         if several_sweeps:
             base = group["sweep"].astype(str) + ":" + base

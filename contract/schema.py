@@ -7,6 +7,10 @@ this module to check what it loads, and it must not pull in Ray or torch.
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Iterable
+from typing import Any
+
 import pyarrow as pa
 
 # 2: trials.metric_name (accuracy or perplexity)
@@ -19,37 +23,42 @@ import pyarrow as pa
 #    and what the trial measured once its model existed: d_zo, noise_to_guide, layer_bits
 #    (beta_min holds the effective value when the spec says ``auto``). Older tables read
 #    with these columns null (``upgrade_trials``).
-SCHEMA_VERSION = 5
-READABLE_SCHEMA_VERSIONS = (
-    2,
-    3,
-    4,
-    5,
-)  # versions whose files this qsweep reads (``upgrade_trials``)
+# 6: the estimator-option columns are derived from the registered estimators' config
+#    dataclasses (``trials_schema``): a new estimator's options land in the Parquet without a
+#    schema edit, after the trial settings; n-SPSA/FOGZO's ``chunk`` is recorded too.
+#    In-place estimators (MeZO, QuZO, QFO) leave optimizer / momentum / weight_decay null:
+#    they use no optimizer. Readers keep option columns they do not know as they are.
+SCHEMA_VERSION = 6
+# versions whose files this qsweep reads (``upgrade_trials``)
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
-# Every estimator hyper-parameter gets its own typed column (null where it does not apply).
-HYPERPARAMETER_FIELDS: list[pa.Field] = [
-    pa.field("lr", pa.float64()),
+_IDENTITY_FIELDS = [
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    # one line: "nspsa: training loss became inf at step 205", "worker died: ..."
+    pa.field("error", pa.string()),
+    # the failure as Ray Tune recorded it, traceback included
+    pa.field("error_traceback", pa.string()),
+    pa.field("estimator", pa.string()),
+    pa.field("bits", pa.int64()),
+    pa.field("quantizer", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("seed", pa.int64()),
+]
+
+# The trial's own settings, effective values (null where one did not take effect).
+TRIAL_SETTING_FIELDS: list[pa.Field] = [
+    pa.field("lr", pa.float64()),  # an in-place estimator's own lr (its config's) included
     pa.field("optimizer", pa.string()),
     pa.field("momentum", pa.float64()),
     pa.field("weight_decay", pa.float64()),
     pa.field("batch_size", pa.int64()),
-    pa.field("n", pa.int64()),
-    pa.field("eps", pa.float64()),
-    pa.field("eps_mode", pa.string()),
-    pa.field("beta_start", pa.float64()),
-    pa.field("beta_min", pa.float64()),
-    pa.field("warm_start", pa.float64()),
-    pa.field("perturb_bits", pa.int64()),
     pa.field("surrogate", pa.string()),
-    pa.field("zo_params", pa.string()),  # fogzo: which tensors get the ZO mix (quantized | all)
-    pa.field(
-        "zo_max_bits", pa.int64()
-    ),  # fogzo: "quantized" means weights of at most this many bits
-    pa.field("kappa", pa.float64()),  # fogzo: 1 - beta_min = kappa / d_zo with beta_min: auto
-    pa.field("grad_bits", pa.int64()),  # qfo: bits of the quantized gradient
     pa.field("lr_schedule", pa.string()),  # constant | linear | cosine
     pa.field("warmup", pa.float64()),  # fraction of the budget with a linear lr warm-up
     pa.field("scale", pa.string()),  # quantizer scale: fixed (frozen at the start) | dynamic
@@ -62,61 +71,93 @@ HYPERPARAMETER_FIELDS: list[pa.Field] = [
 MEASURED_SETTING_FIELDS: list[pa.Field] = [
     pa.field("d_zo", pa.int64()),  # elements the zeroth-order part perturbs
     pa.field("noise_to_guide", pa.float64()),  # fogzo: sqrt((1 - beta_min) * d_zo)
-    pa.field(
-        "layer_bits", pa.string()
-    ),  # JSON: layer -> its weight precision (first/last overrides visible)
+    # JSON: layer -> its weight precision (first/last overrides visible)
+    pa.field("layer_bits", pa.string()),
 ]
 
-TRIALS_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int32(), nullable=False),
-        pa.field("sweep", pa.string(), nullable=False),
-        pa.field("trial_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field(
-            "error", pa.string()
-        ),  # one line: "nspsa: training loss became inf at step 205", "worker died: ..."
-        pa.field(
-            "error_traceback", pa.string()
-        ),  # the failure as Ray Tune recorded it, traceback included
-        pa.field("estimator", pa.string()),
-        pa.field("bits", pa.int64()),
-        pa.field("quantizer", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("dataset", pa.string()),
-        pa.field("seed", pa.int64()),
-        *HYPERPARAMETER_FIELDS,
-        *MEASURED_SETTING_FIELDS,
-        pa.field("steps", pa.int64()),
-        pa.field("final_train_loss", pa.float64()),
-        pa.field("final_eval_loss", pa.float64()),
-        pa.field("final_eval_metric", pa.float64()),
-        pa.field("best_eval_loss", pa.float64()),
-        pa.field("best_eval_metric", pa.float64()),  # best = max for accuracy, min for perplexity
-        pa.field("metric_name", pa.string()),  # what eval_metric is: "accuracy" or "perplexity"
-        pa.field("forwards", pa.int64()),
-        pa.field("backwards", pa.int64()),
-        pa.field("flops", pa.float64()),
-        pa.field("wall_s", pa.float64()),
-        pa.field("peak_memory_bytes", pa.int64()),
-        pa.field("num_params", pa.int64()),
-        pa.field("host", pa.string()),
-        pa.field("node_id", pa.string()),
-        pa.field("attempts", pa.int64()),
-        pa.field("started_at", pa.timestamp("us", tz="UTC")),
-        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-        pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
-        pa.field("config", pa.string()),  # the full trial config as JSON
-    ],
-    metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"},
+_OUTCOME_FIELDS = [
+    pa.field("steps", pa.int64()),
+    pa.field("final_train_loss", pa.float64()),
+    pa.field("final_eval_loss", pa.float64()),
+    pa.field("final_eval_metric", pa.float64()),
+    pa.field("best_eval_loss", pa.float64()),
+    pa.field("best_eval_metric", pa.float64()),  # best by contract.metrics' direction
+    pa.field("metric_name", pa.string()),  # what eval_metric is: "accuracy" or "perplexity"
+    pa.field("forwards", pa.int64()),
+    pa.field("backwards", pa.int64()),
+    pa.field("flops", pa.float64()),
+    pa.field("wall_s", pa.float64()),
+    pa.field("peak_memory_bytes", pa.int64()),
+    pa.field("num_params", pa.int64()),
+    pa.field("host", pa.string()),
+    pa.field("node_id", pa.string()),
+    pa.field("attempts", pa.int64()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    pa.field("versions", pa.string()),  # JSON: qsweep, torch, ray, python
+    pa.field("config", pa.string()),  # the full trial config as JSON
+]
+
+
+def arrow_type(hint: Any) -> pa.DataType:
+    """The column type of an estimator option declared as ``hint`` in its config dataclass.
+
+    ``X | None`` is X (null where unset); a number that may also be a symbol (FOGZO's
+    ``beta_min: float | str``, ``auto``) is a float column holding the effective number.
+    """
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    for python_type, arrow in ((bool, pa.bool_()), (float, pa.float64()), (int, pa.int64())):
+        if python_type in args:
+            return arrow
+    return pa.string()
+
+
+def option_field(name: str, hint: Any) -> pa.Field:
+    return pa.field(name, arrow_type(hint))
+
+
+def trials_schema(option_fields: Iterable[pa.Field] = ()) -> pa.Schema:
+    """The trials table with the given estimator-option columns (``option_field``; the
+    writer derives them from the registered estimators). A name that is already a core
+    column is not repeated."""
+    core = {f.name for f in (*_IDENTITY_FIELDS, *TRIAL_SETTING_FIELDS)}
+    options = [f for f in option_fields if f.name not in core]
+    return pa.schema(
+        [
+            *_IDENTITY_FIELDS,
+            *TRIAL_SETTING_FIELDS,
+            *options,
+            *MEASURED_SETTING_FIELDS,
+            *_OUTCOME_FIELDS,
+        ],
+        metadata={"qsweep_schema_version": str(SCHEMA_VERSION), "qsweep_table": "trials"},
+    )
+
+
+# The columns every trials table has; estimator options come on top (``trials_schema``).
+TRIALS_SCHEMA = trials_schema()
+CORE_TRIAL_COLUMNS = frozenset(TRIALS_SCHEMA.names)
+
+# Trial settings that tell arms of one estimator apart when they vary within a sweep (with
+# every estimator-option column); momentum / weight_decay follow the optimizer's defaults.
+ARM_SETTING_COLUMNS = (
+    "lr",
+    "optimizer",
+    "batch_size",
+    "surrogate",
+    "lr_schedule",
+    "warmup",
+    "scale",
+    "first_last",
 )
 
 
+def option_columns(names: Iterable[str]) -> list[str]:
+    """The estimator-option columns among a trials table's column ``names`` (in their order)."""
+    return [name for name in names if name not in CORE_TRIAL_COLUMNS]
+
+# Core columns added by version 5 (a version 2-4 table reads with them null).
 ADDED_IN_VERSION_5 = (
-    "zo_params",
-    "zo_max_bits",
-    "kappa",
-    "grad_bits",
     "lr_schedule",
     "warmup",
     "scale",
@@ -131,10 +172,11 @@ def _last_line(text: str | None) -> str | None:
 
 
 def upgrade_trials(table: pa.Table) -> pa.Table:
-    """A trials table of an older readable version in this version's columns (a current one
-    as it is). Before version 4, ``error`` held the whole text Tune recorded: it moves to
-    ``error_traceback``, and ``error`` becomes its last line, the exception's message.
-    Columns added since (version 5's settings) are null: the older sweep did not record them."""
+    """A trials table of an older readable version in this version's core columns (a
+    current one as it is). Before version 4, ``error`` held the whole text Tune recorded: it
+    moves to ``error_traceback``, and ``error`` becomes its last line, the exception's
+    message. Core columns added since (version 5's settings) are null: the older sweep did
+    not record them."""
     names = table.column_names
     if "error" in names and "error_traceback" not in names:
         index = names.index("error")
@@ -146,16 +188,21 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"0").decode()
     if not found.isdigit() or int(found) >= 5:
         return table
-    missing = [name for name in ADDED_IN_VERSION_5 if name not in table.column_names]
-    if not missing or set(table.column_names) | set(missing) != set(TRIALS_SCHEMA.names):
-        return table  # nothing to add, or a table the cast to TRIALS_SCHEMA refuses anyway
-    columns = [
-        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in TRIALS_SCHEMA
-    ]
-    return pa.Table.from_arrays(columns, names=TRIALS_SCHEMA.names).replace_schema_metadata(
-        table.schema.metadata
-    )
+    for name in ADDED_IN_VERSION_5:
+        if name not in table.column_names:
+            table = table.append_column(TRIALS_SCHEMA.field(name), pa.nulls(table.num_rows))
+    return table
+
+
+def conform_trials(table: pa.Table) -> pa.Table:
+    """A trials table in this version's column order and types: the core columns (a missing
+    one is an error) with the estimator-option columns the file has, kept as written."""
+    missing = [name for name in TRIALS_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"trials table lacks column(s) {', '.join(missing)}")
+    options = [f for f in table.schema if f.name not in CORE_TRIAL_COLUMNS]
+    schema = trials_schema(options)
+    return table.select(schema.names).cast(schema)
 
 
 CURVES_SCHEMA = pa.schema(

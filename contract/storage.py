@@ -30,6 +30,7 @@ from contract.schema import (
     SCHEMA_VERSION,
     TRIALS_FILE,
     TRIALS_SCHEMA,
+    conform_trials,
     upgrade_trials,
 )
 
@@ -235,7 +236,7 @@ def read_trials(sweep_dir: str) -> pa.Table:
         trials = TRIALS_SCHEMA.empty_table()
     check_schema_version(trials, join(root, TRIALS_FILE))
     trials = upgrade_trials(trials)  # an older version's table in this version's columns
-    return trials.cast(TRIALS_SCHEMA)
+    return conform_trials(trials)
 
 
 def read_diagnostics(sweep_dir: str) -> pa.Table:

@@ -51,12 +51,11 @@ from contract.schema import (
     DIAGNOSTICS_SCHEMA,
     SCHEMA_VERSION,
     TRIALS_FILE,
-    TRIALS_SCHEMA,
 )
 from contract.storage import join
 from service.errors import SweepError
 from service.failure_text import FAILURE_KEY, TRACEBACK_KEY, summarize
-from service.rows import _coerce, config_columns, measured_settings
+from service.rows import coerce, config_columns, measured_settings, trials_schema
 
 __all__ = ["ResultsLedger"]
 
@@ -105,7 +104,8 @@ class ResultsLedger:
         self._trials_path = join(root, TRIALS_FILE)
         self._curves_dir = join(root, CURVES_DIR)
         self._diagnostics_dir = join(root, DIAGNOSTICS_DIR)
-        self.rows: dict[str, dict[str, Any]] = {}  # trial id -> TRIALS_SCHEMA row
+        self.trials_schema = trials_schema()  # the registered estimators' options included
+        self.rows: dict[str, dict[str, Any]] = {}  # trial id -> trials_schema row
         self.curves: dict[str, dict[int, dict[str, Any]]] = {}  # trial id -> step -> CURVES row
         # trial id -> step -> DIAGNOSTICS row
         self.diagnostics: dict[str, dict[int, dict[str, Any]]] = {}
@@ -139,7 +139,8 @@ class ResultsLedger:
         if trials is not None:
             storage.check_schema_version(trials, self._trials_path)
             trials = schema.upgrade_trials(trials)
-            self.rows = {row["trial_id"]: row for row in trials.cast(TRIALS_SCHEMA).to_pylist()}
+            trials = schema.conform_trials(trials)  # option columns kept as the file has them
+            self.rows = {row["trial_id"]: row for row in trials.to_pylist()}
         for path in storage.list_files(self._fs, self._curves_dir, ".parquet"):
             table = storage.read_parquet(self._fs, path)
             if table is None:
@@ -182,7 +183,7 @@ class ResultsLedger:
         """Rewrite trials.parquet now, whatever changed (a status change; a resumed driver's
         first write brings an older version's file to this one)."""
         table = pa.Table.from_pylist(
-            [self.rows[t] for t in sorted(self.rows)], schema=TRIALS_SCHEMA
+            [self.rows[t] for t in sorted(self.rows)], schema=self.trials_schema
         )
         if self._write(self._trials_path, table):
             self._dirty = False
@@ -238,7 +239,7 @@ class ResultsLedger:
             del stored[s]
         if probe:
             stored[step] = {
-                name: _coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES
+                name: coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES
             } | {
                 "schema_version": SCHEMA_VERSION,
                 "sweep": self.sweep,
@@ -260,7 +261,7 @@ class ResultsLedger:
         due for a rewrite at the next flush, so a trial the scheduler knows of shows up there
         before it starts."""
         if tid not in self.rows:
-            row: dict[str, Any] = dict.fromkeys(TRIALS_SCHEMA.names)
+            row: dict[str, Any] = dict.fromkeys(self.trials_schema.names)
             row.update(config_columns(config))
             row.update(
                 schema_version=SCHEMA_VERSION,
@@ -310,7 +311,7 @@ class ResultsLedger:
         for stale in [s for s in curve if s >= step]:  # a rewind: see the module docstring
             del curve[stale]
         curve[step] = {
-            name: _coerce(record.get(name), CURVES_SCHEMA.field(name).type)
+            name: coerce(record.get(name), CURVES_SCHEMA.field(name).type)
             for name in CURVE_METRICS
         } | {
             "schema_version": SCHEMA_VERSION,
@@ -333,7 +334,7 @@ class ResultsLedger:
             host=record.get("host") or record.get("hostname") or row["host"],
             metric_name=record.get("metric_name") or row.get("metric_name"),
             node_id=record.get("node_id") or row["node_id"],
-            num_params=_coerce(record.get("num_params", row["num_params"]), pa.int64()),
+            num_params=coerce(record.get("num_params", row["num_params"]), pa.int64()),
         )
         self._summarize(tid)
         self._dirty = True

@@ -15,12 +15,12 @@ import pyarrow as pa
 
 from contract import schema
 from trainers.config import ConfigError, TrialConfig
-from trainers.estimators import estimator_config
+from trainers.estimators import option_fields
 
-__all__ = ["config_columns", "measured_settings"]
+__all__ = ["coerce", "config_columns", "measured_settings", "trials_schema"]
 
 
-def _coerce(value: Any, type_: pa.DataType) -> Any:
+def coerce(value: Any, type_: pa.DataType) -> Any:
     """A reported number as its column's Python type (numpy scalars and 3.0-for-3 included)."""
     if value is None:
         return None
@@ -33,27 +33,34 @@ def _coerce(value: Any, type_: pa.DataType) -> Any:
     )
 
 
+def trials_schema() -> pa.Schema:
+    """The trials table as this qsweep writes it: the contract's core columns plus one
+    column per option of every registered estimator (derived from their config dataclasses,
+    so a new estimator's options land in the Parquet without a schema edit)."""
+    return schema.trials_schema(schema.option_field(name, hint) for name, hint in option_fields())
+
+
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The grid and hyper-parameter columns of ``TRIALS_SCHEMA`` for one trial config.
+    """The grid, trial-setting and estimator-option columns of one trial config's row.
 
     Values are the effective ones (a key missing from the config gets the TrialConfig or
-    estimator default), so trials can be compared without knowing the defaults; an option
-    the trial's estimator does not have is null. An invalid config keeps only what it says:
-    its trial fails with the reason, and the row must still be written.
+    estimator default), so trials can be compared without knowing the defaults; a setting
+    that does not take effect is null (an option the trial's estimator does not have, the
+    optimizer of an in-place estimator, the quantizer's of an unquantized trial). An invalid
+    config keeps only what it says: its trial fails with the reason, and the row must still
+    be written.
     """
     cols: dict[str, Any] = {
         k: config.get(k) for k in ("estimator", "bits", "quantizer", "model", "dataset", "seed")
     }
     try:
         cfg = TrialConfig.from_dict(config)
-        options = dataclasses.asdict(estimator_config(cfg.estimator, dict(cfg.estimator_options)))
-        surrogate = None if cfg.quantizer == "none" else cfg.quant_spec().surrogate
     except (ConfigError, ValueError, TypeError):
         return cols
-    quant = cfg.quant_spec()
+    quant = None if cfg.quantizer == "none" else cfg.quant
     cols.update(
         estimator=cfg.estimator,
-        bits=quant.bits,
+        bits=cfg.quant.bits,
         quantizer=cfg.quantizer,
         model=cfg.model,
         dataset=cfg.dataset,
@@ -63,19 +70,20 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         batch_size=cfg.batch_size,
-        surrogate=surrogate,
+        surrogate=quant and quant.surrogate,
         budget_steps=cfg.steps,
         budget_flops=cfg.flops,
-        lr_schedule=getattr(cfg, "lr_schedule", None),
-        warmup=getattr(cfg, "warmup", None),
-        scale=None if cfg.quantizer == "none" else getattr(quant, "scale", None),
-        first_last=None if cfg.quantizer == "none" else quant.first_last,
+        lr_schedule=cfg.lr_schedule,
+        warmup=cfg.warmup,
+        scale=quant and quant.scale,
+        first_last=quant and quant.first_last,
     )
-    for f in schema.HYPERPARAMETER_FIELDS:
-        if (
-            f.name in options
-        ):  # a symbolic value (beta_min: auto) waits for the trial's measured one
-            cols[f.name] = options[f.name] if _fits(options[f.name], f.type) else None
+    options = dataclasses.asdict(cfg.estimator_config)
+    options.pop("lr", None)  # the trial's lr column
+    for name, hint in option_fields():
+        if name in options:  # a symbolic value (beta_min: auto) waits for the measured one
+            value, type_ = options[name], schema.arrow_type(hint)
+            cols[name] = value if _fits(value, type_) else None
     return cols
 
 
@@ -94,7 +102,7 @@ _MEASURED = {f.name: f.type for f in schema.MEASURED_SETTING_FIELDS} | {"beta_mi
 def measured_settings(row: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
     """The measured-settings columns a result carries (``d_zo``, ``noise_to_guide``, ...)."""
     found = {
-        name: _coerce(result[name], type_)
+        name: coerce(result[name], type_)
         for name, type_ in _MEASURED.items()
         if result.get(name) is not None
     }

@@ -32,14 +32,14 @@ from pydantic import (
 from service.errors import SpecError
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
-from trainers.estimators import ESTIMATORS, default_eps, default_lr, estimator_config
+from trainers.estimators import ESTIMATORS, default_eps, default_lr
 from trainers.models import MODELS
 from trainers.quant import QUANT_KINDS
 
 STAGE_PREFIX = "stage:"  # "stage:<trial id>" = that trial's checkpoint under <sweep>/stages/
 
 
-TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig) if f.init}
 _GRID_OWNED = {
     "estimator",
     "bits",
@@ -548,19 +548,20 @@ def _strict_model(config_class: type) -> type[BaseModel]:
     return create_model(
         f"Strict{config_class.__name__}",
         __config__=ConfigDict(strict=True, extra="ignore"),
-        **{f.name: (hints[f.name], None) for f in dataclasses.fields(config_class)},
+        **{f.name: (hints[f.name], None) for f in dataclasses.fields(config_class) if f.init},
     )
 
 
 _TrialSettings = _strict_model(TrialConfig)
-_ESTIMATOR_OPTIONS = {name: _strict_model(cls.config_class) for name, cls in ESTIMATORS.items()}
+_strict_options = functools.cache(_strict_model)  # per estimator config class, registered late too
 
 
 def _check_trial(config: dict[str, Any], where: str) -> None:
     options = config.get("estimator_options")
     checks = [(_TrialSettings, config, "")]
-    if config.get("estimator") in _ESTIMATOR_OPTIONS and isinstance(options, dict):
-        checks.append((_ESTIMATOR_OPTIONS[config["estimator"]], options, "estimator_options."))
+    if config.get("estimator") in ESTIMATORS and isinstance(options, dict):
+        model = _strict_options(ESTIMATORS[config["estimator"]].config_class)
+        checks.append((model, options, "estimator_options."))
     for model, values, prefix in checks:
         try:
             model.model_validate(values)
@@ -570,8 +571,7 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
                 f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
     try:
-        TrialConfig.from_dict(config)
-        estimator_config(config["estimator"], config["estimator_options"])
+        TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec too
     except (ConfigError, ValueError, TypeError) as err:
         raise SpecError(f"{where}: {err}") from None
 
@@ -668,8 +668,3 @@ def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPla
         raise SpecError(f"{origin}: not valid YAML (nested too deeply)") from None
     return parse_spec(data, scale)
 
-
-def resolve_trial(planned, config, tune_trial_id):  # TEMP: until the sink imports tune_config
-    from service.tune_config import decode
-
-    return decode(planned, config, tune_trial_id)

@@ -35,6 +35,13 @@ class TrialConfig:
     it is always the value the trial runs with (and the value its results record).
     ``lr_schedule`` (constant, linear, cosine) and ``warmup`` (a fraction of the budget) shape
     the lr over the same budget progress as FOGZO's beta (``trainers.schedule``).
+
+    Built once, it also holds the typed parts the plain dict describes: ``estimator_config``
+    (the registered estimator's config dataclass; an in-place one's carries ``lr``),
+    ``quant`` (the quantizer's ``QuantSpec``) and ``diagnostics_config`` (the probe's
+    settings with defaults, or None). The optimizer settings (``optimizer``, ``momentum``,
+    ``weight_decay``) apply to estimators that fill gradients for an optimizer; for an
+    in-place one (MeZO, QuZO, QFO) setting them is an error and they stay None.
     """
 
     estimator: str = "ste"
@@ -47,14 +54,14 @@ class TrialConfig:
     dataset: str = "digits"
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None  # None: sgd (for in-place estimators: none at all)
     lr: float | None = None  # None: the estimator's own default for this optimizer (resolved below)
     lr_schedule: str = (
         "constant"  # constant | linear | cosine (decay to 0 at the end of the budget)
     )
     warmup: float = 0.0  # fraction of the budget with a linear warm-up from 0 to lr
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float | None = None  # None: 0.9 with sgd (ignored by adam)
+    weight_decay: float | None = None  # None: 0.0
     batch_size: int = 64
     steps: int | None = 300
     flops: float | None = None
@@ -67,8 +74,16 @@ class TrialConfig:
     save_model_to: str | None = None
     diagnostics: Mapping[str, Any] | None = None  # gradient-quality probe (trainers.diagnostics)
 
+    # Built in __post_init__ from the fields above (not constructor arguments).
+    estimator_config: Any = field(init=False, repr=False, compare=False, default=None)
+    quant: QuantSpec = field(init=False, repr=False, compare=False, default=None)
+    diagnostics_config: dict[str, Any] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        self._resolve_optimizer()
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
@@ -91,22 +106,56 @@ class TrialConfig:
             check_schedule(self.lr_schedule, self.warmup)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        object.__setattr__(self, "quant", self._build_quant_spec())
         try:
-            self.quant_spec()
-        except (TypeError, ValueError) as err:
-            raise ConfigError(str(err)) from None
-        try:
-            self.diagnostics_settings()
+            from trainers.diagnostics import diagnostics_settings  # torch: imported when built
+
+            object.__setattr__(self, "diagnostics_config", diagnostics_settings(self.diagnostics))
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        object.__setattr__(self, "estimator_config", self._build_estimator_config())
         self._check_component_options()
+
+    def _in_place(self) -> bool:
+        from trainers.estimators import ESTIMATORS
+
+        cls = ESTIMATORS.get(self.estimator)
+        return bool(cls is not None and cls.updates_in_place)
+
+    def _resolve_optimizer(self) -> None:
+        """Optimizer defaults for estimators that use one; none for in-place estimators,
+        where a value given would be recorded without taking effect."""
+        names = ("optimizer", "momentum", "weight_decay")
+        if self._in_place():
+            given = [n for n in names if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)}: {self.estimator} updates the weights in place and "
+                    f"uses no optimizer; remove {'it' if len(given) == 1 else 'them'}"
+                )
+            return
+        for name, default in zip(names, ("sgd", 0.9, 0.0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+
+    def _build_estimator_config(self) -> Any:
+        """The estimator's typed config; an in-place estimator's carries the trial's lr."""
+        from trainers.estimators import estimator_config
+
+        options = dict(self.estimator_options)
+        if self._in_place():
+            options["lr"] = self.lr
+        try:
+            return estimator_config(self.estimator, options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
 
     def _default_lr(self) -> float:
         """No shared lr fits every estimator (n-SPSA diverged at STE's), so each has its own."""
         from trainers.estimators import default_lr  # torch: imported only when needed
 
         try:
-            return default_lr(self.estimator, self.optimizer)
+            return default_lr(self.estimator, self.optimizer or "sgd")
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -129,6 +178,9 @@ class TrialConfig:
                 ) from None
 
     def quant_spec(self) -> QuantSpec:
+        return self.quant
+
+    def _build_quant_spec(self) -> QuantSpec:
         valid = {f.name for f in dataclasses.fields(QuantSpec)} - {"kind", "bits"}
         unknown = sorted(set(self.quant_options) - valid)
         if unknown:
@@ -136,18 +188,19 @@ class TrialConfig:
                 f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         bits = 8 if self.quantizer.startswith("fp8") else self.bits
-        return QuantSpec(kind=self.quantizer, bits=bits, **self.quant_options)
+        try:
+            return QuantSpec(kind=self.quantizer, bits=bits, **self.quant_options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
 
     def diagnostics_settings(self) -> dict[str, Any] | None:
         """The gradient-quality probe's settings with defaults, or None when it is off."""
-        from trainers.diagnostics import diagnostics_settings  # torch: imported only when asked
-
-        return diagnostics_settings(self.diagnostics)
+        return self.diagnostics_config
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:
         """Build from a plain dict, rejecting unknown keys with the list of valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
+        valid = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ConfigError(
@@ -160,8 +213,9 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            k: (dict(v) if isinstance(v, Mapping) else v)
-            for k, v in dataclasses.asdict(self).items()
+            f.name: (dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v)
+            for f in dataclasses.fields(self)
+            if f.init
         }
 
     def to_json(self) -> str:

@@ -103,9 +103,7 @@ def run_trial(
     # Cost of one pass on a full training batch, measured once (estimators.md).
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
     cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
-    estimator = build_estimator(
-        cfg.estimator, cfg.estimator_options, cost, cfg.seed + _ESTIMATOR_SEED, cfg.lr
-    )
+    estimator = build_estimator(cfg.estimator, cfg.estimator_config, cost, cfg.seed + _ESTIMATOR_SEED)
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
@@ -136,7 +134,7 @@ def run_trial(
         if optimizer is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        if estimator.updates_in_place:  # MeZO, QuZO: no optimizer, they read their own lr
+        if estimator.updates_in_place:  # MeZO, QuZO, QFO: no optimizer, they read their own lr
             estimator.lr = lr
         return lr
 

@@ -267,7 +267,7 @@ def test_missing_column_and_bad_spec_are_one_line_errors(tmp_path: Path) -> None
     pq.write_table(
         table.drop_columns(["host"]), path
     )  # version 1 metadata, but not the contract's columns
-    assert "field names" in _one_line_error([folder], tmp_path)
+    assert "lacks column(s) host" in _one_line_error([folder], tmp_path)
     pq.write_table(table, path)
     Path(folder, "sweep.yaml").write_text("name: [unclosed\n  - x: {\n")
     assert "sweep.yaml" in _one_line_error([folder], tmp_path)

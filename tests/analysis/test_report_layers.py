@@ -25,8 +25,11 @@ from analysis.report_data import Report, build_report
 from analysis.report_html import render_html, write_report
 from analysis.report_text import headline_text, ratio_sentences
 from contract import storage
-from contract.schema import CURVES_SCHEMA, TRIALS_SCHEMA
+from contract.schema import CURVES_SCHEMA
+from service.rows import trials_schema
 from tests.analysis.test_tradeoff import FLOPS, curve_rows, trial_row, write_sweep
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 REPO = Path(__file__).resolve().parents[2]
 # eval loss per evaluation (at FLOPS); target 1.0 is first reached at:

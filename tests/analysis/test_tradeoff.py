@@ -30,8 +30,11 @@ from analysis.tradeoff import (
     reference_target,
     summarize_reach,
 )
-from contract.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE, TRIALS_SCHEMA
+from contract.schema import CURVES_DIR, CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_FILE
 from contract.storage import resolve, write_parquet_atomic
+from service.rows import trials_schema
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 SETTING_2BIT = ("mlp", "digits", "int", 2)
 FLOPS = [0.0, 1e6, 2e6, 4e6, 8e6, 12e6, 16e6]  # the evaluation points of every curve below

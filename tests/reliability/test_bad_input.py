@@ -25,13 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.load import ResultsError, load_results
-from contract.schema import TRIALS_SCHEMA
 from service.errors import SweepError
+from service.rows import trials_schema
 from service.runner import SweepRun, _callbacks, sweep_location
-from service.status import sweep_status
 from service.sink import config_columns
 from service.spec import SpecError, SweepSpec, load_spec, parse_spec
+from service.status import sweep_status
 from tests.service.harness import user_error, write_spec
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(

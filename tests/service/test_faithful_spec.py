@@ -64,7 +64,7 @@ def test_the_faithful_settings_are_spec_keys_that_reach_every_trial():
 )
 def test_bad_faithful_settings_are_one_spec_error_naming_the_field(sections, message):
     with pytest.raises(SpecError) as info:
-        spec(**sections).trials
+        spec(**sections)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 

@@ -7,10 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import contract.storage
-from contract.schema import TRIALS_SCHEMA
 from contract.storage import read_diagnostics, read_results
 from service.failure_text import FAILURE_KEY, TRACEBACK_KEY
 from service.ledger import ResultsLedger
+from service.rows import trials_schema
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 TID = "fogzo-int2-mlp-digits-s0"
 CONFIG = {

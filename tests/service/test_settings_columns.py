@@ -6,9 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.schema import MEASURED_SETTING_FIELDS, SCHEMA_VERSION, TRIALS_SCHEMA, upgrade_trials
+from contract.schema import MEASURED_SETTING_FIELDS, SCHEMA_VERSION, upgrade_trials
 from contract.storage import read_results
-from service.rows import config_columns, measured_settings
+from service.rows import config_columns, measured_settings, trials_schema
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 FOGZO = {
     "estimator": "fogzo",

@@ -22,13 +22,16 @@ from ray.exceptions import ActorDiedError, RayActorError
 from ray.tune.experiment import Trial
 
 import contract.storage
-from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
+from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION
 from contract.storage import list_files, read_parquet, resolve, write_parquet_atomic
 from service.failure_text import GENERIC_ACTOR_LINES
 from service.failures import FAILURE_KEY, TRACEBACK_KEY
+from service.rows import trials_schema
 from service.sink import ParquetSink, read_results
 from service.spec import parse_spec
 from trainers.estimators import default_eps, default_lr
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 STEPS, EVERY = 40, 10  # five evaluations per trial: steps 0, 10, 20, 30, 40
 VERSIONS = {"qsweep": "test", "ray": ray.__version__}

@@ -5,10 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-from service.sink import config_columns
-from service.spec import parse_spec
+from service.rows import config_columns
+from service.spec import SpecError, parse_spec
 from service.tune_config import decode as resolve_trial
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
 
@@ -46,9 +47,32 @@ def test_the_users_lr_and_eps_win_over_the_defaults():
     assert all(configs[name]["lr"] == 0.07 for name in ("ste", "fogzo", "quzo"))
 
 
+FIRST_ORDER = [e for e in ALL if not ESTIMATORS[e].updates_in_place]
+IN_PLACE = [e for e in ALL if ESTIMATORS[e].updates_in_place]
+
+
 def test_the_optimizer_of_the_spec_picks_that_optimizers_default():
-    for c in expand(trial={"optimizer": "adam"}):
+    configs = expand(grid={"estimators": FIRST_ORDER, "bits": [2]}, trial={"optimizer": "adam"})
+    assert sorted(c["estimator"] for c in configs) == FIRST_ORDER
+    for c in configs:
         assert c["lr"] == default_lr(c["estimator"], "adam")
+
+
+@pytest.mark.parametrize("name", IN_PLACE)
+@pytest.mark.parametrize("where", ["trial", "estimators"])
+def test_optimizer_settings_for_an_in_place_estimator_are_one_spec_error(name, where):
+    section = (
+        {"trial": {"momentum": 0.9}}
+        if where == "trial"
+        else {"estimators": {name: {"momentum": 0.9}}}
+    )
+    with pytest.raises(SpecError) as info:
+        expand(grid={"estimators": [name], "bits": [2]}, **section)
+    message = str(info.value)
+    assert message == (
+        f"estimators.{name}: momentum: {name} updates the weights in place and uses no "
+        "optimizer; remove it"
+    )
 
 
 def test_a_pretrain_stage_carries_its_default_lr_too():

@@ -16,9 +16,12 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA
+from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION
+from service.rows import trials_schema
 from service.spec import load_spec
 from tests.service.harness import explain, user_error, write_spec
+
+TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it
 
 NUM_EVALS, STEPS = 3, 40
 ROWS_PER_TRIAL = NUM_EVALS + 1  # run_trial also reports step 0

@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from trainers import TrialConfig, TrialDiverged, run_trial
+from trainers.config import ConfigError
 from trainers.estimators import ESTIMATORS, default_eps, default_lr, estimator_config
 
 # QuZO's stochastic rounding onto a 2-bit grid moves a weight a whole grid step at a time; on
@@ -65,10 +66,21 @@ def test_first_order_optimizers_get_their_own_default():
     for name in ("ste", "nspsa", "fogzo"):
         adam = TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr
         assert adam == default_lr(name, "adam") != default_lr(name, "sgd")
-    for name in ("mezo", "quzo", "qfo"):  # in place: no optimizer, one default
-        assert TrialConfig.from_dict({"estimator": name, "optimizer": "adam"}).lr == default_lr(
-            name
-        )
+    for name in ("mezo", "quzo", "qfo"):  # in place: no optimizer, one default (their config's)
+        cfg = TrialConfig.from_dict({"estimator": name})
+        assert cfg.lr == default_lr(name) == cfg.estimator_config.lr
+        assert cfg.optimizer is None and cfg.momentum is None and cfg.weight_decay is None
+
+
+@pytest.mark.parametrize("name", ["mezo", "quzo", "qfo"])
+@pytest.mark.parametrize(
+    "setting", [{"optimizer": "adam"}, {"momentum": 0.5}, {"weight_decay": 0.0}]
+)
+def test_an_in_place_estimator_rejects_optimizer_settings(name, setting):
+    with pytest.raises(
+        ConfigError, match=f"{next(iter(setting))}: {name} updates the weights in place"
+    ):
+        TrialConfig.from_dict({"estimator": name, **setting})
 
 
 def test_one_shared_lr_does_not_fit_every_estimator(table_path):

@@ -44,19 +44,24 @@ class Estimator(ABC):
     """A gradient estimator.
 
     ``step`` either fills ``p.grad`` for an ordinary torch optimizer to apply, or (when
-    ``updates_in_place``) applies the update itself and keeps no optimizer state.
+    ``updates_in_place``) applies the update itself and keeps no optimizer state. An in-place
+    estimator says so, and its config has the ``lr`` field: the trial's optimizer settings
+    (optimizer, momentum, weight_decay) would not take effect, so a trial rejects them.
     Randomness comes only from ``self.generator`` so a trial is reproducible and resumable.
+    A new estimator is one module (its config dataclass and this class) plus its line in
+    ``trainers.estimators.ESTIMATORS``; its options become Parquet columns by themselves.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     updates_in_place: ClassVar[bool] = False
 
-    def __init__(self, config: Any, cost: CostModel, generator: torch.Generator, lr: float = 0.0):
+    def __init__(self, config: Any, cost: CostModel, generator: torch.Generator):
         self.config = config
         self.cost = cost
         self.generator = generator
-        self.lr = lr  # used only by in-place estimators (MeZO, QuZO)
+        # In-place estimators read their step size here; the trial's lr schedule moves it.
+        self.lr: float | None = getattr(config, "lr", None)
 
     def prepare(self, model: nn.Module) -> None:
         """Called once before training (QuZO snaps its weights onto the grid here)."""

@@ -8,7 +8,6 @@ and update together: theta += (eps - lr * (L+ - L-) / (2 eps)) * z. No optimizer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from torch import nn
 
@@ -29,8 +28,7 @@ class MeZOConfig:
     flip inside the +-eps probe, divided by 2 eps, made steps explode (README, "Default learning
     rates"); 0.03 is a fraction of a 2-bit grid step of the MLP."""
 
-    default_lr: ClassVar[float] = 2e-3  # lr when a trial sets none (no optimizer: in place)
-
+    lr: float = 2e-3  # in place, no optimizer: the lr is the estimator's own
     n: int = 1
     eps: float = 0.03
 

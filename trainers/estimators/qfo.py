@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,10 +38,10 @@ from trainers.quant.layers import quantized_layers, snap_to_grid
 
 @dataclass(frozen=True)
 class QFOConfig:
-    # lr when a trial sets none (no optimizer: in place): measured on the MLP (digits, a
-    # 30-feature table; 2/4/8 bits), 10x below where training stalled (README, "Default learning rates").
-    default_lr: ClassVar[float] = 0.1
-
+    # In place, no optimizer: the lr is the estimator's own. Its default was measured on the
+    # MLP (digits, a 30-feature table; 2/4/8 bits), 10x below where training stalled
+    # (README, "Default learning rates").
+    lr: float = 0.1
     grad_bits: int | None = 8  # None: float gradients (ablation)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,6 @@ are not quantized (biases, norms) get the plain float update.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +35,7 @@ from trainers.quant.layers import quantized_layers, snap_to_grid
 
 @dataclass(frozen=True)
 class QuZOConfig:
-    default_lr: ClassVar[float] = 3e-3  # lr when a trial sets none (no optimizer: in place)
-
+    lr: float = 3e-3  # in place, no optimizer: the lr is the estimator's own
     n: int = 1
     eps: float = 1e-3
     perturb_bits: int | None = 4  # the authors' scripts (estimators.md, QuZO)
