@@ -115,7 +115,8 @@ CLAIMS: tuple[Claim, ...] = (
         "fogzo-deit",
         "FOGZO",
         "FOGZO beats STE by 1-8% accuracy on DeiT Tiny/Small at equal iterations",
-        "DeiT-Tiny ImageNet-100 fixed α: STE 62.72% vs FOGZO 70.06%; LSQ 2-bit DeiT-S 79.55% vs 80.06%",
+        "DeiT-Tiny ImageNet-100 fixed α: STE 62.72% vs FOGZO 70.06%; "
+        "LSQ 2-bit DeiT-S 79.55% vs 80.06%",
         "final_eval_metric",
         Arm("fogzo"),
         Arm("ste"),
@@ -128,7 +129,8 @@ CLAIMS: tuple[Claim, ...] = (
         "fogzo-resnet",
         "FOGZO",
         "FOGZO beats STE by 1-2% accuracy on ResNet-18/50 at equal iterations",
-        "ResNet-18 ImageNet-100 fixed α: STE 79.92% vs FOGZO 80.42%; LSQ 2-bit ResNet-50 82.81% vs 83.67%",
+        "ResNet-18 ImageNet-100 fixed α: STE 79.92% vs FOGZO 80.42%; "
+        "LSQ 2-bit ResNet-50 82.81% vs 83.67%",
         "final_eval_metric",
         Arm("fogzo"),
         Arm("ste"),
@@ -290,7 +292,8 @@ def specs_by_sweep(spec: dict[str, Any], trials: pd.DataFrame) -> dict[str, dict
 
 
 def sweep_scales(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each sweep's declared scale: the stored spec's ``scale`` key, else its name's preset suffix."""
+    """Each sweep's declared scale: the stored spec's ``scale`` key, else its name's preset
+    suffix."""
     out = {}
     for name, spec in specs.items():
         declared = spec.get("scale") if isinstance(spec, dict) else None
@@ -385,7 +388,8 @@ def _values(
         reach = tradeoff.compute_to_target(c, "eval_loss", target)
         cost = reach["flops"].where(reach["reached"], math.inf)
         return cost[reach["arm"] == focus].tolist(), cost[reach["arm"] == base].tolist(), None
-    # eval_metric_at_equal_wall: each trial's metric at the last evaluation within the common wall time
+    # eval_metric_at_equal_wall: each trial's metric at the last evaluation within the common
+    # wall time
     budget = float(c.groupby(["sweep", "trial_id"])["wall_s"].max().min()) if len(c) else math.nan
     q = tradeoff.quality_at_compute(c, "eval_metric", budget, cost="wall_s")
     return (
@@ -452,7 +456,8 @@ def _verdict(
 
 
 def _pairs(claim: Claim, trials: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame, str, str]]:
-    """(setting, its matching trials, focus arm, baseline arm) for every setting holding both arms."""
+    """(setting, its matching trials, focus arm, baseline arm) for every setting holding both
+    arms."""
     done = trials[(trials["status"] == "completed") & _match(trials, claim.where)]
     focus_rows = done[
         (done["estimator"] == claim.focus.estimator) & _match(done, claim.focus.where)

@@ -1,4 +1,5 @@
-"""Gradient-quality tables from the diagnostics Parquet table (``contract.schema.DIAGNOSTICS_SCHEMA``).
+"""Gradient-quality tables from the diagnostics Parquet table
+(``contract.schema.DIAGNOSTICS_SCHEMA``).
 
 Pure pandas, like ``analysis.tradeoff``: ``by_step`` joins every probe with its trial's arm
 and setting (for the cosine/variance-vs-step plot), ``summary`` averages the probes of each

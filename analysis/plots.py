@@ -273,7 +273,8 @@ def plot_diagnostics(
     """Gradient quality vs training step, one column per bit-width: cosine of each arm's mean
     estimate to the reference gradient (top; STE's at the same probes dashed grey) and the
     estimate's variance, trace of the covariance (bottom, log scale; STE has none). STE's
-    cosine at each other arm's probes (its own trajectory) is the thin dashed line in that arm's colour.
+    cosine at each other arm's probes (its own trajectory) is the thin dashed line in that
+    arm's colour.
 
     ``rows`` is one (model, dataset, quantizer)'s rows of ``report.diagnostics`` (one per
     probe); several seeds of an arm are averaged per step.

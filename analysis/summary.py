@@ -69,7 +69,8 @@ def _with_arms(trials: pd.DataFrame) -> pd.DataFrame:
 def headline_table(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per (regime, arm, quantizer, bits): trials, completed, failed, median / min / max
     of the final eval metric and loss over completed trials, mean training FLOPs and peak
-    memory, and ``vs_best``: "best", "within noise" or "" within its (regime, quantizer, bits) group."""
+    memory, and ``vs_best``: "best", "within noise" or "" within its (regime, quantizer, bits)
+    group."""
     if trials.empty:
         return pd.DataFrame(columns=COLUMNS)
     trials = _with_arms(trials)

@@ -81,9 +81,9 @@ def warn_if_dashboard_exposed(dashboard: bool, host: str, address: str | None) -
     if not dashboard or address or os.environ.get("RAY_ADDRESS") or _is_loopback(host):
         return
     print(
-        f"warning: --dashboard-host {host}: the Ray dashboard (and its job API, which runs code) will "
-        f"listen beyond this machine; keep the default 127.0.0.1 and reach it through an SSH tunnel "
-        f"(ssh -L 8265:127.0.0.1:8265 THIS_HOST)",
+        f"warning: --dashboard-host {host}: the Ray dashboard (and its job API, which runs code) "
+        "will listen beyond this machine; keep the default 127.0.0.1 and reach it through an SSH "
+        "tunnel (ssh -L 8265:127.0.0.1:8265 THIS_HOST)",
         file=sys.stderr,
     )
 
@@ -295,8 +295,9 @@ def status(sweep_dir: str) -> None:
     info = sweep_status(sweep_dir)
     c = info["counts"]
     console.print(
-        f"{info['name']}: {c['completed']} completed, {c['running']} running, {c['failed']} failed, "
-        f"{c['pending']} pending of {info['total']}; {info['curve_rows']} curve rows"
+        f"{info['name']}: {c['completed']} completed, {c['running']} running, "
+        f"{c['failed']} failed, {c['pending']} pending of {info['total']}; "
+        f"{info['curve_rows']} curve rows"
     )
     if info["trials"] is not None:
         print_headline(sweep_dir)
@@ -360,7 +361,9 @@ def report(
         ),
     ] = False,
 ) -> None:
-    """Write report.html (tables, plots, spec, versions, paper claims) and print the headline table."""
+    """
+    Write report.html (tables, plots, spec, versions, paper claims) and print the headline table.
+    """
     from analysis.load import ResultsError
     from analysis.report import report_command
 

@@ -73,10 +73,11 @@ def _submit(client, address: str, **job) -> str:
             if time.monotonic() >= deadline:
                 raise SweepError(
                     f"the Ray job server at {address} has no job agent available to run the job "
-                    f"(retried for {AGENT_WAIT_S:.0f} s): check that the head's dashboard agent is running — "
-                    f"its log is dashboard_agent.log in the head's session logs (e.g. "
-                    f"/tmp/ray/session_latest/logs/); two Ray nodes on one host need distinct "
-                    f"--dashboard-agent-listen-port, --metrics-export-port and --runtime-env-agent-port"
+                    f"(retried for {AGENT_WAIT_S:.0f} s): check that the head's dashboard agent "
+                    "is running — its log is dashboard_agent.log in the head's session logs (e.g. "
+                    "/tmp/ray/session_latest/logs/); two Ray nodes on one host need distinct "
+                    "--dashboard-agent-listen-port, --metrics-export-port and "
+                    "--runtime-env-agent-port"
                 ) from None
             time.sleep(2.0)
 

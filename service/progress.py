@@ -83,8 +83,8 @@ class SweepProgress(tune.Callback):
         counts = self.counts()
         table = Table(
             title=(
-                f"{counts['completed']} done, {counts['running']} running, {counts['failed']} failed, "
-                f"{counts['pending']} pending of {self.total}"
+                f"{counts['completed']} done, {counts['running']} running, "
+                f"{counts['failed']} failed, {counts['pending']} pending of {self.total}"
             )
         )
         table.add_column("estimator")

@@ -227,15 +227,15 @@ class SweepSpec(_Strict):
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="wall-clock seconds one attempt of a trial may run (None = no limit); over it the "
-        "attempt fails with 'time limit of ... exceeded' (retried like any failure)",
+        description="wall-clock seconds one attempt of a trial may run (None = no limit); over it "
+        "the attempt fails with 'time limit of ... exceeded' (retried like any failure)",
     )
     memory_limit_mb: float | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="resident memory (MB) a trial's worker process may reach (None = no limit); over it "
-        "the attempt fails with 'memory limit of ... exceeded'",
+        description="resident memory (MB) a trial's worker process may reach (None = no limit); "
+        "over it the attempt fails with 'memory limit of ... exceeded'",
     )
     pretrain: dict[str, Any] | None = Field(
         default=None,
@@ -290,7 +290,8 @@ class SweepSpec(_Strict):
         unknown = sorted(set(values) - TRIAL_FIELDS)
         if unknown:
             raise ValueError(
-                f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(TRIAL_FIELDS - _GRID_OWNED))}"
+                f"unknown key {unknown[0]!r}; "
+                f"valid: {', '.join(sorted(TRIAL_FIELDS - _GRID_OWNED))}"
             )
         return values
 
@@ -308,7 +309,8 @@ class SweepSpec(_Strict):
         for name in (self.pretrain or {}).get("estimators") or []:
             if name not in self.grid.estimators:
                 raise ValueError(
-                    f"pretrain.estimators: {name!r} is not in grid.estimators {self.grid.estimators}"
+                    f"pretrain.estimators: {name!r} is not in grid.estimators "
+                    f"{self.grid.estimators}"
                 )
         for name, section in self.models.items():
             _check_model_section(name, section, self.grid)
@@ -640,7 +642,8 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepPlan:
             for e in spec.grid.estimators
         ):
             raise SpecError(
-                f"search.space.{key}: not a trial setting nor an option of any estimator in the grid"
+                f"search.space.{key}: not a trial setting nor an option of any estimator in the "
+                "grid"
             )
     return plan
 
@@ -659,7 +662,8 @@ def load_spec(path: str | Path, scale: str | None = None) -> SweepPlan:
 
 
 def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPlan:
-    """A spec from YAML text; ``origin`` (a file name, an environment variable) names it in errors."""
+    """A spec from YAML text; ``origin`` (a file name, an environment variable) names it in
+    errors."""
     try:
         data = yaml.safe_load(text)  # safe_load only: a spec is data, it never constructs objects
     except yaml.YAMLError as err:
@@ -667,4 +671,3 @@ def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPla
     except RecursionError:
         raise SpecError(f"{origin}: not valid YAML (nested too deeply)") from None
     return parse_spec(data, scale)
-

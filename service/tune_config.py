@@ -1,9 +1,10 @@
 """A planned trial in Ray Tune's terms and back: the two directions side by side.
 
 Encoding (which imports Ray Tune) and decoding (which does not: the results ledger and
-``qsweep status`` use it). Encoding: a Tune trial's ``config`` holds only ``planned_id`` (one grid value, or one
-categorical choice for Optuna) plus, in Optuna mode, the values Optuna sampled. Decoding
-turns that back into our trial id and full trial config against the sweep's plan.
+``qsweep status`` use it). Encoding: a Tune trial's ``config`` holds only ``planned_id`` (one
+grid value, or one categorical choice for Optuna) plus, in Optuna mode, the values Optuna
+sampled. Decoding turns that back into our trial id and full trial config against the sweep's
+plan.
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class TrialConfig:
         unknown = sorted(set(self.quant_options) - valid)
         if unknown:
             raise ConfigError(
-                f"quant_options: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                f"quant_options: unknown key(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(valid))}"
             )
         bits = 8 if self.quantizer.startswith("fp8") else self.bits
         try:
@@ -204,7 +205,8 @@ class TrialConfig:
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ConfigError(
-                f"unknown trial config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                f"unknown trial config key(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(valid))}"
             )
         try:
             return cls(**values)

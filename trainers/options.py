@@ -21,5 +21,6 @@ def check_option_names(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise error(
-            f"{name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or '(none)'}"
+            f"{name}: unknown option(s) {', '.join(unknown)}; "
+            f"valid options: {', '.join(valid) or '(none)'}"
         )

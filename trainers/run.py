@@ -20,7 +20,8 @@ from trainers.trial import TrialDiverged, run_trial
 
 
 def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["n=4", "eps_mode=fixed"]`` -> ``{"n": 4, "eps_mode": "fixed"}`` (values parsed as YAML)."""
+    """``["n=4", "eps_mode=fixed"]`` -> ``{"n": 4, "eps_mode": "fixed"}`` (values parsed as
+    YAML)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -103,8 +104,9 @@ def _print_row(metrics: dict[str, Any]) -> None:
             f"{'eval_loss':>9} {'accuracy':>8}"
         )
     print(
-        f"{metrics['step']:>7} {metrics['flops']:>11.3e} {metrics['forwards']:>9} {metrics['wall_s']:>8.2f} "
-        f"{metrics['train_loss']:>10.4f} {metrics['eval_loss']:>9.4f} {metrics['eval_metric']:>8.4f}",
+        f"{metrics['step']:>7} {metrics['flops']:>11.3e} {metrics['forwards']:>9} "
+        f"{metrics['wall_s']:>8.2f} {metrics['train_loss']:>10.4f} {metrics['eval_loss']:>9.4f} "
+        f"{metrics['eval_metric']:>8.4f}",
         flush=True,
     )
 

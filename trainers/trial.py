@@ -103,7 +103,9 @@ def run_trial(
     # Cost of one pass on a full training batch, measured once (estimators.md).
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
     cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
-    estimator = build_estimator(cfg.estimator, cfg.estimator_config, cost, cfg.seed + _ESTIMATOR_SEED)
+    estimator = build_estimator(
+        cfg.estimator, cfg.estimator_config, cost, cfg.seed + _ESTIMATOR_SEED
+    )
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
@@ -222,7 +224,8 @@ def run_trial(
         counters["wall_s"] += time.perf_counter() - started
         if not math.isfinite(result.loss):
             raise TrialDiverged(
-                f"{cfg.estimator}: training loss became {result.loss} at step {counters['step'] + 1}"
+                f"{cfg.estimator}: training loss became {result.loss} "
+                f"at step {counters['step'] + 1}"
             )
         counters["step"] += 1
         counters["forwards"] += result.forwards

@@ -181,7 +181,8 @@ def perturbed_losses(
             except (RuntimeError, NotImplementedError) as err:
                 _VMAP_UNSUPPORTED.add(type(model))
                 warnings.warn(
-                    f"vmap failed for {type(model).__name__} ({err}); evaluating directions in a loop",
+                    f"vmap failed for {type(model).__name__} ({err}); "
+                    "evaluating directions in a loop",
                     stacklevel=2,
                 )
         return _loop_losses(model, loss_fn, batch, names, base, deltas)
