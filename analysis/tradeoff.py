@@ -39,6 +39,8 @@ def metric_label(frame: pd.DataFrame) -> str:
 COSTS = ["flops", "forwards", "wall_s"]
 # Columns analysis adds to a trials table; every other non-core column is an estimator option.
 DERIVED_COLUMNS = frozenset({"arm", "regime"})
+
+
 def _format_value(value: object) -> str:
     """A hyper-parameter as a label shows it: ``n=4`` not ``n=4.0`` (nullable int columns
     arrive in pandas as floats), ``lr=0.001``."""

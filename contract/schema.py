@@ -156,6 +156,7 @@ def option_columns(names: Iterable[str]) -> list[str]:
     """The estimator-option columns among a trials table's column ``names`` (in their order)."""
     return [name for name in names if name not in CORE_TRIAL_COLUMNS]
 
+
 # Core columns added by version 5 (a version 2-4 table reads with them null).
 ADDED_IN_VERSION_5 = (
     "lr_schedule",

@@ -311,8 +311,7 @@ class ResultsLedger:
         for stale in [s for s in curve if s >= step]:  # a rewind: see the module docstring
             del curve[stale]
         curve[step] = {
-            name: coerce(record.get(name), CURVES_SCHEMA.field(name).type)
-            for name in CURVE_METRICS
+            name: coerce(record.get(name), CURVES_SCHEMA.field(name).type) for name in CURVE_METRICS
         } | {
             "schema_version": SCHEMA_VERSION,
             "sweep": self.sweep,
