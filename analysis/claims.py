@@ -321,10 +321,10 @@ def _shortfalls(claim: Claim, focus: pd.DataFrame, baseline: pd.DataFrame) -> li
             if "d_zo" in baseline
             else baseline["num_params"]
         )
-        if not (
-            pd.to_numeric(baseline["n"], errors="coerce") >= pd.to_numeric(d, errors="coerce")
-        ).all():
-            out.append(f"{claim.baseline.estimator} n = {baseline['n'].min():g} < d = {d.max():g}")
+        # n is an estimator-option column: absent from a table no estimator with it wrote
+        n = baseline["n"] if "n" in baseline else pd.Series(float("nan"), index=baseline.index)
+        if not (pd.to_numeric(n, errors="coerce") >= pd.to_numeric(d, errors="coerce")).all():
+            out.append(f"{claim.baseline.estimator} n = {n.min():g} < d = {d.max():g}")
     return out
 
 

@@ -191,7 +191,8 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
         return table
     for name in ADDED_IN_VERSION_5:
         if name not in table.column_names:
-            table = table.append_column(TRIALS_SCHEMA.field(name), pa.nulls(table.num_rows))
+            field = TRIALS_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table
 
 

@@ -541,7 +541,7 @@ def test_the_sweep_specs_in_the_docs_are_valid():
     assert specs, "README.md's cluster section shows a GPU sweep spec"
     for spec in specs:
         parsed = parse_spec(spec)
-        assert parsed.resources.gpus > 0 and spec["trial"]["device"] == "auto"
+        assert parsed.spec.resources.gpus > 0 and spec["trial"]["device"] == "auto"
 
 
 def test_the_docs_section_starts_as_the_readme_expects():

@@ -92,8 +92,11 @@ def test_a_version_4_folder_reads_with_the_new_columns_null(tmp_path):
         tmp_path / "trials.parquet",
     )
     trials, _ = read_results(str(tmp_path))
-    assert trials.schema.equals(TRIALS_SCHEMA)
+    # The core columns version 5 added read null; estimator-option columns the old file lacks
+    # stay absent (readers keep the options a file has, as written).
+    options_added = {"zo_params", "zo_max_bits", "kappa", "grad_bits"}
+    assert trials.schema.names == [n for n in TRIALS_SCHEMA.names if n not in options_added]
     (loaded,) = trials.to_pylist()
     assert loaded["final_eval_loss"] == 0.5 and loaded["beta_min"] == 0.999
-    assert all(loaded[name] is None for name in new)
+    assert all(loaded.get(name) is None for name in new)
     assert upgrade_trials(trials) is trials  # a current table as it is
