@@ -221,6 +221,18 @@ class ResultsLedger:
             (r["eval_metric"] for r in rows), "eval_metric", row.get("metric_name")
         )
 
+    def _step_identity(self, tid: str, row: dict[str, Any], step: int) -> dict[str, Any]:
+        """The columns a curve or probe row shares with its trial (denormalised: no join)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "sweep": self.sweep,
+            "trial_id": tid,
+            "step": step,
+            "estimator": row["estimator"],
+            "bits": row["bits"],
+            "seed": row["seed"],
+        }
+
     def _record_diagnostics(
         self, tid: str, row: dict[str, Any], step: int, result: Mapping[str, Any]
     ) -> None:
@@ -240,15 +252,7 @@ class ResultsLedger:
         if probe:
             stored[step] = {
                 name: coerce(probe.get(name), pa.float64()) for name in DIAGNOSTIC_FIGURES
-            } | {
-                "schema_version": SCHEMA_VERSION,
-                "sweep": self.sweep,
-                "trial_id": tid,
-                "step": step,
-                "estimator": row["estimator"],
-                "bits": row["bits"],
-                "seed": row["seed"],
-            }
+            } | self._step_identity(tid, row, step)
         self.diagnostics[tid] = stored
         table = pa.Table.from_pylist([stored[s] for s in sorted(stored)], schema=DIAGNOSTICS_SCHEMA)
         self._write(join(self._diagnostics_dir, f"{tid}.parquet"), table)
@@ -312,15 +316,7 @@ class ResultsLedger:
             del curve[stale]
         curve[step] = {
             name: coerce(record.get(name), CURVES_SCHEMA.field(name).type) for name in CURVE_METRICS
-        } | {
-            "schema_version": SCHEMA_VERSION,
-            "sweep": self.sweep,
-            "trial_id": tid,
-            "step": step,
-            "estimator": row["estimator"],
-            "bits": row["bits"],
-            "seed": row["seed"],
-        }
+        } | self._step_identity(tid, row, step)
         self._write(
             join(self._curves_dir, f"{tid}.parquet"),
             pa.Table.from_pylist([curve[s] for s in sorted(curve)], schema=CURVES_SCHEMA),
