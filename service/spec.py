@@ -33,6 +33,7 @@ from service.errors import SpecError
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
+from trainers.inputs import check_inputs
 from trainers.models import MODELS
 from trainers.quant import QUANT_KINDS
 
@@ -573,7 +574,8 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
                 f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
     try:
-        TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec too
+        cfg = TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
+        check_inputs(cfg)  # the checkpoint and task files it will read (once per input)
     except (ConfigError, ValueError, TypeError) as err:
         raise SpecError(f"{where}: {err}") from None
 

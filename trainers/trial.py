@@ -24,6 +24,7 @@ from trainers.config import TrialConfig
 from trainers.data import BatchSampler, load_dataset
 from trainers.diagnostics import probe as diagnostics_probe
 from trainers.estimators import build_estimator
+from trainers.inputs import dataset_call_options, model_call_options
 from trainers.metering import measure_cost, track_peak_memory
 from trainers.models import build_model
 from trainers.quant import precision_summary, quantize_model
@@ -85,10 +86,15 @@ def run_trial(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, **cfg.dataset_options)
+    data = load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, **dataset_call_options(cfg)
+    )
+    hints = getattr(data, "model_hints", None) or {}  # vocabulary, pad id, label-word ids
     with torch.random.fork_rng(devices=[]):  # model init is the only user of the global RNG
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+        model = build_model(
+            cfg.model, data.input_shape, data.num_classes, **model_call_options(cfg, hints)
+        )
     if cfg.init_from:  # pre-trained float weights, then quantize (a fixed scale is taken from them)
         load_model(model, cfg.init_from)
     quantize_model(model, cfg.quant_spec()).to(device)
