@@ -13,6 +13,7 @@ import functools
 import hashlib
 import itertools
 import json
+import os
 import re
 import typing
 from pathlib import Path
@@ -472,11 +473,30 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     return SweepPlan(spec, tuple(trials), tuple(pretrain), tuple(skipped))
 
 
+def _absolute_local(path: Any) -> Any:
+    """A relative local path made absolute against the directory the spec is read from:
+    trials run in Ray workers whose working directory is not the user's. ``~`` paths (each
+    node's home) and URIs stay as written."""
+    if not isinstance(path, str) or not path or path.startswith("~") or "://" in path:
+        return path
+    return os.path.abspath(path)
+
+
+def _resolve_paths(config: dict[str, Any]) -> None:
+    """``data_dir`` and a model checkpoint's ``path``, made absolute (``_absolute_local``)."""
+    if "data_dir" in config:
+        config["data_dir"] = _absolute_local(config["data_dir"])
+    options = config.get("model_options")
+    if isinstance(options, dict) and "path" in options:
+        config["model_options"] = {**options, "path": _absolute_local(options["path"])}
+
+
 def _fill_defaults(config: dict[str, Any]) -> None:
     """Write the estimator's default lr and eps into a trial config that leaves them out, so
     the config, its Parquet row and ``qsweep validate`` show the values the trial runs with
     (and its id changes if a default does). A value the spec gives always wins; a malformed
     optimizer or estimator is left for ``_check_trial`` to report."""
+    _resolve_paths(config)
     estimator, optimizer = config.get("estimator"), config.get("optimizer", "sgd")
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         return
