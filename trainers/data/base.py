@@ -6,8 +6,9 @@ user mistake surfaces as a one-line `DatasetError` that a sweep log can show ver
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,22 +42,30 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
-    #: "classification" (x float32, y class ids) or "language_modeling" (x and y int64
-    #: token ids of the same shape; num_classes is the vocabulary size). See trainers.tasks.
+    #: "classification" (x float32 features, or int64 token ids for prompt
+    #: classification; y class ids) or "language_modeling" (x and y int64 token ids of the
+    #: same shape; num_classes is the vocabulary size). See trainers.tasks.
     task: str = "classification"
     #: Training-time augmentation ``augment(x_batch, generator) -> x_batch`` (None = none).
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    #: Keyword options for the model builder (e.g. ``vocab_size``, ``pad_token_id``,
+    #: ``label_token_ids``); the trial passes only those the builder declares.
+    model_hints: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Catch loader bugs here rather than as shape errors deep inside a trial.
-        x_dtype = torch.int64 if self.task == "language_modeling" else torch.float32
+        if self.task == "language_modeling":
+            x_dtypes: tuple[torch.dtype, ...] = (torch.int64,)
+        else:
+            x_dtypes = (torch.float32, torch.int64)
         for split, x, y in (
             ("train", self.train_x, self.train_y),
             ("test", self.test_x, self.test_y),
         ):
-            if x.dtype != x_dtype or y.dtype != torch.int64:
+            if x.dtype not in x_dtypes or y.dtype != torch.int64:
+                wanted = " or ".join(str(d).removeprefix("torch.") for d in x_dtypes)
                 raise TypeError(
-                    f"{self.name}: {split} needs float32 x / int64 y, got {x.dtype} / {y.dtype}"
+                    f"{self.name}: {split} needs {wanted} x / int64 y, got {x.dtype} / {y.dtype}"
                 )
             if x.shape[0] != y.shape[0] or tuple(x.shape[1:]) != tuple(self.input_shape):
                 raise ValueError(

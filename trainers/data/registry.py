@@ -11,7 +11,9 @@ from .base import DatasetError, DataSplits
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits_splits
 from .imagefolder import load_imagefolder
+from .lm_corpus import load_lm
 from .mnist import load_fashion_mnist, load_mnist
+from .prompt_cls import load_prompt_cls
 from .synthetic import load_teacher_student
 from .table import load_table
 from .text import load_text
@@ -27,13 +29,18 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "cifar100": load_cifar100,
     "imagefolder": load_imagefolder,
     "text": load_text,
+    "prompt_cls": load_prompt_cls,
+    "lm": load_lm,
 }
+
+#: Loader keywords filled in by ``load_dataset`` itself, never by the user.
+_INTERNAL = ("data_dir", "seed")
 
 
 def dataset_options(name: str) -> list[str]:
-    """Option names a dataset accepts (its loader's keywords other than data_dir)."""
+    """Option names a dataset accepts (its loader's keywords other than data_dir / seed)."""
     params = inspect.signature(DATASETS[name]).parameters
-    return [p for p in params if p != "data_dir"]
+    return [p for p in params if p not in _INTERNAL]
 
 
 def load_dataset(
@@ -41,10 +48,13 @@ def load_dataset(
 ) -> DataSplits:
     """Load a dataset by registry name into in-memory train/test tensors.
 
-    `seed` is the trial seed. It is accepted so callers can pass their whole trial config,
-    but no built-in dataset depends on it: splits, subsamples and synthetic data use fixed
-    seeds so every trial of a sweep trains and is scored on identical data.
+    `seed` is the trial seed, passed on only to loaders that declare a ``seed`` keyword:
+    ``prompt_cls`` draws its k-shot train sample with it, as MeZO does. Every other
+    dataset ignores it (splits, subsamples and synthetic data use fixed seeds), and test
+    sets never depend on it, so every trial of a sweep is scored on identical data.
     """
-    del seed  # see docstring: data must not vary between trials
     check_option_names("dataset", name, options, DATASETS, dataset_options, DatasetError)
-    return DATASETS[name](data_dir=data_dir, **options)
+    loader = DATASETS[name]
+    if "seed" in inspect.signature(loader).parameters:
+        options["seed"] = seed
+    return loader(data_dir=data_dir, **options)
