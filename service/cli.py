@@ -183,10 +183,12 @@ def print_headline(sweep_dir: str) -> None:
 @user_errors
 def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
     """Parse and expand a sweep spec; print the trial table (exit 2 on errors)."""
-    from service.spec import load_spec
+    from service.spec import input_problems, load_spec
 
-    plan = load_spec(spec_file, scale)
+    plan = load_spec(spec_file, scale, check_files=False)
     console.print(_trial_table(plan))
+    for problem in input_problems(plan):  # files may live only where the sweep will run
+        console.print(f"warning: on this machine, {problem}", markup=False, soft_wrap=True)
     for note in plan.skipped:
         console.print(f"skipped: {note}")
 
@@ -316,7 +318,7 @@ def submit(
     from service.jobs import submit_sweep
     from service.spec import load_spec
 
-    plan = load_spec(spec_file, scale)
+    plan = load_spec(spec_file, scale, check_files=False)  # the job checks them on the cluster
     job_id, status_text = submit_sweep(
         plan.spec,
         address,

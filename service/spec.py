@@ -34,7 +34,7 @@ from service.errors import SpecError
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
-from trainers.inputs import check_inputs
+from trainers.inputs import input_errors
 from trainers.models import MODELS
 from trainers.quant import QUANT_KINDS
 
@@ -594,8 +594,7 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
                 f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
     try:
-        cfg = TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
-        check_inputs(cfg)  # the checkpoint and task files it will read (once per input)
+        TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
     except (ConfigError, ValueError, TypeError) as err:
         raise SpecError(f"{where}: {err}") from None
 
@@ -647,7 +646,18 @@ def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
     return resolved
 
 
-def parse_spec(data: Any, scale: str | None = None) -> SweepPlan:
+def input_problems(plan: SweepPlan) -> list[str]:
+    """What this machine finds wrong with the files the trials will read (a checkpoint
+    directory, a task file): one line per distinct problem, naming where it first arises."""
+    problems: dict[str, str] = {}
+    for trial in (*plan.pretrain, *plan.trials):
+        where = "pretrain" if trial in plan.pretrain else f"estimators.{trial.config['estimator']}"
+        for error in input_errors(TrialConfig.from_dict(trial.config)):
+            problems.setdefault(error, f"{where}: {error}")
+    return list(problems.values())
+
+
+def parse_spec(data: Any, scale: str | None = None, check_files: bool = True) -> SweepPlan:
     """Validate a spec dict and expand it once, so every error surfaces here."""
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
@@ -658,6 +668,9 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepPlan:
     except ValidationError as err:
         raise SpecError(_format_validation_error(err)) from None
     plan = plan_sweep(spec)
+    problems = input_problems(plan) if check_files else []
+    if problems:
+        raise SpecError(problems[0])
     for key in spec.search.space:
         if key not in TRIAL_FIELDS - _GRID_OWNED and not any(
             key in {f.name for f in dataclasses.fields(ESTIMATORS[e].config_class)}
@@ -670,7 +683,7 @@ def parse_spec(data: Any, scale: str | None = None) -> SweepPlan:
     return plan
 
 
-def load_spec(path: str | Path, scale: str | None = None) -> SweepPlan:
+def load_spec(path: str | Path, scale: str | None = None, check_files: bool = True) -> SweepPlan:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -680,10 +693,12 @@ def load_spec(path: str | Path, scale: str | None = None) -> SweepPlan:
         raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
-    return load_spec_text(text, str(path), scale)
+    return load_spec_text(text, str(path), scale, check_files)
 
 
-def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPlan:
+def load_spec_text(
+    text: str, origin: str, scale: str | None = None, check_files: bool = True
+) -> SweepPlan:
     """A spec from YAML text; ``origin`` (a file name, an environment variable) names it in
     errors."""
     try:
@@ -692,4 +707,4 @@ def load_spec_text(text: str, origin: str, scale: str | None = None) -> SweepPla
         raise SpecError(f"{origin}: not valid YAML ({str(err).splitlines()[0]})") from None
     except RecursionError:
         raise SpecError(f"{origin}: not valid YAML (nested too deeply)") from None
-    return parse_spec(data, scale)
+    return parse_spec(data, scale, check_files)

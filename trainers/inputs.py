@@ -64,9 +64,9 @@ def _check(kind: str, name: str, key: str) -> None:
     load_dataset(name, data_dir=options.pop("__data_dir__"), seed=0, **options)
 
 
-def check_inputs(cfg: TrialConfig) -> None:
-    """Read what the trial will read (once per distinct input); ``ConfigError`` naming the
-    option and path if it is missing or malformed."""
+def input_errors(cfg: TrialConfig) -> list[str]:
+    """Read what the trial will read (once per distinct input); one line per input that is
+    missing or malformed, naming the option and path."""
     checks = []
     if cfg.model in MODEL_CHECKS:
         checks.append(("model", cfg.model, dict(cfg.model_options)))
@@ -74,10 +74,19 @@ def check_inputs(cfg: TrialConfig) -> None:
         checks.append(
             ("dataset", cfg.dataset, {**dataset_call_options(cfg), "__data_dir__": cfg.data_dir})
         )
+    errors = []
     for kind, name, options in checks:
         try:
             _check(kind, name, json.dumps(options, sort_keys=True, default=str))
         except (ValueError, OSError) as err:  # DatasetError is a ValueError
             message = " ".join(str(err).split())
             named = message.startswith((kind, name))  # "model_options.path: ...", "lm: ..."
-            raise ConfigError(message if named else f"{name}: {message}") from None
+            errors.append(message if named else f"{name}: {message}")
+    return errors
+
+
+def check_inputs(cfg: TrialConfig) -> None:
+    """``ConfigError`` with the first of ``input_errors``."""
+    errors = input_errors(cfg)
+    if errors:
+        raise ConfigError(errors[0])
