@@ -101,6 +101,7 @@ def load_lm(
     template: str | None = None,
     label_words: Sequence[str] | Mapping[Any, str] | None = None,
     label_field: str = "label",
+    answers: bool = True,
 ) -> DataSplits:
     """Token windows of a local corpus: x = window[:-1], y = window[1:], int64 token ids.
 
@@ -115,6 +116,10 @@ def load_lm(
         text_field: the text column of a JSONL / Parquet file.
         template, label_words, label_field: render every row as ``template.format(text=..)
             + " " + label word`` (as ``prompt_cls`` does); both or neither.
+        answers: with ``false`` the rows are rendered as prompts without their label word:
+            a model pre-trained on them learns the task's language, not its answers (the
+            test rows of ``prompt_cls`` are in the file too). A ``"train"`` tokenizer still
+            sees the answers, so its vocabulary equals ``prompt_cls``'s.
     """
     seq_len = positive_int(NAME, "seq_len", seq_len)
     n_train = positive_int(NAME, "n_train", n_train)
@@ -133,6 +138,11 @@ def load_lm(
     from ..hf.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, docs, data_dir=data_dir)
+    if not answers and template is not None:
+        raw = documents(
+            file, text_field=text_field, template=None, label_words=None, label_field=label_field
+        )
+        docs = [check_template(NAME, template).format(text=t) for t in raw]
     stream = token_stream(tok, docs)
     span = seq_len + 1
     count = len(stream) // span
