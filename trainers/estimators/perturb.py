@@ -4,6 +4,12 @@ sampling, and batched evaluation of many perturbed losses with ``torch.func.vmap
 Every perturbed forward runs in ``eval()`` mode (``base.eval_mode``): BatchNorm uses its
 running statistics read-only and dropout is off, so the buffers need no per-evaluation
 copies and the 2n losses of a step differ only by their perturbations.
+
+A model whose forward cannot run under ``vmap`` says so with the class or instance
+attribute ``supports_vmap = False`` (``vmap_allowed``): its perturbed losses are then always
+evaluated in the loop of plain forwards, with no attempt and no warning. Without the
+attribute vmap is tried, and a class it fails for falls back to the loop (with a warning,
+once per class).
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ def perturbation_plan(
     """
     if eps_mode not in EPS_MODES:
         raise ValueError(f"eps_mode {eps_mode!r} is not one of {', '.join(EPS_MODES)}")
-    quantized = {
-        f"{name}.weight" if name else "weight": layer for name, layer in quantized_layers(model)
-    }
+    # By tensor, not by name: a tied weight (embedding = LM head) is listed under its first
+    # name only, and a wrapper (LoRA) renames the layer that quantizes it.
+    quantized = {id(layer.weight): layer for _, layer in quantized_layers(model)}
     params = [(name, p) for name, p in trainable_parameters(model) if only is None or name in only]
     scales: dict[str, Tensor] = {}
     for name, p in params:
-        layer = quantized.get(name)
+        layer = quantized.get(id(p))
         if layer is not None and eps_mode == "alpha":
             quantizer = layer.weight_quantizer
             scales[name] = quantizer.step_size(p.detach()) * quantizer.noise_std_per_step
@@ -67,7 +73,7 @@ def perturbation_plan(
     )
     plan = []
     for name, p in params:
-        layer = quantized.get(name)
+        layer = quantized.get(id(p))
         kind = layer.weight_quantizer.noise_kind if layer is not None else "gaussian"
         scale = scales.get(name, torch.tensor(float_eps, dtype=p.dtype, device=p.device))
         plan.append(Perturbable(name, p, scale, kind))
@@ -128,6 +134,13 @@ def _attention_backends(device: torch.device) -> AbstractContextManager:
 
 _VMAP_UNSUPPORTED: set[type] = set()
 
+
+def vmap_allowed(model: nn.Module) -> bool:
+    """False when the model declares ``supports_vmap = False`` or vmap already failed for
+    its class: its perturbed losses are evaluated in a loop."""
+    return getattr(model, "supports_vmap", True) and type(model) not in _VMAP_UNSUPPORTED
+
+
 # On CPU, batching pays off only while a forward is so small that Python overhead dominates
 # it (the 2-layer MLP) and there are enough evaluations to amortise vmap's ~1 ms set-up. For
 # a real network one forward on a mini-batch already keeps the core busy, the m stacked
@@ -159,7 +172,8 @@ def perturbed_losses(
     With ``batched`` all m evaluations are batched with ``vmap`` over ``functional_call``
     (one batched matmul per layer instead of m Python-level forwards); without, they run
     in a loop (``batching_pays_off`` says which is faster).
-    Models vmap cannot handle fall back to a Python loop, with a warning, once per class.
+    Models vmap cannot handle fall back to a Python loop, with a warning, once per class;
+    a model with ``supports_vmap = False`` always uses the loop, silently.
 
     All m forwards run in eval mode: BatchNorm reads the model's own running statistics
     (shared, unbatched, never written) and dropout is off; the model's train/eval mode is
@@ -169,7 +183,7 @@ def perturbed_losses(
     base = {item.name: item.param.detach() for item in plan}
     inputs, targets = batch
     with torch.no_grad(), eval_mode(model):
-        if batched and type(model) not in _VMAP_UNSUPPORTED:
+        if batched and vmap_allowed(model):
 
             def one(*delta: Tensor) -> Tensor:
                 state = {name: base[name] + d for name, d in zip(names, delta)}
@@ -246,7 +260,9 @@ def zo_gradient(
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
         directions = draw(k)
-        batched = batching_pays_off(plan[0].param.device, 2 * k, forward_flops)
+        batched = vmap_allowed(model) and batching_pays_off(
+            plan[0].param.device, 2 * k, forward_flops
+        )
         c, losses = symmetric_differences(model, loss_fn, batch, plan, directions, batched)
         loss_total += float(losses.sum())
         weights = c.to(directions[0].dtype) / n

@@ -12,6 +12,7 @@ Gradients are rounded for every trainable tensor ("low-precision gradients"); te
 no weight quantizer (biases, norms) have no grid, so their update stays float.
 
 This is the paper's baseline, not STE + Adam: that keeps fp32 masters and Adam state.
+Frozen weights (a LoRA model's base) are neither snapped nor updated: bit for bit unchanged.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ The perturbation is rounded onto its own ``perturb_bits`` INT grid (abs-max scal
 weight update is stochastically rounded onto the weight grid, which for a uniform INT grid
 equals ``theta - Q_SR(step)`` and is also exact for FP8's non-uniform grid. Parameters that
 are not quantized (biases, norms) get the plain float update.
+
+Only trained weights are snapped and evaluated as-is: a frozen quantized weight (a LoRA
+model's base) keeps its latent value bit for bit and its layer quantizes it in every forward.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from trainers.estimators.base import (
 )
 from trainers.estimators.seeded import NoiseFn, gaussian_noise, tensor_generator, two_point_in_place
 from trainers.quant import functional as qf
-from trainers.quant.layers import quantized_layers, snap_to_grid
+from trainers.quant.layers import quantized_layers, snap_to_grid, trainable_quantized_layers
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,13 @@ class QuZO(Estimator):
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         cfg = self.config
         params = [p for _, p in trainable_parameters(model)]
-        layers = {id(layer.weight): layer for _, layer in quantized_layers(model)}
+        # The trained quantized layers (all, unless some weights are frozen); a tied weight
+        # has several, all bypassed, and one entry per tensor for its update.
+        trained = [layer for _, layer in trainable_quantized_layers(model)]
+        layers = {id(layer.weight): layer for layer in trained}
         quantized = set(layers)
         measured, loss_sum = [], 0.0
-        self._bypass(layers, True)  # forward on theta + eps*u1 as-is: theta is on the grid already
+        self._bypass(trained, True)  # forward on theta + eps*u1 as-is: theta is on the grid already
         try:
             for i in range(cfg.n):
                 seed, r1, r2 = (draw_seed(self.generator) for _ in range(3))
@@ -108,7 +114,7 @@ class QuZO(Estimator):
                 measured.append((seed, r1, r2, (plus - minus) / (2 * cfg.eps)))
                 loss_sum += plus + minus
         finally:
-            self._bypass(layers, False)
+            self._bypass(trained, False)
         self._update(params, layers, measured)
         return self.result(loss_sum / (2 * cfg.n), forwards=2 * cfg.n, backwards=0)
 
@@ -145,6 +151,6 @@ class QuZO(Estimator):
             )
 
     @staticmethod
-    def _bypass(layers: dict, on: bool) -> None:
-        for layer in layers.values():
+    def _bypass(layers: list, on: bool) -> None:
+        for layer in layers:
             layer.bypass_weight_quant = on

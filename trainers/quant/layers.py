@@ -2,6 +2,17 @@
 
 A quantized model stays an ordinary ``nn.Module`` with the same parameter names, so the
 estimators, optimizers, ``state_dict`` and torchvision-style models work unchanged.
+
+A model can say which of its layers stay float, besides the spec's ``exclude``, with two
+module attributes that ``quantize_model`` reads on any module of the tree:
+
+- ``float_modules``: fnmatch patterns of module names, relative to the module carrying the
+  attribute, left float (a wrapped language model's head, its LoRA adapters);
+- ``quantize_embeddings = True``: its ``nn.Embedding`` descendants (exact type) are
+  quantized too, as ``QuantEmbedding`` (otherwise a lookup table always stays float).
+
+A weight shared by several layers (an embedding tied to the LM head) gets one quantizer,
+that of its first layer, so every use reads the same on-grid tensor.
 """
 
 from __future__ import annotations
@@ -126,41 +137,96 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
+class QuantEmbedding(_QuantMixin, nn.Embedding):
+    """A lookup into the quantized table (its input is token ids: never quantized)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.embedding(
+            x,
+            self.quantized_weight(),
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+
+
 _SWAPS: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
+#: Swapped only below a module with ``quantize_embeddings = True``.
+_EMBEDDING_SWAPS: dict[type, type] = {nn.Embedding: QuantEmbedding}
 
 
 def _swap(layer: nn.Module, weight_q: Quantizer, act_q: ActQuantizer | None) -> nn.Module:
     """Turn a float layer into its quantized class in place, sharing its parameters."""
-    layer.__class__ = _SWAPS[type(layer)]
+    layer.__class__ = {**_SWAPS, **_EMBEDDING_SWAPS}[type(layer)]
     layer.add_module("weight_quantizer", weight_q)
     layer.add_module("act_quantizer", act_q)
     return layer
 
 
+def _prefixed(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def model_float_patterns(model: nn.Module) -> tuple[str, ...]:
+    """The ``float_modules`` patterns of every module in ``model``, as full module names."""
+    return tuple(
+        _prefixed(prefix, pattern)
+        for prefix, m in model.named_modules()
+        for pattern in getattr(m, "float_modules", ())
+    )
+
+
+def _swap_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear/Conv2d layers, and embeddings under a ``quantize_embeddings`` module, in order."""
+    embedding_roots = [
+        prefix for prefix, m in model.named_modules() if getattr(m, "quantize_embeddings", False)
+    ]
+    out = []
+    for name, m in model.named_modules():
+        if type(m) in _SWAPS:
+            out.append((name, m))
+        elif type(m) in _EMBEDDING_SWAPS and any(
+            not root or name.startswith(f"{root}.") for root in embedding_roots
+        ):
+            out.append((name, m))
+    return out
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``model`` for its fake-quant twin (in place).
 
-    Returns the same model object. Layers matching ``spec.exclude`` stay float; the first
-    and last swappable layers follow ``spec.first_last``. With ``spec.scale == "fixed"`` each
-    weight scale is frozen here from the current weights (a buffer, so a resumed trial's
-    ``load_state_dict`` finds it and restores the saved value): load pre-trained weights first.
+    Returns the same model object. Layers matching ``spec.exclude`` or a module's
+    ``float_modules`` stay float (both count as layers for ``first_last``); the first and
+    last swappable layers follow ``spec.first_last``. Embeddings are swapped only below a
+    module with ``quantize_embeddings = True``. A tied weight keeps one quantizer. With
+    ``spec.scale == "fixed"`` each weight scale is frozen here from the current weights (a
+    buffer, so a resumed trial's ``load_state_dict`` finds it and restores the saved value):
+    load pre-trained weights first.
     """
     if not spec.is_quantized:
         return model
-    candidates = [(name, m) for name, m in model.named_modules() if type(m) in _SWAPS]
+    candidates = _swap_candidates(model)
     ends = {candidates[0][0], candidates[-1][0]} if candidates else set()
+    floats = spec.exclude + model_float_patterns(model)
+    shared: dict[int, Quantizer] = {}  # id(weight) -> its quantizer (tied weights)
     for name, layer in candidates:
-        if any(fnmatch.fnmatch(name, pattern) for pattern in spec.exclude):
+        if any(fnmatch.fnmatch(name, pattern) for pattern in floats):
             continue
         bits = None
         if name in ends and spec.first_last == "float":
             continue
         if name in ends and spec.first_last == "8bit" and spec.kind in ("int", "lsq"):
             bits = 8
-        act_q = ActQuantizer(spec.act_bits) if spec.act_bits is not None else None
-        weight_q = make_weight_quantizer(spec, layer.weight, bits)
-        if spec.scale == "fixed":
-            weight_q.freeze(layer.weight)
+        embedding = type(layer) in _EMBEDDING_SWAPS
+        act_q = ActQuantizer(spec.act_bits) if spec.act_bits is not None and not embedding else None
+        weight_q = shared.get(id(layer.weight))
+        if weight_q is None:
+            weight_q = make_weight_quantizer(spec, layer.weight, bits)
+            if spec.scale == "fixed":
+                weight_q.freeze(layer.weight)
+            shared[id(layer.weight)] = weight_q
         _swap(layer, weight_q, act_q)
     return model
 
@@ -171,9 +237,10 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
 
 
 def layer_precisions(model: nn.Module) -> dict[str, str]:
-    """Effective precision of every Linear/Conv layer, by module name: ``int2``, ``lsq4``,
-    ``fp8_e4m3`` or ``float``, plus ``/a4`` when its input is quantized. Makes the
-    ``first_last`` / ``exclude`` overrides visible in the results."""
+    """Effective precision of every Linear/Conv layer (and quantized embedding), by module
+    name: ``int2``, ``lsq4``, ``fp8_e4m3`` or ``float``, plus ``/a4`` when its input is
+    quantized. Makes the ``first_last`` / ``exclude`` / ``float_modules`` overrides visible
+    in the results."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, _QuantMixin):
@@ -198,12 +265,26 @@ def precision_summary(model: nn.Module) -> str:
     return json.dumps({"*": common, **{k: v for k, v in precisions.items() if v != common}})
 
 
-def snap_to_grid(model: nn.Module) -> None:
-    """Freeze every layer's scale and replace its latent weight by the on-grid value.
+def trainable_quantized_layers(model: nn.Module) -> list[tuple[str, _QuantMixin]]:
+    """``quantized_layers`` whose weight is trained (``requires_grad``): all of them unless
+    part of the model is frozen (LoRA's base weights)."""
+    return [(name, m) for name, m in quantized_layers(model) if m.weight.requires_grad]
 
-    Afterwards ``Q(w) == w`` exactly, which is how QuZO keeps its weights low-precision.
+
+def snap_to_grid(model: nn.Module) -> None:
+    """Freeze the scale of every trained quantized weight and replace the latent weight by
+    its on-grid value (each tensor once, if tied).
+
+    Afterwards ``Q(w) == w`` exactly, which is how QuZO and qfo keep their weights
+    low-precision. Frozen weights (``requires_grad`` False: a LoRA model's base) are left
+    bit for bit as they are, scale included: they never move, and their layers keep
+    quantizing them in the forward.
     """
+    done: set[int] = set()
     with torch.no_grad():
-        for _, layer in quantized_layers(model):
+        for _, layer in trainable_quantized_layers(model):
+            if id(layer.weight) in done:
+                continue
+            done.add(id(layer.weight))
             layer.weight_quantizer.freeze(layer.weight)
             layer.weight.copy_(layer.weight_quantizer.round_nearest(layer.weight))
