@@ -343,7 +343,7 @@ def test_train_tokenizer_vocab_is_the_same_for_prompt_cls_and_lm(monkeypatch) ->
     plain = load_dataset("lm", path=str(SST2), seq_len=16)  # no template: another vocabulary
     assert len(vocabs) == 3 and vocabs[0] == vocabs[1] != vocabs[2]
     assert cls.model_hints["vocab_size"] == lm.model_hints["vocab_size"] == lm.num_classes
-    assert cls.model_hints["pad_token_id"] == lm.model_hints["pad_token_id"]
+    assert "pad_token_id" not in lm.model_hints  # lm windows are never padded
     assert [vocabs[0][w] for w in WORDS] == cls.model_hints["label_token_ids"]
     assert {"Review", "It", "was", "terrible", "great"} <= set(vocabs[0])
     assert "Review" not in vocabs[2] and plain.num_classes < lm.num_classes
@@ -360,7 +360,7 @@ def test_lm_windows_are_consecutive_tokens_with_y_shifted(tmp_path: Path) -> Non
     assert len(stream) == 240  # 30 windows of 8
     tiles = [tuple(stream[k : k + 8]) for k in range(0, 240, 8)]
     assert d.task == "language_modeling" and d.input_shape == (7,) and d.num_classes == 204
-    assert d.model_hints == {"vocab_size": 204, "pad_token_id": 0}
+    assert d.model_hints == {"vocab_size": 204}  # never padded: no pad id for the model
     assert d.num_test == 5 and d.num_train == 25  # n_train capped by the corpus
     seen = []
     for x, y in [(d.train_x, d.train_y), (d.test_x, d.test_y)]:

@@ -165,5 +165,7 @@ def load_lm(
         input_shape=(seq_len,),
         name=NAME,
         task="language_modeling",
-        model_hints={"vocab_size": len(tok), "pad_token_id": int(tok.pad_token_id)},
+        # No pad id: windows are never padded, and a tokenizer that pads with EOS would have
+        # a window starting with EOS read as padding.
+        model_hints={"vocab_size": len(tok)},
     )
