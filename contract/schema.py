@@ -28,6 +28,7 @@ import pyarrow as pa
 #    schema edit, after the trial settings; n-SPSA/FOGZO's ``chunk`` is recorded too.
 #    In-place estimators (MeZO, QuZO, QFO) leave optimizer / momentum / weight_decay null:
 #    they use no optimizer. Readers keep option columns they do not know as they are.
+#    trials.adapter names a model's adapter (LoRA) where the model can have one.
 SCHEMA_VERSION = 6
 # versions whose files this qsweep reads (``upgrade_trials``)
 READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6)
@@ -63,6 +64,9 @@ TRIAL_SETTING_FIELDS: list[pa.Field] = [
     pa.field("warmup", pa.float64()),  # fraction of the budget with a linear lr warm-up
     pa.field("scale", pa.string()),  # quantizer scale: fixed (frozen at the start) | dynamic
     pa.field("first_last", pa.string()),  # first/last layer precision: same | 8bit | float
+    # a model's adapter: "lora r=8 alpha=16 q_proj+v_proj", "none" (a model that could have
+    # one), null (a model without adapters)
+    pa.field("adapter", pa.string()),
     pa.field("budget_steps", pa.int64()),
     pa.field("budget_flops", pa.float64()),
 ]
@@ -149,6 +153,7 @@ ARM_SETTING_COLUMNS = (
     "warmup",
     "scale",
     "first_last",
+    "adapter",
 )
 
 
@@ -165,6 +170,10 @@ ADDED_IN_VERSION_5 = (
     "first_last",
     *(f.name for f in MEASURED_SETTING_FIELDS),
 )
+
+
+# Core columns added by version 6.
+ADDED_IN_VERSION_6 = ("adapter",)
 
 
 def _last_line(text: str | None) -> str | None:
@@ -187,9 +196,10 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
         )
         table = table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"0").decode()
-    if not found.isdigit() or int(found) >= 5:
+    if not found.isdigit() or int(found) >= SCHEMA_VERSION:
         return table
-    for name in ADDED_IN_VERSION_5:
+    added = (*ADDED_IN_VERSION_5, *ADDED_IN_VERSION_6) if int(found) < 5 else ADDED_IN_VERSION_6
+    for name in added:
         if name not in table.column_names:
             field = TRIALS_SCHEMA.field(name)
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))

@@ -40,6 +40,20 @@ def trials_schema() -> pa.Schema:
     return schema.trials_schema(schema.option_field(name, hint) for name, hint in option_fields())
 
 
+def adapter_label(model: str, options: Mapping[str, Any]) -> str | None:
+    """``"lora r=8 alpha=16 q_proj+v_proj"``, ``"none"`` for a model that takes an adapter
+    option but has none, None for a model without that option (so arms split on it)."""
+    from trainers.models.registry import model_options
+
+    lora = options.get("lora")
+    if isinstance(lora, Mapping):
+        targets = lora.get("targets")
+        targets = "+".join(map(str, targets)) if isinstance(targets, list) else targets
+        parts = [f"{k}={lora[k]}" for k in ("r", "alpha") if k in lora]
+        return " ".join(["lora", *parts, *([str(targets)] if targets else [])])
+    return "none" if "lora" in model_options(model) else None
+
+
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     """The grid, trial-setting and estimator-option columns of one trial config's row.
 
@@ -77,6 +91,7 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
         warmup=cfg.warmup,
         scale=quant and quant.scale,
         first_last=quant and quant.first_last,
+        adapter=adapter_label(cfg.model, cfg.model_options),
     )
     options = dataclasses.asdict(cfg.estimator_config)
     options.pop("lr", None)  # the trial's lr column
