@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 
+from analysis.report_text import byte_unit
 from analysis.tradeoff import metric_label
 
 matplotlib.use("Agg")
@@ -36,14 +37,6 @@ def arm_colors(arms: Iterable[str]) -> dict[str, tuple]:
     names = sorted(set(arms))
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {arm: cmap(i % cmap.N) for i, arm in enumerate(names)}
-
-
-def byte_unit(max_bytes: float) -> tuple[str, float]:
-    """The largest binary unit in which ``max_bytes`` is at least 1 (B, KiB, MiB, GiB)."""
-    for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
-        if max_bytes >= scale:
-            return unit, scale
-    return "B", 1.0
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

@@ -3,8 +3,8 @@
 ``build_report`` takes the loaded ``SweepResults`` plus the report's options and only calls
 the pure functions of ``analysis.tradeoff`` (and ``analysis.claims`` / ``analysis.diagnostics``)
 to arrange their tables. Nothing here formats text, draws or writes a file: the renderers
-(``analysis.report_text``, ``analysis.report_html``) take the finished ``Report`` and
-recompute nothing. pandas only (no matplotlib, no Ray, no torch).
+(``analysis.report_text``, ``analysis.report_html``, ``analysis.report_plotly``) take the
+finished ``Report`` and recompute nothing. pandas only (no matplotlib, no Ray, no torch).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Report:
     memory: pd.DataFrame  # tradeoff.memory_by_arm
     failed: pd.DataFrame  # failed and stopped trials with the last line of their error
     curve_bands: pd.DataFrame  # per setting x arm x step: median / min / max over seeds
+    # every evaluation of the trials in curve_bands (one row per trial x step, with arm and
+    # setting): the seeds behind each band, for plots that show single trials
+    trial_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     # gradient-quality probes with arm (may be empty)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
     # per setting x arm: mean cosine, SNR
@@ -165,7 +168,10 @@ def _equal_compute(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _pareto(trials: pd.DataFrame) -> pd.DataFrame:
-    columns = [*SETTING, "arm", "seed", "trial_id", "flops", "final_eval_metric", "final_eval_loss"]
+    columns = [
+        *SETTING,
+        *["arm", "seed", "trial_id", "steps", "flops", "final_eval_metric", "final_eval_loss"],
+    ]
     done = trials[trials["status"] == "completed"].dropna(subset=["flops", "final_eval_metric"])
     parts = [
         g[columns].assign(
@@ -194,6 +200,17 @@ def curve_bands(curves: pd.DataFrame) -> pd.DataFrame:
     if "metric_name" in curves:
         agg["metric_name"] = ("metric_name", "first")
     return curves.groupby([*SETTING, "arm", "step"]).agg(**agg).reset_index()
+
+
+def _trial_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations behind ``curve_bands``, one row per trial x step, in plotting order."""
+    columns = [*SETTING, "arm", "sweep", "trial_id", "seed", "step", "flops"]
+    columns += ["eval_loss", "eval_metric"] + (["metric_name"] if "metric_name" in curves else [])
+    return (
+        curves[columns]
+        .sort_values([*SETTING, "arm", "sweep", "trial_id", "step"])
+        .reset_index(drop=True)
+    )
 
 
 def _versions(trials: pd.DataFrame) -> dict[str, str]:
@@ -270,6 +287,7 @@ def build_report(
     targets = _targets(trials, metric, target, reference)
     reach = _reach(curves, targets, metric)
     diagnostics = gradient_quality.by_step(results.diagnostics, trials)
+    plotted = curves[curves["status"] != "failed"]
     return Report(
         name=results.name,
         location=results.location,
@@ -285,7 +303,8 @@ def build_report(
         pareto=_pareto(trials),
         memory=tradeoff.memory_by_arm(trials),
         failed=_failed(trials),
-        curve_bands=curve_bands(curves[curves["status"] != "failed"]),
+        curve_bands=curve_bands(plotted),
+        trial_curves=_trial_curves(plotted),
         diagnostics=diagnostics,
         diagnostics_summary=gradient_quality.summary(diagnostics),
         claims=paper_claims.evaluate(

@@ -33,6 +33,14 @@ def fmt_number(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:.3g}"
 
 
+def byte_unit(max_bytes: float) -> tuple[str, float]:
+    """The largest binary unit in which ``max_bytes`` is at least 1 (B, KiB, MiB, GiB)."""
+    for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if max_bytes >= scale:
+            return unit, scale
+    return "B", 1.0
+
+
 def _varying(table: pd.DataFrame) -> list[str]:
     """Setting columns worth printing: bits always, the others only when they differ."""
     return [

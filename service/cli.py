@@ -362,16 +362,26 @@ def report(
             "found in the results, each with its verdict",
         ),
     ] = False,
+    png: Annotated[
+        bool,
+        typer.Option(
+            "--png",
+            help="also write plots/*.png and report-static.html (PNGs embedded; needs matplotlib)",
+        ),
+    ] = False,
 ) -> None:
     """
-    Write report.html (tables, plots, spec, versions, paper claims) and print the headline table.
+    Write report.html (tables, interactive plots, spec, versions, paper claims) and print the
+    headline table.
     """
     from analysis.load import ResultsError
     from analysis.report import report_command
 
     crashlog.remember_sweep_dir(results[0])
     try:
-        html_path, text = report_command(results, out, metric, target, reference, focus, claims)
+        html_path, text = report_command(
+            results, out, metric, target, reference, focus, claims, png=png
+        )
     except ResultsError as err:
         raise SweepError(str(err)) from None
     console.print(text, markup=False, highlight=False)

@@ -85,7 +85,7 @@ def test_diagnostics_summary_plot_and_html(tmp_path: Path) -> None:
         summary.loc[("nspsa", 1), "est_variance"] == pytest.approx(20.0)
         and (summary["probes"] == 3).all()
     )
-    path, _ = report_command([folder], str(tmp_path / "out"))
+    path, _ = report_command([folder], str(tmp_path / "out"), png=True)
     page = path.read_text()
     assert "Gradient quality (diagnostics probes)" in page and "cosine to ref" in page
     assert (tmp_path / "out" / "plots" / "diagnostics_mlp_digits_int.png").stat().st_size > 1000

@@ -89,15 +89,16 @@ def png_size(data: bytes) -> tuple[int, int]:
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("results")
     return report_command(
-        [realistic_sweep(root)], str(root / "out"), "eval_loss", 1.0, "nspsa", "fogzo"
+        [realistic_sweep(root)], str(root / "out"), "eval_loss", 1.0, "nspsa", "fogzo", png=True
     )
 
 
-def test_report_html_embeds_every_plot(written: tuple[Path, str]) -> None:
+def test_static_report_embeds_every_plot(written: tuple[Path, str]) -> None:
+    """``png``: the PNGs in plots/ and the static page embedding them, beside report.html."""
     html_path, _ = written
     pngs = sorted((html_path.parent / "plots").glob("*.png"))
     assert [p.name.split("_")[0] for p in pngs] == ["curves", "memory", "pareto", "quality"]
-    page = html_path.read_text()
+    page = (html_path.parent / "report-static.html").read_text()
     embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == len(pngs) == 4
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
@@ -281,7 +282,8 @@ def test_unknown_metric_is_refused(tmp_path: Path) -> None:
 def test_analysis_imports_neither_torch_nor_ray() -> None:
     code = (
         "import sys, analysis.report, analysis.report_data, analysis.report_text, "
-        "analysis.report_html, analysis.plots, analysis.load, analysis.tradeoff, "
+        "analysis.report_html, analysis.report_plotly, analysis.report_page, analysis.plots, "
+        "analysis.load, analysis.tradeoff, "
         "analysis.summary, analysis.claims, analysis.bootstrap\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
         "print(bad)\nsys.exit(1 if bad else 0)\n"

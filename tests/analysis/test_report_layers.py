@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from analysis import claims, diagnostics, report_data, tradeoff
+from analysis import claims, diagnostics, report_data, report_plotly, tradeoff
 from analysis.load import SweepResults, load_results
 from analysis.report import report_command
 from analysis.report_data import Report, build_report
@@ -153,7 +153,8 @@ def test_compute_does_not_import_the_renderers_or_matplotlib(tmp_path: Path) -> 
         "analysis.report_data.build_report(results, target=1.0)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('matplotlib', 'torch', 'ray', 'service') or m in "
-        "('analysis.plots', 'analysis.report_text', 'analysis.report_html'))\n"
+        "('analysis.plots', 'analysis.report_text', 'analysis.report_html', "
+        "'analysis.report_page', 'analysis.report_plotly') or m.startswith('plotly'))\n"
         "print(bad)\nsys.exit(1 if bad else 0)\n"
     )
     result = subprocess.run(
@@ -167,7 +168,10 @@ def test_renderers_take_only_the_report() -> None:
         (headline_text, []),
         (ratio_sentences, ["cost"]),
         (render_html, ["figures"]),
-        (write_report, ["out_dir"]),
+        (write_report, ["out_dir", "page"]),  # page: keyword only, the file name
+        (report_plotly.figures, []),
+        (report_plotly.render_html, ["figures"]),
+        (report_plotly.write_report, ["out_dir", "page"]),
     ):
         params = list(inspect.signature(render).parameters.values())
         assert params[0].name == "report" and params[0].annotation in (Report, "Report")
@@ -214,6 +218,9 @@ def test_rendering_recomputes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert path == tmp_path / "out" / "report.html"
     assert page.count("<img src=") == len(list((tmp_path / "out" / "plots").glob("*.png"))) == 4
     assert "<td>TrialDiverged: mezo: loss became nan</td>" in page
+    interactive = report_plotly.write_report(report, tmp_path / "interactive").read_text()
+    assert interactive.count('class="plotly-graph-div"') == 4
+    assert "<td>TrialDiverged: mezo: loss became nan</td>" in interactive
 
 
 def test_a_changed_report_renders_its_own_contents() -> None:
@@ -230,7 +237,8 @@ def test_report_command_is_compute_then_render(tmp_path: Path) -> None:
     html_path, text = report_command([folder], str(tmp_path / "cmd"), target=1.0)
     report = build_report(load_results(folder), target=1.0)
     assert text == headline_text(report)
-    assert html_path.read_bytes() == write_report(report, tmp_path / "direct").read_bytes()
+    direct = report_plotly.write_report(report, tmp_path / "direct")
+    assert html_path.read_bytes() == direct.read_bytes()
 
 
 def test_old_names_still_import_from_analysis_report() -> None:
