@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
 import re
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,6 +196,103 @@ class Resources(_Strict):
     gpus: float = Field(default=0, ge=0, allow_inf_nan=False)
 
 
+_SECRET_KEY = re.compile(r"key|token|password|passwd|secret|credential", re.IGNORECASE)
+
+
+class _Tracker(_Strict):
+    """One experiment tracker's settings: names only, never a secret (the spec is stored with
+    the results and travels in a Ray job's environment); keys come from the environment."""
+
+    _secret_env: typing.ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        for key in data if isinstance(data, dict) else ():
+            if isinstance(key, str) and _SECRET_KEY.search(key):
+                raise ValueError(
+                    f"{key}: secrets do not belong in the spec (it is stored with the results); "
+                    f"set {cls._secret_env} in the environment instead"
+                )
+        return data
+
+    @staticmethod
+    def _name(value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class MlflowTracking(_Tracker):
+    """``tracking.mlflow``: MLflow's ``MLflowLoggerCallback`` (``service.tracking``)."""
+
+    _secret_env = "MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+    tracking_uri: str | None = Field(
+        default=None,
+        description="file:///abs/mlruns, http(s)://server, databricks, ...; default: "
+        "MLFLOW_TRACKING_URI, else MLflow's own default",
+    )
+    experiment: str | None = Field(default=None, description="default: the sweep's name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, uri: str | None) -> str | None:
+        cls._name(uri)
+        if uri is None:
+            return None
+        if urllib.parse.urlsplit(uri).password is not None:
+            raise ValueError(
+                "holds a password: set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
+        if ":" not in uri:  # a bare local path: the driver's working directory is not the user's
+            return Path(os.path.abspath(os.path.expanduser(uri))).as_uri()
+        return uri
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str | None) -> str | None:
+        return cls._name(value)
+
+
+class WandbTracking(_Tracker):
+    """``tracking.wandb``: Weights & Biases' ``WandbLoggerCallback`` (``service.tracking``)."""
+
+    _secret_env = "WANDB_API_KEY"
+    project: str
+    mode: Literal["online", "offline"] = "online"
+    entity: str | None = None
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return cls._name(value)
+
+
+TRACKER_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> package (and extra)
+
+
+class Tracking(_Strict):
+    """Experiment trackers fed by Ray Tune's logger callbacks; the Parquet stays the record."""
+
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+    def names(self) -> list[str]:
+        return [name for name in TRACKER_EXTRAS if getattr(self, name) is not None]
+
+
+def missing_tracker_packages(spec: SweepSpec) -> list[str]:
+    """One line per tracker the spec names whose package is not installed here."""
+    names = spec.tracking.names() if spec.tracking is not None else []
+    return [
+        f"tracking.{name}: the {TRACKER_EXTRAS[name]} package is not installed: "
+        f"pip install -e '.[{name}]'"
+        for name in names
+        if importlib.util.find_spec(TRACKER_EXTRAS[name]) is None
+    ]
+
+
 class SweepSpec(_Strict):
     """The whole sweep. Besides the grid and budget, two per-trial guards (top level, they
     apply to every trial; enforced in the trainable by ``service.limits``):
@@ -248,6 +347,11 @@ class SweepSpec(_Strict):
         default={},
         description="per-model settings: `datasets` / `bits` (lists: that model's own axes, "
         "e.g. llama on text only) and trial settings; estimators' sections override them",
+    )
+    tracking: Tracking | None = Field(
+        default=None,
+        description="experiment trackers: {mlflow: {tracking_uri, experiment}} and/or "
+        "{wandb: {project, mode, entity}}; secrets only from the environment",
     )
 
     @field_validator("pretrain")
@@ -649,7 +753,7 @@ def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
 def input_problems(plan: SweepPlan) -> list[str]:
     """What this machine finds wrong with the files the trials will read (a checkpoint
     directory, a task file): one line per distinct problem, naming where it first arises."""
-    problems: dict[str, str] = {}
+    problems: dict[str, str] = {p: p for p in missing_tracker_packages(plan.spec)}
     for trial in (*plan.pretrain, *plan.trials):
         where = "pretrain" if trial in plan.pretrain else f"estimators.{trial.config['estimator']}"
         for error in input_errors(TrialConfig.from_dict(trial.config)):

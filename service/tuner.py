@@ -164,9 +164,20 @@ def build_tuner(
                 PruneCheckpoints(),
                 failures.FailOnce(spec.retries),
                 TBXLoggerCallback(),
+                *_trackers(plan, sweep_dir),
             ],
         ),
     )
+
+
+def _trackers(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
+    """The spec's experiment trackers (``service.tracking``), after the Parquet sink: they
+    see every result once it is written, and a tracker's failure stays its own."""
+    if plan.spec.tracking is None or not plan.spec.tracking.names():
+        return []
+    from service.tracking import tracker_callbacks  # imports wandb / mlflow only when named
+
+    return tracker_callbacks(plan, sweep_dir)
 
 
 class PruneCheckpoints(tune.Callback):
@@ -252,6 +263,7 @@ def restore_tuner(
         PruneCheckpoints(),
         failures.FailOnce(plan.spec.retries),
         TBXLoggerCallback(),
+        *_trackers(plan, sweep_dir),
     ]
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.
     run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)

@@ -39,6 +39,7 @@ class FinishedSweep:
     outputs: dict[str, subprocess.CompletedProcess] = field(
         default_factory=dict
     )  # run, status, report
+    tracker_dirs: tuple[Path, ...] = ()  # the MLflow file store and W&B's offline runs
 
     @property
     def ray_tmp(self) -> Path:
@@ -47,9 +48,11 @@ class FinishedSweep:
 
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory) -> Iterator[FinishedSweep]:
-    """Two tiny trials run with credential-like variables set (a cluster token, cloud keys),
-    the embedded dashboard on a free port with the default host; then ``status`` and
-    ``report``. Tests only read it (copy it before changing anything)."""
+    """Two tiny trials run with credential-like variables set (a cluster token, cloud keys,
+    tracker keys) and both experiment trackers on (MLflow in a file store, W&B offline, so
+    their callbacks and W&B's logging actors run), the embedded dashboard on a free port with
+    the default host; then ``status`` and ``report``. Tests only read it (copy it before
+    changing anything)."""
     tmp = tmp_path_factory.mktemp("finished")
     planted = {
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -57,9 +60,13 @@ def finished_sweep(tmp_path_factory) -> Iterator[FinishedSweep]:
         "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
         "HF_TOKEN": "hf_" + secrets.token_hex(17),
         "WANDB_API_KEY": secrets.token_hex(20),
+        "MLFLOW_TRACKING_TOKEN": secrets.token_urlsafe(30),
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(20),
     }
     ray_tmp = short_tempdir("qsr-")
-    cli = Qsweep(cli_env(ray_tmp, **planted))
+    mlruns, wandb_dir = tmp / "mlruns", tmp / "wandb"
+    wandb_dir.mkdir()
+    cli = Qsweep(cli_env(ray_tmp, **planted, WANDB_DIR=str(wandb_dir), WANDB_SILENT="true"))
     try:
         spec_file = write_spec(
             tmp,
@@ -67,6 +74,10 @@ def finished_sweep(tmp_path_factory) -> Iterator[FinishedSweep]:
             grid={"estimators": ["ste", "fogzo"]},
             trial={"num_evals": 3},
             budget={"steps": 40},
+            tracking={
+                "mlflow": {"tracking_uri": mlruns.as_uri()},
+                "wandb": {"project": "finished", "mode": "offline"},
+            },
         )
         port = free_port()
         driver = cli.start(
@@ -91,7 +102,15 @@ def finished_sweep(tmp_path_factory) -> Iterator[FinishedSweep]:
         assert run.returncode == 0, explain(run)
         sweep_dir = tmp / "results" / "finished"
         done = FinishedSweep(
-            spec_file, sweep_dir, cli, planted, port, listen, ss_output, {"run": run}
+            spec_file,
+            sweep_dir,
+            cli,
+            planted,
+            port,
+            listen,
+            ss_output,
+            {"run": run},
+            (mlruns, wandb_dir),
         )
         done.outputs["status"] = cli("status", sweep_dir)
         done.outputs["report"] = cli("report", sweep_dir)

@@ -1,6 +1,7 @@
 """Nobody let in: the embedded dashboard listens on loopback only unless asked (and then
 qsweep warns), the docs say how to reach it safely, and no credential from the environment
-ends up in the Parquet, the report, Tune's files, Ray's logs or the CLI's output.
+ends up in the Parquet, the report, Tune's files, the experiment trackers' runs, Ray's logs
+or the CLI's output.
 
 ``qsweep submit`` against a cluster with token authentication is covered end to end in
 tests/service/test_cluster.py (with the token, a wrong token and none).
@@ -117,6 +118,10 @@ def test_no_credential_reaches_parquet_reports_tune_files_or_cli_output(finished
             places[str(path)] = path.read_bytes()
             if path.suffix == ".parquet":  # the strings decoded too: Parquet pages are compressed
                 places[f"{path} (decoded)"] = _strings_of_parquet(path).encode()
+    tracked = [p for d in finished_sweep.tracker_dirs for p in d.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in tracked), tracked  # both trackers wrote runs
+    assert any(p.parent.name == "metrics" for p in tracked), tracked
+    places.update({str(path): path.read_bytes() for path in tracked})
     for name, result in finished_sweep.outputs.items():
         places[f"qsweep {name} stdout"] = result.stdout.encode()
         places[f"qsweep {name} stderr"] = result.stderr.encode()
@@ -127,6 +132,8 @@ def test_no_credential_reaches_parquet_reports_tune_files_or_cli_output(finished
 def test_no_cluster_token_api_key_or_cloud_key_reaches_rays_logs(finished_sweep):
     """Cloud keys included: Tune would copy AWS_* from the driver into every trainable's
     runtime env, which Ray's runtime-env agent logs in plain text; ``service.credentials``
-    stops that."""
+    stops that. So would Ray's ``WandbLoggerCallback`` with WANDB_API_KEY (its logging
+    actor's runtime env); ``service.tracking`` creates that actor without it."""
     assert any(k.startswith("AWS_") for k in finished_sweep.secrets)
+    assert {"WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN"} <= finished_sweep.secrets.keys()
     assert _leaks(finished_sweep.secrets, _ray_logs(finished_sweep)) == []
