@@ -4,6 +4,12 @@ Every user mistake (bad spec, missing results, unreachable cluster, a results lo
 that cannot be written) prints one line ``error: ...`` naming the operation and the path
 or address, and exits 2. Anything unexpected prints one line too, naming the exception and
 where its full traceback was written (``service.crashlog``), and exits 1.
+
+``run`` and ``resume`` exit 0 only when every planned trial of the sweep (earlier drivers'
+too, counted from trials.parquet) completed or was stopped early by the scheduler, and 1
+when some trial failed or did not run — after writing the Parquet and the report, with one
+line per failed trial and a summary line; ``--allow-failures`` exits 0 despite failed trials.
+``submit --wait`` exits 1 when the job ends FAILED, which includes a sweep with failed trials.
 """
 
 from __future__ import annotations
@@ -46,6 +52,19 @@ ScaleOpt = Annotated[
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")
 ]
+AllowFailuresOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-failures",
+        help="exit 0 even when trials failed (their rows and reasons are still recorded)",
+    ),
+]
+EXIT_CODES = (
+    "Exit codes: 0 every planned trial completed (or was stopped early by the scheduler); "
+    "1 some trial failed or did not run (after the Parquet and report are written; "
+    "--allow-failures exits 0 for failed trials), or an internal crash (a crash-log line); "
+    "2 bad input: spec errors, unreachable cluster, unwritable results."
+)
 
 
 def user_errors(fn):
@@ -59,6 +78,8 @@ def user_errors(fn):
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(2) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (typer.Exit, typer.Abort):  # typer's own classes (not click's) since typer 0.2x
             raise
         except Exception as err:  # noqa: BLE001 - the last line of defence: never a bare errno
             print(crashlog.one_line(fn.__name__, err), file=sys.stderr)
@@ -207,7 +228,7 @@ def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) 
     return load_spec(spec_file, scale)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 @user_errors
 def run(
     spec_file: Annotated[Path | None, typer.Argument(help="the sweep spec (YAML)")] = None,
@@ -231,8 +252,13 @@ def run(
             hidden=True, help="read the spec from this environment variable (qsweep submit's jobs)"
         ),
     ] = None,
+    allow_failures: AllowFailuresOpt = False,
 ) -> None:
-    """Run a sweep: embedded local Ray by default, or --address to join a cluster."""
+    """Run a sweep: embedded local Ray by default, or --address to join a cluster.
+
+    Exits 0 when every trial completed, 1 when some failed (0 with --allow-failures), 2 on
+    bad input.
+    """
     from service.runner import connect, prepare, run_sweep
 
     plan = _spec_from(spec_file, spec_from_env, scale)
@@ -245,8 +271,38 @@ def run(
         markup=False,
         soft_wrap=True,
     )
-    run_sweep(sweep)
+    done = run_sweep(sweep)
     _finish(sweep.sweep_dir)
+    _exit_code(sweep.sweep_dir, allow_failures, done.pretrain_failed)
+
+
+def _exit_code(sweep_dir: str, allow_failures: bool, pretrain_failed: bool) -> None:
+    """The summary line, and exit 1 unless every planned trial (earlier drivers' too: counted
+    from trials.parquet) completed or was stopped early; failed ones are accepted with
+    ``--allow-failures``, trials that never ran are not."""
+    from service.status import sweep_outcome
+
+    out = sweep_outcome(sweep_dir)
+    total, failed, unfinished = out["total"], len(out["failed"]), out["unfinished"]
+    if pretrain_failed:
+        console.print(
+            "the pre-training stage failed (see trials.parquet): its fine-tuning trials need "
+            "its checkpoint and did not run",
+            markup=False,
+            soft_wrap=True,
+        )
+    parts = [f"{failed} of {total} trials failed"] if failed else []
+    if unfinished:
+        parts.append(f"{unfinished} of {total} trials did not run")
+    if not parts:
+        stopped = f" ({out['stopped']} stopped early)" if out["stopped"] else ""
+        console.print(f"all {total} trials completed{stopped}; exit 0", markup=False)
+        return
+    if unfinished or not allow_failures:
+        hint = "" if unfinished else " (--allow-failures exits 0)"
+        console.print(f"{', '.join(parts)}; exit 1{hint}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"{', '.join(parts)}; exit 0 (--allow-failures)", markup=False)
 
 
 def _finish(sweep_dir: str) -> None:
@@ -265,7 +321,7 @@ def _finish(sweep_dir: str) -> None:
         console.print(f"report:  not written ({err})", markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 @user_errors
 def resume(
     sweep_dir: str,
@@ -275,16 +331,25 @@ def resume(
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int = 8265,
     num_cpus: int | None = None,
+    allow_failures: AllowFailuresOpt = False,
 ) -> None:
-    """Continue an interrupted sweep: no lost and no duplicate rows."""
+    """Continue an interrupted sweep: no lost and no duplicate rows.
+
+    The exit code counts every trial of the sweep, earlier drivers' too: 1 when any failed
+    (0 with --allow-failures), 2 on bad input.
+    """
     from service.runner import connect, load_stored_plan, resume_sweep
 
     crashlog.remember_sweep_dir(sweep_dir)
     load_stored_plan(sweep_dir)  # fail before starting Ray
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
-    connect(address, dashboard, dashboard_host, dashboard_port, num_cpus)
-    resume_sweep(sweep_dir, retry_failed=retry_failed)
+    done = resume_sweep(  # Ray starts only if a trial is left to run
+        sweep_dir,
+        retry_failed=retry_failed,
+        start_ray=lambda: connect(address, dashboard, dashboard_host, dashboard_port, num_cpus),
+    )
     _finish(sweep_dir)
+    _exit_code(sweep_dir, allow_failures, done.pretrain_failed)
 
 
 @app.command()
@@ -305,7 +370,15 @@ def status(sweep_dir: str) -> None:
         print_headline(sweep_dir)
 
 
-@app.command()
+SUBMIT_EXIT_CODES = (
+    "Exit codes: 0 submitted (with --wait: the job SUCCEEDED); 1 with --wait, the job ended "
+    "FAILED or STOPPED — a sweep with failed trials exits 1, so its job is FAILED, unless "
+    "--allow-failures is given — or an internal crash; 2 bad input (spec errors, a relative "
+    "--results, an unreachable job server)."
+)
+
+
+@app.command(epilog=SUBMIT_EXIT_CODES)
 @user_errors
 def submit(
     spec_file: Path,
@@ -313,8 +386,19 @@ def submit(
     results: ResultsOpt = None,
     scale: ScaleOpt = None,
     wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends")] = False,
+    allow_failures: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failures",
+            help="the job succeeds even when trials failed (qsweep run --allow-failures)",
+        ),
+    ] = False,
 ) -> None:
-    """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it."""
+    """Send the sweep to a running cluster as a Ray Job; print the job id and how to follow it.
+
+    The job is `qsweep run`: it ends FAILED when trials failed (unless --allow-failures), and
+    --wait then exits 1.
+    """
     from service.jobs import submit_sweep
     from service.spec import load_spec
 
@@ -325,12 +409,16 @@ def submit(
         results,
         wait,
         echo=lambda text: console.print(text, markup=False, highlight=False),
+        allow_failures=allow_failures,
     )
     console.print(f"job {job_id} submitted to {address}", markup=False)
     console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
     console.print(f"dashboard: {address} (Jobs tab)", markup=False)
     if wait:
-        console.print(f"job {job_id} ended: {status_text}", markup=False)
+        why = ""
+        if status_text == "FAILED":  # qsweep run exited non-zero: its last lines above say why
+            why = " (the sweep exited non-zero: failed trials, or an error; see its log above)"
+        console.print(f"job {job_id} ended: {status_text}{why}", markup=False, soft_wrap=True)
         if status_text != "SUCCEEDED":
             raise typer.Exit(1)
 

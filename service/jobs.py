@@ -97,7 +97,11 @@ def submit_sweep(
     results: str | None,
     wait: bool,
     echo: Callable[[str], None] = print,
+    allow_failures: bool = False,
 ) -> tuple[str, str]:
+    """Submit ``qsweep run`` as a job; (job id, its status, terminal with ``wait``). The job
+    ends FAILED when its sweep had failed trials (``qsweep run`` exits 1), SUCCEEDED despite
+    them with ``allow_failures``."""
     location = results or spec.results
     if "://" not in location and not Path(location).is_absolute():
         raise SweepError(
@@ -110,7 +114,8 @@ def submit_sweep(
     job_id = _submit(
         client,
         address,
-        entrypoint=f"qsweep run --spec-from-env {SPEC_ENV} --results {shlex.quote(location)}",
+        entrypoint=f"qsweep run --spec-from-env {SPEC_ENV} --results {shlex.quote(location)}"
+        + (" --allow-failures" if allow_failures else ""),
         runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
         metadata={"qsweep_sweep": spec.name},
     )

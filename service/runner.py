@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 class SweepRun:
     plan: SweepPlan
     sweep_dir: str
+    pretrain_failed: bool = False  # the stage failed, so the main sweep did not run
 
     @property
     def spec(self):
@@ -166,14 +168,23 @@ def _pretrain_done(run: SweepRun) -> set[str]:
     }
 
 
-def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) -> None:
-    """The float pre-training stage, unless its checkpoints exist; resumed if interrupted."""
+def _run_pretrain(
+    run: SweepRun,
+    live: bool | None,
+    retry_failed: bool = False,
+    start_ray: Callable[[], None] = lambda: None,
+) -> bool:
+    """The float pre-training stage, unless its checkpoints exist; resumed if interrupted.
+    False when a stage trial failed (its row says why): fine-tuning trials need its checkpoint,
+    so the main sweep does not run, and its trials count as not run (``qsweep run`` exits 1).
+    """
     from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner, tune_state_exists
 
     stage = run.plan.pretrain
     done = _pretrain_done(run)
     if len(done) == len(stage):
-        return
+        return True
+    start_ray()
     callbacks = _callbacks(run, live)
     if tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR):
         tuner = restore_tuner(
@@ -182,18 +193,19 @@ def _run_pretrain(run: SweepRun, live: bool | None, retry_failed: bool = False) 
     else:
         tuner = build_tuner(run.plan, run.sweep_dir, callbacks, pretrain=True, skip=done)
     tuner.fit()
-    if len(_pretrain_done(run)) < len(stage):
-        raise SweepError(
-            f"{run.sweep_dir}: the pre-training stage failed (see trials.parquet); "
-            "fine-tuning trials need its checkpoint"
-        )
+    return len(_pretrain_done(run)) == len(stage)
 
 
-def run_sweep(run: SweepRun, live: bool | None = None) -> None:
+def run_sweep(run: SweepRun, live: bool | None = None) -> SweepRun:
+    """Run the sweep to its end; failed trials are rows of the Parquet, not exceptions
+    (``service.status.sweep_outcome`` counts them)."""
     from service.tuner import build_tuner
 
-    _run_pretrain(run, live)
+    if not _run_pretrain(run, live):
+        run.pretrain_failed = True
+        return run
     build_tuner(run.plan, run.sweep_dir, _callbacks(run, live)).fit()
+    return run
 
 
 def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
@@ -210,23 +222,32 @@ def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
     }
 
 
-def resume_sweep(sweep_dir: str, retry_failed: bool = False, live: bool | None = None) -> SweepRun:
+def resume_sweep(
+    sweep_dir: str,
+    retry_failed: bool = False,
+    live: bool | None = None,
+    start_ray: Callable[[], None] = lambda: None,
+) -> SweepRun:
     """Finish the pre-training stage if needed, then continue (or start) the main sweep.
 
     Without Tune's state (no ``tune/tuner.pkl``, or no experiment snapshot beside it: the
     driver died while starting, or the disk filled before Tune saved one) the main sweep
     starts afresh from the stored spec; the Parquet is kept, and trials it records as
-    finished are not run again.
+    finished are not run again. ``start_ray`` (``connect``) is called only when there is
+    something to run: resuming a finished sweep starts no Ray.
     """
     from service.tuner import build_tuner, restore_tuner, tune_state_exists
 
     sweep_dir = storage.absolute(sweep_dir)  # Tune reads a relative path as a URI
     run = SweepRun(load_stored_plan(sweep_dir), sweep_dir)
-    _run_pretrain(run, live, retry_failed)
+    if not _run_pretrain(run, live, retry_failed, start_ray):
+        run.pretrain_failed = True
+        return run
     callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
     skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
     if {t.trial_id for t in run.plan.trials} <= skip:
         return run  # every planned trial is final in the Parquet: nothing to run
+    start_ray()
     if tune_state_exists(sweep_dir):
         restore_tuner(run.plan, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
     else:

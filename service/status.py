@@ -93,4 +93,28 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["STATUSES", "load_stored_plan", "stored_plan", "sweep_status"]
+def sweep_outcome(sweep_dir: str) -> dict[str, Any]:
+    """What the exit code of ``qsweep run`` / ``resume`` rests on, from trials.parquet alone
+    (so a resumed sweep counts the trials of earlier drivers too): ``total`` planned trials,
+    ``completed`` and ``stopped`` (ended early by the scheduler: a normal outcome),
+    ``failed`` (with their ids, in the Parquet's order) and ``unfinished`` (planned but with
+    no final row: never started, or still marked running)."""
+    plan = stored_plan(sweep_dir)
+    try:
+        table = storage.read_trials(sweep_dir).select(["trial_id", "status"]).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong version
+        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
+    failed = [row["trial_id"] for row in table if row["status"] == "failed"]
+    completed = sum(row["status"] == "completed" for row in table)
+    stopped = sum(row["status"] == "stopped" for row in table)
+    final = completed + stopped + len(failed)
+    return {
+        "total": plan["total"],
+        "completed": completed,
+        "stopped": stopped,
+        "failed": failed,
+        "unfinished": max(plan["total"] - final, 0),
+    }
+
+
+__all__ = ["STATUSES", "load_stored_plan", "stored_plan", "sweep_outcome", "sweep_status"]
