@@ -129,7 +129,9 @@ def test_repro_walltime_gives_ste_and_70_30_fogzo_the_same_flops(scale):
 @pytest.mark.parametrize("preset", PAPER_PRESETS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_each_preset_validates_at_each_scale(preset, scale):
-    spec = load_spec(preset, scale)
+    # Paper-scale checkpoints and data live on a cluster's storage, not here: the spec is
+    # checked (as `qsweep validate` does), the files it names are not; smoke reads them.
+    spec = load_spec(preset, scale, check_files=scale == "smoke")
     assert spec.name.endswith(f"-{scale}") and spec.trials
 
 
