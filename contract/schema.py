@@ -196,8 +196,9 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
         )
         table = table.add_column(index + 1, "error_traceback", pa.array(full, pa.string()))
     found = (table.schema.metadata or {}).get(b"qsweep_schema_version", b"0").decode()
-    if not found.isdigit() or int(found) >= SCHEMA_VERSION:
+    if not found.isdigit() or int(found) > SCHEMA_VERSION:
         return table
+    # (a version-6 table from before trials.adapter, written during its development, too)
     added = (*ADDED_IN_VERSION_5, *ADDED_IN_VERSION_6) if int(found) < 5 else ADDED_IN_VERSION_6
     for name in added:
         if name not in table.column_names:
