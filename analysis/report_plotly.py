@@ -266,25 +266,39 @@ def quality_figure(
         )
         own = trials[(trials["arm"] == arm) & trials["bits"].isin(positions)]
         fig.add_trace(
-            go.Scatter(
-                x=[positions[b] + _offset(k, arms, width) for b in own["bits"]],
-                y=own["final_eval_metric"],
-                customdata=list(zip(own["trial_id"], own["seed"], own["steps"], own["flops"])),
-                mode="markers",
-                marker={"color": colors[arm], "size": 6, "symbol": "circle-open"},
-                hovertemplate=(
-                    "trial %{customdata[0]}<br>seed %{customdata[1]}<br>step %{customdata[2]}"
-                    f"<br>FLOPs %{{customdata[3]:.3g}}<br>final {label} %{{y:.4g}}"
-                    "<extra>%{fullData.name}</extra>"
-                ),
-                legendgroup=arm,
-                showlegend=False,
-                name=arm,
+            _trial_points(
+                own,
+                [positions[b] + _offset(k, arms, width) for b in own["bits"]],
+                own["final_eval_metric"],
+                arm,
+                f"final {label} %{{y:.4g}}",
+                {"color": colors[arm], "size": 6, "symbol": "circle-open"},
             )
         )
     _bits_ticks(fig, positions)
     fig.update_yaxes(title_text=f"final eval {label} (mean ± std; open: each seed)")
     return _layout(fig, title, SMALL_HEIGHT, "arm")
+
+
+def _trial_points(
+    own: pd.DataFrame, x: list, y: pd.Series, arm: str, value: str, marker: dict
+) -> go.Scatter:
+    """One marker per trial of ``arm`` whose hover names it (trial id, seed, step, FLOPs)
+    and shows ``value`` (a hover-template fragment); in the arm's legend group."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        customdata=list(zip(own["trial_id"], own["seed"], own["steps"], own["flops"])),
+        mode="markers",
+        marker=marker,
+        hovertemplate=(
+            "trial %{customdata[0]}<br>seed %{customdata[1]}<br>step %{customdata[2]}"
+            f"<br>FLOPs %{{customdata[3]:.3g}}<br>{value}<extra>%{{fullData.name}}</extra>"
+        ),
+        legendgroup=arm,
+        showlegend=False,
+        name=arm,
+    )
 
 
 def pareto_figure(points: pd.DataFrame, *, title: str, colors: dict[str, str]) -> go.Figure:
@@ -385,20 +399,13 @@ def memory_figure(
         )
         own = trials[(trials["arm"] == arm) & trials["bits"].isin(positions)]
         fig.add_trace(
-            go.Scatter(
-                x=[positions[b] + _offset(k, arms, width) for b in own["bits"]],
-                y=own["peak_memory_bytes"] / scale,
-                customdata=list(zip(own["trial_id"], own["seed"], own["steps"], own["flops"])),
-                mode="markers",
-                marker={"color": "black", "size": 5, "symbol": "circle-open"},
-                hovertemplate=(
-                    "trial %{customdata[0]}<br>seed %{customdata[1]}<br>step %{customdata[2]}"
-                    f"<br>FLOPs %{{customdata[3]:.3g}}<br>peak memory %{{y:.4g}} {unit}"
-                    "<extra>%{fullData.name}</extra>"
-                ),
-                legendgroup=arm,
-                showlegend=False,
-                name=arm,
+            _trial_points(
+                own,
+                [positions[b] + _offset(k, arms, width) for b in own["bits"]],
+                own["peak_memory_bytes"] / scale,
+                arm,
+                f"peak memory %{{y:.4g}} {unit}",
+                {"color": "black", "size": 5, "symbol": "circle-open"},
             )
         )
     _bits_ticks(fig, positions)
