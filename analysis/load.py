@@ -16,6 +16,7 @@ import yaml
 
 from contract import storage
 from contract.schema import SPEC_FILE, TRIALS_FILE
+from contract.storage import first_line
 
 
 class ResultsError(ValueError):
@@ -36,12 +37,6 @@ class SweepResults:
     )  # gradient-quality probes; empty if none
 
 
-def _first_line(err: Exception) -> str:
-    """Errors from pyarrow and yaml can run to many lines; the CLI prints one."""
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:300]
-
-
 def load_results(location: str) -> SweepResults:
     """Trials and curves of the sweep folder ``location`` (``<results>/<sweep>``)."""
     fs, root = storage.resolve(location)
@@ -57,11 +52,11 @@ def load_results(location: str) -> SweepResults:
             location
         )  # empty for sweeps without (or older than) it
     except (pa.ArrowException, OSError) as err:  # every pyarrow error, not only ArrowInvalid
-        raise ResultsError(f"{location}: unreadable Parquet ({_first_line(err)})") from None
+        raise ResultsError(f"{location}: unreadable Parquet ({first_line(err)})") from None
     except (
         ValueError
     ) as err:  # schema version mismatch (named by the reader) or columns that do not cast
-        message = _first_line(err)
+        message = first_line(err)
         raise ResultsError(
             message if message.startswith(root) else f"{location}: {message}"
         ) from None
@@ -69,7 +64,7 @@ def load_results(location: str) -> SweepResults:
     try:
         spec = yaml.safe_load(spec_text) if spec_text else {}
     except yaml.YAMLError as err:
-        raise ResultsError(f"{location}: unreadable {SPEC_FILE} ({_first_line(err)})") from None
+        raise ResultsError(f"{location}: unreadable {SPEC_FILE} ({first_line(err)})") from None
     if not isinstance(spec, dict):
         raise ResultsError(f"{location}: {SPEC_FILE} is not a sweep spec (a YAML mapping)")
     trials_df, curves_df = trials.to_pandas(), curves.to_pandas()

@@ -48,6 +48,13 @@ class StorageError(OSError):
         return f"{self.operation} {self.filename}: {self.strerror}"
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, at most 300 characters: pyarrow, yaml and Ray messages can run
+    to many lines, and every user-facing error is one."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
 @contextlib.contextmanager
 def naming(operation: str, path: str) -> Iterator[None]:
     """Re-raise an ``OSError`` inside as a ``StorageError`` naming ``operation`` and ``path``."""

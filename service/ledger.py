@@ -52,7 +52,7 @@ from contract.schema import (
     SCHEMA_VERSION,
     TRIALS_FILE,
 )
-from contract.storage import join
+from contract.storage import first_line, join
 from service.errors import SweepError
 from service.failure_text import FAILURE_KEY, TRACEBACK_KEY, summarize
 from service.rows import coerce, config_columns, measured_settings, trials_schema
@@ -60,11 +60,6 @@ from service.rows import coerce, config_columns, measured_settings, trials_schem
 __all__ = ["ResultsLedger"]
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _now() -> datetime:
@@ -172,7 +167,7 @@ class ResultsLedger:
             storage.write_parquet_atomic(self._fs, path, table)
         except OSError as err:  # pyarrow's IO errors are OSErrors too
             self.write_error = SweepError(
-                f"cannot write results to {self.sweep_dir}: {err.strerror or _first_line(err)} "
+                f"cannot write results to {self.sweep_dir}: {err.strerror or first_line(err)} "
                 f"({path}); the sweep stopped — what was written before stays readable, "
                 f"`qsweep resume {self.sweep_dir}` continues once the location is writable"
             )

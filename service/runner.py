@@ -19,6 +19,7 @@ import yaml
 
 from contract import storage
 from contract.schema import PLAN_FILE, SPEC_FILE, TRIALS_FILE
+from contract.storage import first_line
 from service.errors import SweepError
 from service.sink import ParquetSink
 from service.spec import STAGE_PREFIX, SweepPlan
@@ -73,7 +74,7 @@ def connect(
             ray.init(address=address or None, log_to_driver=False)
         except ConnectionError as err:
             raise SweepError(
-                f"joining the Ray cluster at {target} failed: {_first_line(err)}"
+                f"joining the Ray cluster at {target} failed: {first_line(err)}"
             ) from None
         return
     ray.init(
@@ -99,7 +100,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
     except OSError as err:
         raise SweepError(
-            f"cannot reach the Ray cluster at {address}: {err.strerror or _first_line(err)} "
+            f"cannot reach the Ray cluster at {address}: {err.strerror or first_line(err)} "
             f"(is `ray start --head` running there, and is the GCS port open?)"
         ) from None
 
@@ -144,14 +145,9 @@ def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
         sink = ParquetSink(run.sweep_dir, run.plan.name, planned, versions())
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated or foreign Parquet
         raise SweepError(
-            f"{run.sweep_dir}: cannot continue from unreadable results ({_first_line(err)})"
+            f"{run.sweep_dir}: cannot continue from unreadable results ({first_line(err)})"
         ) from None
     return [sink, SweepProgress(planned, run.plan.total, live=live)]
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _pretrain_done(run: SweepRun) -> set[str]:

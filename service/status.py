@@ -16,17 +16,13 @@ import yaml
 
 from contract import storage
 from contract.schema import CURVES_DIR, PLAN_FILE, SPEC_FILE, TRIALS_FILE
+from contract.storage import first_line
 from service.errors import SweepError
 
 if TYPE_CHECKING:
     from service.spec import SweepPlan
 
 STATUSES = ("completed", "running", "failed", "stopped")
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def stored_plan(sweep_dir: str) -> dict[str, Any]:
@@ -37,7 +33,7 @@ def stored_plan(sweep_dir: str) -> dict[str, Any]:
         try:
             summary = json.loads(text)
         except ValueError as err:
-            raise SweepError(f"{sweep_dir}/{PLAN_FILE}: unreadable ({_first_line(err)})") from None
+            raise SweepError(f"{sweep_dir}/{PLAN_FILE}: unreadable ({first_line(err)})") from None
         if isinstance(summary, dict) and isinstance(summary.get("total"), int):
             return summary
     return load_stored_plan(sweep_dir).summary()  # an older folder: expand its spec (torch)
@@ -79,7 +75,7 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
         trials = storage.read_trials(sweep_dir) if started else None
         curve_rows = _curve_rows(fs, root)
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong version
-        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
+        raise SweepError(f"{sweep_dir}: unreadable results ({first_line(err)})") from None
     table = None if trials is None else trials.to_pandas()
     seen = {} if table is None else table["status"].value_counts().to_dict()
     counts = {s: int(seen.get(s, 0)) for s in STATUSES}
@@ -103,7 +99,7 @@ def sweep_outcome(sweep_dir: str) -> dict[str, Any]:
     try:
         table = storage.read_trials(sweep_dir).select(["trial_id", "status"]).to_pylist()
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong version
-        raise SweepError(f"{sweep_dir}: unreadable results ({_first_line(err)})") from None
+        raise SweepError(f"{sweep_dir}: unreadable results ({first_line(err)})") from None
     failed = [row["trial_id"] for row in table if row["status"] == "failed"]
     completed = sum(row["status"] == "completed" for row in table)
     stopped = sum(row["status"] == "stopped" for row in table)
