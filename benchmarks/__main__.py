@@ -3,6 +3,9 @@
 Runs the sections and rewrites the Markdown file: machine info, the commands that
 reproduce it, a summary of every bar, then one block per section. With ``--only`` the other
 sections' blocks are kept from the existing file (and the summary rebuilt from them).
+
+``python -m benchmarks --gpu [--dry-run]`` runs only the GPU section (``benchmarks.gpu``),
+on a machine with CUDA, and keeps every other block; the CPU runs keep the GPU block.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from benchmarks import SECTIONS
 from benchmarks.common import Section, bars_comment, machine_info, parse_bars, table
 
 BEGIN, END = "<!-- section:{} -->", "<!-- /section:{} -->"
+# Sections run only on request (``--gpu``), never by a plain run, whose file keeps their blocks.
+GPU_SECTIONS = ("gpu",)
+ALL_SECTIONS = (*SECTIONS, *GPU_SECTIONS)
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def render_block(section: Section, quick: bool) -> str:
-    mode = "quick (smoke) mode" if quick else "full mode"
+def render_block(section: Section, quick: bool, mode: str | None = None) -> str:
+    mode = mode or ("quick (smoke) mode" if quick else "full mode")
     return "\n".join(
         [
             BEGIN.format(section.key),
@@ -47,7 +53,7 @@ def existing_blocks(path: Path) -> dict[str, str]:
         return {}
     text = path.read_text(encoding="utf-8")
     blocks = {}
-    for key in SECTIONS:
+    for key in ALL_SECTIONS:
         match = re.search(
             re.escape(BEGIN.format(key)) + r".*?" + re.escape(END.format(key)), text, re.S
         )
@@ -56,10 +62,26 @@ def existing_blocks(path: Path) -> dict[str, str]:
     return blocks
 
 
+def kept_blocks(path: Path, only: bool) -> dict[str, str]:
+    """The blocks a CPU run starts from: with ``--only`` every existing one (the sections run
+    replace theirs), without it only the GPU sections' (a CPU run never rewrites those)."""
+    blocks = existing_blocks(path)
+    return blocks if only else {k: v for k, v in blocks.items() if k in GPU_SECTIONS}
+
+
+def previous_machine_info(path: Path) -> dict[str, str]:
+    """The "## Machine" table of an existing file ({} if none)."""
+    if not path.exists():
+        return {}
+    match = re.search(r"^## Machine\n(.*?)^## ", path.read_text(encoding="utf-8"), re.S | re.M)
+    rows = re.findall(r"^\| (.+?) \| (.*?) \|$", match.group(1), re.M) if match else []
+    return {k: v for k, v in rows if k.strip() and not set(k) <= {"-", "|"}}
+
+
 def render(
     blocks: dict[str, str], info: dict[str, str], argv: list[str], total_s: float, ran: list[str]
 ) -> str:
-    bars = [bar for key in SECTIONS if key in blocks for bar in parse_bars(blocks[key])]
+    bars = [bar for key in ALL_SECTIONS if key in blocks for bar in parse_bars(blocks[key])]
     summary = table(
         ["bar", "measured", "limit", "met"],
         [
@@ -92,6 +114,8 @@ def render(
         "python -m benchmarks --quick --out /tmp/B.md   # smoke version (< 1 min)",
         "python -m benchmarks --only estimator_cost     # one section; the others are kept from "
         "the file",
+        "python -m benchmarks --gpu                     # the GPU section, on a CUDA machine "
+        "(< 8 min)",
         "```",
         "",
         f"This file: `{command}`.",
@@ -103,7 +127,7 @@ def render(
         summary,
         "",
     ]
-    lines += [blocks[key] + "\n" for key in SECTIONS if key in blocks]
+    lines += [blocks[key] + "\n" for key in ALL_SECTIONS if key in blocks]
     return "\n".join(lines)
 
 
@@ -125,11 +149,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run only the GPU section (needs CUDA); the other blocks are kept from the file",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --gpu: every part at tiny sizes on the CPU, to test the path (no GPU numbers)",
+    )
     args = parser.parse_args(argv)
+    if args.dry_run and not args.gpu:
+        parser.error("--dry-run goes with --gpu")
+    if args.gpu and (args.only or args.quick):
+        parser.error("--gpu runs the GPU section alone (--dry-run is its smoke version)")
     out = Path(args.out)
+    if args.gpu:
+        return _main_gpu(out, argv, args.dry_run)
     keys = [k for k in SECTIONS if not args.only or k in args.only]
     info = machine_info()
-    blocks = existing_blocks(out) if args.only else {}
+    blocks = kept_blocks(out, bool(args.only))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qsweep-bench-") as workdir:
         for key in keys:
@@ -148,6 +188,37 @@ def main(argv: list[str] | None = None) -> int:
                 encoding="utf-8",
             )  # written after every section: a crash keeps what ran
     log(f"[benchmarks] wrote {out} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _main_gpu(out: Path, argv: list[str], dry_run: bool) -> int:
+    """The GPU section alone; exit 1 (one line) without CUDA unless ``dry_run``, or when a
+    part crashed (after writing the file)."""
+    import torch
+
+    if not dry_run and not torch.cuda.is_available():
+        from benchmarks.gpu import NO_CUDA
+
+        print(NO_CUDA, file=sys.stderr)
+        return 1
+    from benchmarks import gpu
+
+    # The header's machine is the CPU sections' (kept); the GPU host is described in its block.
+    info = previous_machine_info(out) or machine_info()
+    blocks = existing_blocks(out)
+    started = time.perf_counter()
+    log(f"[benchmarks] {gpu.TITLE}")
+    with tempfile.TemporaryDirectory(prefix="qsweep-bench-gpu-") as workdir:
+        section, crashed = gpu.run(Path(workdir), log, dry_run=dry_run)
+    section.seconds = time.perf_counter() - started
+    mode = "dry run on the CPU (tiny sizes, not GPU numbers)" if dry_run else "GPU run"
+    blocks[gpu.KEY] = render_block(section, False, mode)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(blocks, info, argv, section.seconds, [gpu.KEY]), encoding="utf-8")
+    log(f"[benchmarks] wrote {out} in {section.seconds:.0f} s")
+    if crashed:
+        log(f"[benchmarks] gpu: part(s) crashed: {', '.join(crashed)} (see the section)")
+        return 1
     return 0
 
 
