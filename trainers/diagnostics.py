@@ -227,7 +227,9 @@ def _probe(
     train_batch_size: int | None,
 ) -> dict[str, float]:
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + step + _PROBE_SEED) % (2**62))
+    device = next(model.parameters()).device  # a CUDA model's noise needs a CUDA generator
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + step + _PROBE_SEED) % (2**62))
     work = copy.deepcopy(model)
     dim = sum(p.numel() for _, p in trainable_parameters(work))
     ref_n = settings.get("reference_n") or default_reference_n(dim)

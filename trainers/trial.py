@@ -110,7 +110,7 @@ def run_trial(
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
     cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
     estimator = build_estimator(
-        cfg.estimator, cfg.estimator_config, cost, cfg.seed + _ESTIMATOR_SEED
+        cfg.estimator, cfg.estimator_config, cost, cfg.seed + _ESTIMATOR_SEED, device=device
     )
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)

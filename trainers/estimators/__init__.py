@@ -91,17 +91,24 @@ def default_eps(name: str) -> float | None:
 
 
 def build_estimator(
-    name: str, options: Mapping[str, Any] | Any, cost: CostModel, seed: int, lr: float | None = None
+    name: str,
+    options: Mapping[str, Any] | Any,
+    cost: CostModel,
+    seed: int,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
 ) -> Estimator:
-    """The estimator ``name`` with its own generator seeded from the trial seed. ``options``
-    is its built config or a mapping of options; ``lr`` goes into an in-place estimator's."""
+    """The estimator ``name`` with its own generator seeded from the trial seed, on the
+    model's ``device`` (torch draws noise for a CUDA tensor only from a CUDA generator).
+    ``options`` is its built config or a mapping of options; ``lr`` goes into an in-place
+    estimator's."""
     cls = estimator_class(name)
     if isinstance(options, cls.config_class):
         config = options
     else:
         extra = {"lr": lr} if cls.updates_in_place and lr is not None else {}
         config = estimator_config(name, {**dict(options or {}), **extra})
-    return cls(config, cost, torch.Generator().manual_seed(seed))
+    return cls(config, cost, torch.Generator(device=device).manual_seed(seed))
 
 
 __all__ = [

@@ -117,4 +117,4 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def draw_seed(generator: torch.Generator) -> int:
     """A fresh 62-bit seed from the estimator's generator (for regenerate-from-seed tricks)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())

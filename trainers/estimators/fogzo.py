@@ -190,7 +190,10 @@ class FOGZO(Estimator):
         def draw(k: int) -> list[torch.Tensor]:
             # v_j = sqrt(1 - beta) u_j + sqrt(beta) s_j g / ||g||, built in place on the noise
             # block (each pass over a model-sized tensor costs; see BENCHMARKS.md, section 1).
-            signs = (torch.randint(0, 2, (k,), generator=self.generator) * 2 - 1).tolist()
+            signs = torch.randint(
+                0, 2, (k,), generator=self.generator, device=self.generator.device
+            )
+            signs = (signs * 2 - 1).tolist()
             noise = sample_directions(plan, k, self.generator)
             for g, u in zip(guide, noise):
                 if beta > 0:
