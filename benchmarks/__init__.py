@@ -7,9 +7,17 @@ One module per section; each has ``KEY``, ``TITLE`` and ``run(quick, workdir, lo
 3. ``fogzo_compute``    the FOGZO paper's compute-to-target claim on the 2-layer MLP
 4. ``service_overhead`` Ray Tune sweep vs the same trials in one process
 5. ``results_path``     Parquet sink throughput; analysis load + report on 1M curve rows
+6. ``small_trials``     whole ``qsweep run`` vs multiprocessing.Pool, bare Ray Tune and a loop
 
 These are measurements, not timed tests: nothing fails because the machine is slow; a bar
 that is missed is reported (with a profile of where the time goes), and only a crash fails.
 """
 
-SECTIONS = ("estimator_cost", "memory", "fogzo_compute", "service_overhead", "results_path")
+SECTIONS = (
+    "estimator_cost",
+    "memory",
+    "fogzo_compute",
+    "service_overhead",
+    "results_path",
+    "small_trials",
+)

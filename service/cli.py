@@ -259,7 +259,7 @@ def run(
     Exits 0 when every trial completed, 1 when some failed (0 with --allow-failures), 2 on
     bad input.
     """
-    from service.runner import connect, prepare, run_sweep
+    from service.runner import connect, prepare, run_sweep, stop_ray_meanwhile
 
     plan = _spec_from(spec_file, spec_from_env, scale)
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
@@ -272,8 +272,9 @@ def run(
         soft_wrap=True,
     )
     done = run_sweep(sweep)
-    _finish(sweep.sweep_dir)
-    _exit_code(sweep.sweep_dir, allow_failures, done.pretrain_failed)
+    with stop_ray_meanwhile():
+        _finish(sweep.sweep_dir)
+        _exit_code(sweep.sweep_dir, allow_failures, done.pretrain_failed)
 
 
 def _exit_code(sweep_dir: str, allow_failures: bool, pretrain_failed: bool) -> None:
@@ -338,7 +339,7 @@ def resume(
     The exit code counts every trial of the sweep, earlier drivers' too: 1 when any failed
     (0 with --allow-failures), 2 on bad input.
     """
-    from service.runner import connect, load_stored_plan, resume_sweep
+    from service.runner import connect, load_stored_plan, resume_sweep, stop_ray_meanwhile
 
     crashlog.remember_sweep_dir(sweep_dir)
     load_stored_plan(sweep_dir)  # fail before starting Ray
@@ -348,8 +349,9 @@ def resume(
         retry_failed=retry_failed,
         start_ray=lambda: connect(address, dashboard, dashboard_host, dashboard_port, num_cpus),
     )
-    _finish(sweep_dir)
-    _exit_code(sweep_dir, allow_failures, done.pretrain_failed)
+    with stop_ray_meanwhile():
+        _finish(sweep_dir)
+        _exit_code(sweep_dir, allow_failures, done.pretrain_failed)
 
 
 @app.command()

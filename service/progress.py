@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from contract import metrics
+from service.report_batch import rows
 from service.tune_config import decode
 
 
@@ -43,12 +44,13 @@ class SweepProgress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id, config = self._key(trial)
-        value = result.get(self.metric)
-        if isinstance(value, float) and math.isfinite(value):
-            key = (config["estimator"], config["bits"])
-            self.best[key] = metrics.best(
-                [self.best.get(key, value), value], self.metric, result.get("metric_name")
-            )
+        for record in rows(result):  # a batch of evaluations (service.report_batch)
+            value = record.get(self.metric)
+            if isinstance(value, float) and math.isfinite(value):
+                key = (config["estimator"], config["bits"])
+                self.best[key] = metrics.best(
+                    [self.best.get(key, value), value], self.metric, record.get("metric_name")
+                )
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

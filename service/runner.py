@@ -10,7 +10,9 @@ import json
 import os
 import platform
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +86,20 @@ def connect(
         dashboard_port=dashboard_port,
         log_to_driver=False,
     )
+
+
+@contextmanager
+def stop_ray_meanwhile() -> Iterator[None]:
+    """Stop Ray (an embedded cluster: ~1.4 s of waiting for its processes to exit) in a
+    thread while the block runs (the headline and the report need no Ray); joined at its end."""
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    stopper.start()
+    try:
+        yield
+    finally:
+        stopper.join()
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -192,11 +208,26 @@ def _run_pretrain(
     return len(_pretrain_done(run)) == len(stage)
 
 
+def _one_run(run: SweepRun) -> bool:
+    """Whether the stage and the sweep share one Tune run (``service.stage_gate``): a grid
+    sweep with a stage, unless an older qsweep already gave its stage a Tune run of its own."""
+    from service.tuner import PRETRAIN_TUNE_DIR, tune_state_exists
+
+    return (
+        bool(run.plan.pretrain)
+        and run.spec.search.mode == "grid"
+        and not tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR)
+    )
+
+
 def run_sweep(run: SweepRun, live: bool | None = None) -> SweepRun:
     """Run the sweep to its end; failed trials are rows of the Parquet, not exceptions
     (``service.status.sweep_outcome`` counts them)."""
     from service.tuner import build_tuner
 
+    if _one_run(run):
+        build_tuner(run.plan, run.sweep_dir, _callbacks(run, live), with_stage=True).fit()
+        return run
     if not _run_pretrain(run, live):
         run.pretrain_failed = True
         return run
@@ -204,18 +235,40 @@ def run_sweep(run: SweepRun, live: bool | None = None) -> SweepRun:
     return run
 
 
-def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
-    """Trial ids trials.parquet records as final (failed ones too unless ``retry_failed``)."""
+def _statuses(sweep_dir: str) -> dict[str, str]:
+    """Trial id -> status, as trials.parquet records them."""
     fs, path = storage.resolve(sweep_dir)
     table = storage.read_parquet(fs, f"{path}/{TRIALS_FILE}")
     if table is None:
-        return set()
+        return {}
+    return {r["trial_id"]: r["status"] for r in table.select(["trial_id", "status"]).to_pylist()}
+
+
+def _finished_trials(sweep_dir: str, retry_failed: bool) -> set[str]:
+    """Trial ids trials.parquet records as final (failed ones too unless ``retry_failed``)."""
     final = {"completed", "stopped"} | (set() if retry_failed else {"failed"})
-    return {
-        row["trial_id"]
-        for row in table.select(["trial_id", "status"]).to_pylist()
-        if row["status"] in final
-    }
+    return {tid for tid, status in _statuses(sweep_dir).items() if status in final}
+
+
+def _settle_stage(run: SweepRun, skip: set[str]) -> None:
+    """Before a one-run sweep continues: a stage trial that runs again lets its trials wait
+    again; one recorded as failed for good tells them so (the driver that saw it fail may
+    have died before it could); one recorded as finished whose model file is gone runs again
+    (its trials would wait for ever)."""
+    from service.stage_gate import clear_failed, mark_failed, stage_done
+
+    statuses = _statuses(run.sweep_dir)
+    for stage in run.plan.pretrain:
+        sid = stage.trial_id
+        if stage_done(run.sweep_dir, sid):
+            continue
+        if sid not in skip:
+            clear_failed(run.sweep_dir, sid)
+        elif statuses.get(sid) == "failed":
+            mark_failed(run.sweep_dir, sid, "it failed in an earlier run (see trials.parquet)")
+        else:
+            skip.discard(sid)
+            clear_failed(run.sweep_dir, sid)
 
 
 def resume_sweep(
@@ -236,6 +289,8 @@ def resume_sweep(
 
     sweep_dir = storage.absolute(sweep_dir)  # Tune reads a relative path as a URI
     run = SweepRun(load_stored_plan(sweep_dir), sweep_dir)
+    if _one_run(run):
+        return _resume_one_run(run, retry_failed, live, start_ray)
     if not _run_pretrain(run, live, retry_failed, start_ray):
         run.pretrain_failed = True
         return run
@@ -248,6 +303,28 @@ def resume_sweep(
         restore_tuner(run.plan, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
     else:
         build_tuner(run.plan, sweep_dir, callbacks, skip=skip).fit()
+    return run
+
+
+def _resume_one_run(
+    run: SweepRun, retry_failed: bool, live: bool | None, start_ray: Callable[[], None]
+) -> SweepRun:
+    """``resume_sweep`` for a grid sweep whose stage shares its Tune run."""
+    from service.tuner import build_tuner, restore_tuner, tune_state_exists
+
+    callbacks = _callbacks(run, live)
+    skip = _finished_trials(run.sweep_dir, retry_failed)
+    _settle_stage(run, skip)
+    if {t.trial_id for t in (*run.plan.pretrain, *run.plan.trials)} <= skip:
+        return run
+    start_ray()
+    if tune_state_exists(run.sweep_dir):
+        tuner = restore_tuner(
+            run.plan, run.sweep_dir, callbacks, retry_failed, skip=skip, with_stage=True
+        )
+    else:
+        tuner = build_tuner(run.plan, run.sweep_dir, callbacks, skip=skip, with_stage=True)
+    tuner.fit()
     return run
 
 

@@ -21,6 +21,7 @@ from ray.tune.experiment import Trial
 from contract.storage import read_results
 from service.errors import SweepError
 from service.ledger import ResultsLedger
+from service.report_batch import rows
 
 # Re-exported: tests/reliability/test_bad_input.py and tests/service/test_spec_defaults.py
 # import it from here.
@@ -157,7 +158,9 @@ class ParquetSink(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
-        self.ledger.result(self._tid(trial), result)
+        tid = self._tid(trial)
+        for record in rows(result):  # a batch of evaluations (service.report_batch), in order
+            self.ledger.result(tid, record)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any

@@ -324,6 +324,14 @@ class SweepSpec(_Strict):
     checkpoint_every: int = Field(
         default=1, ge=0, description="checkpoint every k evaluations (0 = never)"
     )
+    checkpoint_min_s: float = Field(
+        default=10.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="no checkpoint sooner than this many seconds after a trial's (re)start or its "
+        "previous checkpoint: a trial shorter than it restarts from scratch after a failure, "
+        "which costs less than saving it",
+    )
     time_limit_s: float | None = Field(
         default=None,
         gt=0,

@@ -32,6 +32,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem
 
 from contract.record import CURVE_METRICS
+from service.report_batch import rows
 from service.spec import SweepPlan
 from service.tune_config import decode
 
@@ -142,6 +143,11 @@ class _Tracker:
             self._ids[trial.trial_id] = (tid, {"trial_id": tid, "sweep": self.sweep, **config})
         return self._ids[trial.trial_id]
 
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        """Each evaluation of a batched result (``service.report_batch``) is its own row."""
+        for record in rows(result):
+            self.log_record(iteration, trial, record)
+
     def guarded(self, what: str, call, *args: Any, **kwargs: Any) -> Any:
         """Run one tracker call; the first failure turns the tracker off with one warning."""
         if self.broken:
@@ -229,7 +235,7 @@ class QsweepMLflowCallback(_Tracker, MLflowLoggerCallback):
             if run_id is not None:
                 self._trial_runs[trial] = run_id
 
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+    def log_record(self, iteration: int, trial, result: dict) -> None:
         if trial not in self._trial_runs:
             self.log_trial_start(trial)
         run_id, metrics = self._trial_runs.get(trial), tracked_metrics(result)
@@ -329,14 +335,14 @@ class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
             )(self._logger_actor_cls)
         super()._start_logging_actor(trial, exclude_results, **init)
 
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+    def log_record(self, iteration: int, trial, result: dict) -> None:
         if self.broken:
             return
         if trial not in self._trial_logging_actors:
             self.log_trial_start(trial)
         metrics = tracked_metrics(result)
         if trial in self._trial_queues and metrics:
-            item = {"training_iteration": result.get("training_iteration"), **metrics}
+            item = {"training_iteration": result.get("training_iteration", iteration), **metrics}
             queue = self._trial_queues[trial]
             self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, item))
 

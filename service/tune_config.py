@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
-from service.spec import TRIAL_FIELDS, SweepPlan, SweepSpec
+from service.spec import STAGE_PREFIX, TRIAL_FIELDS, SweepPlan, SweepSpec
 from trainers.estimators import ESTIMATORS
 
 
@@ -45,17 +45,27 @@ def param_space_and_search(
     return space, search, spec.search.num_samples
 
 
+def _waits_for_stage(trial) -> bool:
+    return str(trial.config.get("init_from") or "").startswith(STAGE_PREFIX)
+
+
 def encode(
-    plan: SweepPlan, pretrain: bool = False, skip: set[str] | frozenset[str] = frozenset()
+    plan: SweepPlan,
+    pretrain: bool = False,
+    skip: set[str] | frozenset[str] = frozenset(),
+    with_stage: bool = False,
 ) -> tuple[dict[str, Any], Any, int]:
     """(param_space, search algorithm, num_samples) of the main sweep or, with ``pretrain``,
-    of the float pre-training stage (always a plain grid), leaving out planned trials in
-    ``skip`` (already finished; grid mode)."""
+    of the float pre-training stage (always a plain grid), or ``with_stage`` of both in one
+    grid, the stage first (``service.stage_gate``), leaving out planned trials in ``skip``
+    (already finished; grid mode)."""
     from ray import tune
 
     stage = plan.pretrain if pretrain else plan.trials
+    if with_stage:  # the stage, then trials from scratch (they run while it does), then its own
+        stage = (*plan.pretrain, *sorted(plan.trials, key=_waits_for_stage))  # sorted is stable
     planned = [t.trial_id for t in stage if t.trial_id not in skip]
-    if pretrain:
+    if pretrain or with_stage:
         return {"planned_id": tune.grid_search(planned)}, None, 1
     return param_space_and_search(plan.spec, planned)
 

@@ -1,8 +1,9 @@
 """Run a sweep on Ray Tune: one Tune trial per planned trial, each calling ``run_trial``.
 
-The trainable reports every evaluation with ``tune.report`` and (every
-``checkpoint_every`` evaluations) a checkpoint holding ``run_trial``'s resume state, so a
-trial interrupted by a node loss or a driver crash continues mid-run. Tune's own state
+The trainable hands its evaluations to ``tune.report`` in batches (``service.report_batch``)
+and (every ``checkpoint_every`` evaluations, at most one per ``checkpoint_min_s``) a
+checkpoint holding ``run_trial``'s resume state, so a trial interrupted by a node loss or a
+driver crash continues mid-run. Tune's own state
 lives in ``<results>/<sweep>/tune`` next to the Parquet, which is what ``resume`` reads.
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -25,13 +27,14 @@ from contract import storage
 from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
+from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
 from service.spec import STAGE_PREFIX, SweepPlan
+from service.stage_gate import mark_failed, stage_model_path, wait_for_stage
 from service.tune_config import decode, encode
 from trainers import run_trial
 
 TUNE_DIR = "tune"  # experiment name under the sweep directory
 PRETRAIN_TUNE_DIR = "tune-pretrain"  # the float pre-training stage, when the spec has one
-STAGES_DIR = "stages"
 STATE_FILE = "state.pt"
 
 
@@ -39,7 +42,7 @@ def stage_location(sweep_dir: str, value: str | None) -> str | None:
     """``stage:<trial id>`` -> that trial's model checkpoint under ``<sweep>/stages/``."""
     if not value or not value.startswith(STAGE_PREFIX):
         return value
-    return f"{sweep_dir.rstrip('/')}/{STAGES_DIR}/{value.removeprefix(STAGE_PREFIX)}.pt"
+    return stage_model_path(sweep_dir, value.removeprefix(STAGE_PREFIX))
 
 
 def train_one(
@@ -51,15 +54,38 @@ def train_one(
     time_limit_s: float | None = None,
     memory_limit_mb: float | None = None,
     metric: str | None = None,
+    checkpoint_min_s: float = 0.0,
+    report_every_s: float = REPORT_EVERY_S,
 ) -> None:
     """Tune function trainable: resolve the trial, resume from a checkpoint if any, train
-    (within the spec's time and memory limits, see ``service.limits``). A deterministic
-    failure (a divergence, a configuration error) is reported before it is raised, so Tune
-    does not retry it (``service.failures``)."""
+    (once its pre-training stage's model exists, ``service.stage_gate``; within the spec's
+    time and memory limits, see ``service.limits``), handing evaluations
+    to Tune in batches (``service.report_batch``). Whatever is pending is sent before an
+    error leaves. A deterministic failure (a divergence, a configuration error) is reported
+    before it is raised, so Tune does not retry it (``service.failures``)."""
+    batcher = ReportBatcher(
+        lambda result, checkpoint: tune.report(result, checkpoint=checkpoint), report_every_s
+    )
     try:
+        start_from = planned.get(config.get("planned_id"), {}).get("init_from") or ""
+        if start_from.startswith(STAGE_PREFIX):  # one Tune run with its stage (service.stage_gate)
+            wait_for_stage(sweep_dir, start_from.removeprefix(STAGE_PREFIX))
         with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
-            _train_one(config, planned, checkpoint_every, cpus, sweep_dir, limits)
+            _train_one(
+                config,
+                planned,
+                checkpoint_every,
+                checkpoint_min_s,
+                cpus,
+                sweep_dir,
+                limits,
+                batcher,
+            )
     except Exception as err:
+        try:
+            batcher.flush()  # the rows before the failure are results too
+        except Exception:  # noqa: BLE001 - the session is gone: the original error matters
+            pass
         if not failures.is_deterministic(err):
             raise
         tune.report(failures.failure_result(err, metric))
@@ -70,9 +96,11 @@ def _train_one(
     config: dict[str, Any],
     planned: dict[str, dict[str, Any]],
     checkpoint_every: int,
+    checkpoint_min_s: float,
     cpus: float,
     sweep_dir: str,
     limits: LimitWatchdog,
+    batcher: ReportBatcher,
 ) -> None:
     trial_id, trial_config = decode(planned, config, tune.get_context().get_trial_id())
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
@@ -89,19 +117,30 @@ def _train_one(
         "host": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
-    evaluations = 0
+    evaluations, checkpointed_at = 0, time.monotonic()
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        nonlocal evaluations
+        """A checkpoint every ``checkpoint_every`` evaluations, but none sooner than
+        ``checkpoint_min_s`` after the attempt's start or the previous one (a short trial
+        restarts from scratch more cheaply than it saves), and none at the end (the finished
+        trial's checkpoints are deleted, ``PruneCheckpoints``)."""
+        nonlocal evaluations, checkpointed_at
         limits.check()  # an evaluation past a limit is not reported: the attempt fails
         evaluations += 1
         payload = {**metrics, **where}
-        if state is None or not (metrics["done"] or evaluations % checkpoint_every == 0):
-            tune.report(payload)
+        due = (
+            state is not None
+            and not metrics["done"]
+            and evaluations % checkpoint_every == 0
+            and time.monotonic() - checkpointed_at >= checkpoint_min_s
+        )
+        if not due:
+            batcher.add(payload, last=bool(metrics["done"]))
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state, os.path.join(directory, STATE_FILE))
-            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(directory))
+            batcher.add(payload, checkpoint=tune.Checkpoint.from_directory(directory))
+        checkpointed_at = time.monotonic()
 
     run_trial(trial_config, report, resume_state=resume_state, save_state=checkpoint_every > 0)
 
@@ -118,6 +157,8 @@ def make_trainable(plan: SweepPlan, sweep_dir: str):
         time_limit_s=spec.time_limit_s,
         memory_limit_mb=spec.memory_limit_mb,
         metric=spec.search.metric,
+        checkpoint_min_s=spec.checkpoint_min_s,
+        report_every_s=0.0 if spec.early_stopping is not None else REPORT_EVERY_S,  # ASHA counts
     )
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
@@ -128,11 +169,13 @@ def build_tuner(
     callbacks: list[tune.Callback],
     pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
+    with_stage: bool = False,
 ) -> tune.Tuner:
-    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid).
-    Planned trials in ``skip`` (already finished, grid mode) are left out."""
+    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid),
+    or ``with_stage`` both in one grid (``service.stage_gate``). Planned trials in ``skip``
+    (already finished, grid mode) are left out."""
     spec, stage = plan.spec, pretrain
-    space, search, num_samples = encode(plan, pretrain, skip)
+    space, search, num_samples = encode(plan, pretrain, skip, with_stage)
     scheduler = None
     if spec.early_stopping is not None and not stage:
         scheduler = ASHAScheduler(
@@ -161,9 +204,10 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see PruneCheckpoints
             callbacks=[
                 *callbacks,
+                StageFailures(plan, sweep_dir),
                 PruneCheckpoints(),
                 failures.FailOnce(spec.retries),
-                TBXLoggerCallback(),
+                BatchedTBXLogger(),
                 *_trackers(plan, sweep_dir),
             ],
         ),
@@ -178,6 +222,37 @@ def _trackers(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
     from service.tracking import tracker_callbacks  # imports wandb / mlflow only when named
 
     return tracker_callbacks(plan, sweep_dir)
+
+
+class BatchedTBXLogger(TBXLoggerCallback):
+    """TensorBoard gets every evaluation of a batched result (``service.report_batch``),
+    each at its training step: Tune's ``training_iteration`` counts batches, not evaluations."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        base = newest(result)
+        for record in rows(result):
+            row = {**base, **record}
+            row["timesteps_total"] = row.get("step") or row.get("training_iteration")
+            super().log_trial_result(iteration, trial, row)
+
+
+class StageFailures(tune.Callback):
+    """A pre-training trial that failed for good: its marker tells the trials waiting for it
+    (``service.stage_gate``) to fail with its reason instead of waiting for ever."""
+
+    def __init__(self, plan: SweepPlan, sweep_dir: str) -> None:
+        self.stage_ids = {t.trial_id for t in plan.pretrain}
+        self.sweep_dir = sweep_dir
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        stage_id = trial.config.get("planned_id")
+        if stage_id in self.stage_ids:
+            from service.sink import trial_error_text
+
+            try:
+                mark_failed(self.sweep_dir, stage_id, trial_error_text(trial))
+            except OSError:  # storage gone: the sink reports it; waiting trials time out with it
+                pass
 
 
 class PruneCheckpoints(tune.Callback):
@@ -237,6 +312,7 @@ def restore_tuner(
     retry_failed: bool = False,
     pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
+    with_stage: bool = False,
 ) -> tune.Tuner:
     """Continue an interrupted sweep (or with ``pretrain`` its pre-training stage):
     unfinished trials resume from their last checkpoint; trials that already failed for
@@ -247,7 +323,7 @@ def restore_tuner(
     must then run the planned trials, not one trial with an empty config.
     """
     stage_dir = PRETRAIN_TUNE_DIR if pretrain else TUNE_DIR
-    space, _, _ = encode(plan, pretrain, skip)
+    space, _, _ = encode(plan, pretrain, skip, with_stage)
     tuner = tune.Tuner.restore(
         f"{sweep_dir.rstrip('/')}/{stage_dir}",
         make_trainable(plan, sweep_dir),
@@ -260,9 +336,10 @@ def restore_tuner(
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [
         *callbacks,
+        StageFailures(plan, sweep_dir),
         PruneCheckpoints(),
         failures.FailOnce(plan.spec.retries),
-        TBXLoggerCallback(),
+        BatchedTBXLogger(),
         *_trackers(plan, sweep_dir),
     ]
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.

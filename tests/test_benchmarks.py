@@ -17,6 +17,7 @@ from benchmarks import SECTIONS
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_quick_benchmarks_write_every_section(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"

@@ -52,6 +52,7 @@ BASE = {
     "resources": {"cpus": 1},
     "retries": 1,
     "checkpoint_every": 1,
+    "checkpoint_min_s": 0,
 }
 
 
@@ -139,6 +140,7 @@ PATHS = [
     ("max_concurrent",),
     ("retries",),
     ("checkpoint_every",),
+    ("checkpoint_min_s",),
     ("time_limit_s",),
     ("memory_limit_mb",),
     ("pretrain",),

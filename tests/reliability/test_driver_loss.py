@@ -43,6 +43,7 @@ def test_three_driver_kills_and_resumes_lose_and_duplicate_nothing(qsweep, tmp_p
         budget={"steps": STEPS},
         retries=0,
         checkpoint_every=1,
+        checkpoint_min_s=0,
     )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "crashes"

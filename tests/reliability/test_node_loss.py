@@ -91,6 +91,7 @@ def test_trials_of_a_killed_node_resume_from_their_checkpoints_on_the_survivor(c
         budget={"steps": STEPS},
         retries=2,
         checkpoint_every=1,
+        checkpoint_min_s=0,
     )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "nodeloss"

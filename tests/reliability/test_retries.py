@@ -61,6 +61,7 @@ def test_a_divergence_fails_once_and_a_killed_worker_is_retried(qsweep, tmp_path
         estimators={"nspsa": {"lr": 1e30}},
         retries=2,
         checkpoint_every=1,
+        checkpoint_min_s=0,
         max_concurrent=1,
     )
     planned = {t.config["estimator"]: t.trial_id for t in load_spec(spec_file).trials}

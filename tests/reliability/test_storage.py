@@ -128,6 +128,7 @@ def test_resume_without_a_readable_tune_snapshot_starts_the_rest_afresh(qsweep, 
         budget={"steps": 1500},
         retries=0,
         checkpoint_every=1,
+        checkpoint_min_s=0,
     )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "torn"

@@ -69,6 +69,7 @@ def write_spec(directory: Path, name: str, **fields: Any) -> Path:
         "resources": {"cpus": 1},
         "retries": 0,
         "checkpoint_every": 1,
+        "checkpoint_min_s": 0,
         **fields,
     }
     directory.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ def test_a_killed_sweep_resumes_with_every_trial_once_and_no_duplicate_rows(qswe
         budget={"steps": STEPS},
         retries=0,
         checkpoint_every=1,
+        checkpoint_min_s=0,
     )
     planned = {t.trial_id: t.config for t in load_spec(spec_file).trials}
     sweep_dir = tmp_path / "results" / "crash"
