@@ -47,6 +47,7 @@ MODES = ("qsweep", "pool", "tune", "loop")
 # Optional: the source tree of an older qsweep (``git worktree add /tmp/old COMMIT``) adds a
 # "qsweep-before" mode, its CLI on the same trials, for a before/after in one run.
 BEFORE_ENV = "QSWEEP_BENCH_BEFORE_TREE"
+TREE_ENV = "QSWEEP_BENCH_TREE"  # the "qsweep" mode's source tree, if not the installed one
 
 
 # ------------------------------------------------------------------------------ the trials
@@ -141,6 +142,7 @@ def _qsweep(spec_path: str, workdir: Path, tree: str | None = None) -> dict[str,
     older commit checked out with ``git worktree``); trial times from its trials.parquet."""
     import pyarrow.parquet as pq
 
+    tree = tree or os.environ.get(TREE_ENV)
     data = yaml.safe_load(Path(spec_path).read_text())
     results = workdir / "results"
     exe = shutil.which("qsweep") or str(Path(sys.executable).with_name("qsweep"))
@@ -259,7 +261,7 @@ def _ratios(runs: dict[str, list[dict]], mode: str, key: str) -> list[float]:
 def run(quick: bool, workdir: Path, log=print) -> Section:
     workdir.mkdir(parents=True, exist_ok=True)
     spec = quick_spec(workdir, quick)
-    runs = measure(spec, workdir, 1 if quick else 3, log)
+    runs = measure(spec, workdir, 1 if quick else 2, log)
     rows = []
     for mode in runs:
         r = runs[mode]
