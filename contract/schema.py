@@ -29,9 +29,13 @@ import pyarrow as pa
 #    In-place estimators (MeZO, QuZO, QFO) leave optimizer / momentum / weight_decay null:
 #    they use no optimizer. Readers keep option columns they do not know as they are.
 #    trials.adapter names a model's adapter (LoRA) where the model can have one.
-SCHEMA_VERSION = 6
+# 7: same columns; the folder layout changed. Status changes go to an event journal
+#    (``events/``, ``contract.journal``) folded into trials.parquet now and then, whose
+#    metadata says up to which event it holds; a finished sweep's curves are compacted into
+#    a Hive-partitioned dataset (``contract.curves``). Readers of this version read both.
+SCHEMA_VERSION = 7
 # versions whose files this qsweep reads (``upgrade_trials``)
-READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6)
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6, 7)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 

@@ -21,9 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from contract import journal
 from contract.schema import (
-    CURVES_DIR,
-    CURVES_SCHEMA,
     DIAGNOSTICS_DIR,
     DIAGNOSTICS_SCHEMA,
     READABLE_SCHEMA_VERSIONS,
@@ -222,27 +221,34 @@ def check_schema_version(table: pa.Table | pa.Schema, where: str) -> None:
 def read_results(sweep_dir: str) -> tuple[pa.Table, pa.Table]:
     """``(trials, curves)`` of one sweep folder, each one table with the contract's schema.
 
-    Missing files give empty tables, so a sweep that has not reported yet reads cleanly.
+    Missing files give empty tables, so a sweep that has not reported yet reads cleanly. The
+    curves come from either layout, flat per-trial files or the compacted dataset
+    (``contract.curves``), sorted by ``(trial_id, step)``.
     """
-    fs, root = resolve(sweep_dir)
-    trials = read_trials(sweep_dir)
-    parts = []
-    for path in list_files(fs, join(root, CURVES_DIR), ".parquet"):
-        part = pq.read_table(path, filesystem=fs)
-        check_schema_version(part, path)
-        parts.append(part.cast(CURVES_SCHEMA))
-    curves = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
-    return trials, curves
+    from contract.curves import read_curves  # it builds on this module
+
+    return read_trials(sweep_dir), read_curves(sweep_dir)
 
 
 def read_trials(sweep_dir: str) -> pa.Table:
-    """The trials table of one sweep folder in this version's schema (empty if none yet)."""
+    """The trials table of one sweep folder in this version's schema (empty if none yet),
+    with the status changes of its event journal not folded into it yet (``contract.journal``)."""
     fs, root = resolve(sweep_dir)
-    trials = read_parquet(fs, join(root, TRIALS_FILE))
+    path, events_dir = join(root, TRIALS_FILE), join(root, journal.EVENTS_DIR)
+    for _attempt in range(5):  # a fold between reading the table and its events: read again
+        trials = read_parquet(fs, path)
+        with naming("listing", events_dir):
+            events = journal.pending_events(fs, events_dir, trials)
+        with naming("reading the events in", events_dir):
+            tables = journal.read_events(fs, events)
+        if len(tables) == len(events):
+            break
     if trials is None:
         trials = TRIALS_SCHEMA.empty_table()
-    check_schema_version(trials, join(root, TRIALS_FILE))
+    check_schema_version(trials, path)
     trials = upgrade_trials(trials)  # an older version's table in this version's columns
+    if tables:
+        trials = upgrade_trials(journal.overlay(conform_trials(trials), tables))
     return conform_trials(trials)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from contract import storage
+from contract import journal, storage
 from contract.schema import PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from contract.storage import first_line
 from service.errors import SweepError
@@ -138,7 +138,9 @@ def prepare(plan: SweepPlan, results: str | None = None, overwrite: bool = False
     spec = plan.spec
     sweep_dir = sweep_location(results or spec.results, spec.name)
     fs, path = storage.resolve(sweep_dir)
-    existing = storage.exists(fs, f"{path}/{TRIALS_FILE}")  # readable or not: it is a sweep's
+    existing = storage.exists(fs, f"{path}/{TRIALS_FILE}") or storage.exists(
+        fs, f"{path}/{journal.EVENTS_DIR}"
+    )  # readable or not: it is a sweep's
     if existing and not overwrite:
         raise SweepError(
             f"{sweep_dir} already holds a sweep: `qsweep resume {sweep_dir}` continues it, "
@@ -236,11 +238,8 @@ def run_sweep(run: SweepRun, live: bool | None = None) -> SweepRun:
 
 
 def _statuses(sweep_dir: str) -> dict[str, str]:
-    """Trial id -> status, as trials.parquet records them."""
-    fs, path = storage.resolve(sweep_dir)
-    table = storage.read_parquet(fs, f"{path}/{TRIALS_FILE}")
-    if table is None:
-        return {}
+    """Trial id -> status, as the sweep's results record them."""
+    table = storage.read_trials(sweep_dir)  # with the event journal's changes
     return {r["trial_id"]: r["status"] for r in table.select(["trial_id", "status"]).to_pylist()}
 
 

@@ -11,10 +11,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
-from contract import storage
+from contract import journal, storage
+from contract.curves import count_curve_rows
 from contract.schema import CURVES_DIR, PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from contract.storage import first_line
 from service.errors import SweepError
@@ -54,15 +54,10 @@ def load_stored_plan(sweep_dir: str) -> SweepPlan:
 
 
 def _curve_rows(fs, root: str) -> int:
-    """Rows of every curve file, from the Parquet footers alone (each one's contract version
-    checked, so a foreign or damaged file is reported, not counted)."""
-    total = 0
-    for path in storage.list_files(fs, storage.join(root, CURVES_DIR), ".parquet"):
-        with storage.naming("reading", path), fs.open_input_file(path) as f:
-            footer = pq.ParquetFile(f)
-            storage.check_schema_version(footer.schema_arrow, path)
-            total += footer.metadata.num_rows
-    return total
+    """Rows of every curve file (flat or compacted, ``contract.curves``), from the Parquet
+    footers where that is enough (each file's contract version checked, so a foreign or
+    damaged file is reported, not counted)."""
+    return count_curve_rows(fs, storage.join(root, CURVES_DIR))
 
 
 def sweep_status(sweep_dir: str) -> dict[str, Any]:
@@ -71,7 +66,9 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
     plan = stored_plan(sweep_dir)
     fs, root = storage.resolve(sweep_dir)
     try:
-        started = storage.exists(fs, storage.join(root, TRIALS_FILE))
+        started = storage.exists(fs, storage.join(root, TRIALS_FILE)) or storage.exists(
+            fs, storage.join(root, journal.EVENTS_DIR)
+        )
         trials = storage.read_trials(sweep_dir) if started else None
         curve_rows = _curve_rows(fs, root)
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated, wrong version

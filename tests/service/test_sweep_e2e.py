@@ -12,10 +12,13 @@ import re
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
+from contract.curves import LAYOUT_FILE, read_curves
+from contract.journal import without_fold_mark
 from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION
 from service.rows import trials_schema
 from service.spec import load_spec
@@ -50,7 +53,7 @@ def test_run_writes_one_trial_row_per_trial_and_one_curve_row_per_evaluation(swe
     assert f"sweep e2e: {len(planned)} planned trials -> {sweep_dir}" in run.stdout
 
     trials = pq.read_table(sweep_dir / "trials.parquet")
-    assert trials.schema.equals(TRIALS_SCHEMA, check_metadata=True)
+    assert without_fold_mark(trials.schema).equals(TRIALS_SCHEMA, check_metadata=True)
     rows = {row["trial_id"]: row for row in trials.to_pylist()}
     assert rows.keys() == planned.keys()
     for tid, row in rows.items():
@@ -69,20 +72,42 @@ def test_run_writes_one_trial_row_per_trial_and_one_curve_row_per_evaluation(swe
         assert json.loads(row["config"]) == planned[tid]
         assert set(json.loads(row["versions"])) >= {"qsweep", "ray", "torch", "pyarrow"}
 
-    files = sorted((sweep_dir / "curves").iterdir())
-    assert [f.name for f in files] == sorted(f"{tid}.parquet" for tid in planned)
-    for path in files:
-        assert pq.read_schema(path).equals(CURVES_SCHEMA, check_metadata=True)
-        curve = pq.read_table(path).to_pylist()
+    # The run ends by compacting the curves: one file per estimator x bits, none per trial.
+    curves_dir = sweep_dir / "curves"
+    n = len(planned)
+    assert f"curves:  compacted {n * ROWS_PER_TRIAL} curve rows of {n} trials: {n} files -> 2" in (
+        run.stdout
+    )
+    assert not list(curves_dir.glob("*.parquet"))
+    layout = json.loads((curves_dir / LAYOUT_FILE).read_text())
+    parts = sorted(p.relative_to(curves_dir).as_posix() for p in curves_dir.rglob("*.parquet"))
+    assert parts == sorted(layout["files"])
+    assert sorted(p.rsplit("/", 1)[0] for p in parts) == [
+        "estimator=fogzo/bits=2",
+        "estimator=ste/bits=2",
+    ]
+    stored = pa.schema(
+        [f for f in CURVES_SCHEMA if f.name not in ("estimator", "bits")],
+        metadata=CURVES_SCHEMA.metadata,
+    )
+    for part in parts:
+        assert pq.read_schema(curves_dir / part).equals(stored, check_metadata=True)
+    curves: dict[str, list[dict]] = {}
+    for r in read_curves(str(sweep_dir)).to_pylist():
+        curves.setdefault(r["trial_id"], []).append(r)
+    assert curves.keys() == planned.keys()
+    for tid, curve in curves.items():
         steps = [r["step"] for r in curve]
-        assert len(curve) == ROWS_PER_TRIAL and steps[0] == 0 and steps[-1] == STEPS, path.name
+        assert len(curve) == ROWS_PER_TRIAL and steps[0] == 0 and steps[-1] == STEPS, tid
         assert steps == sorted(set(steps))
-        assert all(r["trial_id"] == path.stem for r in curve)
+        assert {(r["estimator"], r["bits"], r["seed"]) for r in curve} == {
+            (planned[tid]["estimator"], 2, planned[tid]["seed"])
+        }
         # Cumulative costs never go down; step 0 has cost nothing yet.
         for column in ("forwards", "backwards", "flops", "wall_s"):
             values = [r[column] for r in curve]
-            assert values[0] == 0 and values == sorted(values), (path.name, column)
-        assert curve[-1]["forwards"] == rows[path.stem]["forwards"]
+            assert values[0] == 0 and values == sorted(values), (tid, column)
+        assert curve[-1]["forwards"] == rows[tid]["forwards"]
 
 
 def test_the_curves_read_as_one_table_with_pandas_pyarrow_and_duckdb(sweep):
@@ -90,26 +115,28 @@ def test_the_curves_read_as_one_table_with_pandas_pyarrow_and_duckdb(sweep):
     curves_dir = sweep_dir / "curves"
     expected = 4 * ROWS_PER_TRIAL
 
-    frame = pd.read_parquet(curves_dir)
-    assert list(frame.columns) == CURVES_SCHEMA.names and len(frame) == expected
+    frame = pd.read_parquet(curves_dir)  # the compacted layout: hive partitions
+    assert sorted(frame.columns) == sorted(CURVES_SCHEMA.names) and len(frame) == expected
     assert not frame.duplicated(["trial_id", "step"]).any()
+    assert sorted(frame["estimator"].astype(str).unique()) == ["fogzo", "ste"]
 
-    table = pds.dataset(curves_dir, format="parquet").to_table()
-    assert table.schema.equals(CURVES_SCHEMA) and table.num_rows == expected
+    table = pds.dataset(curves_dir, format="parquet", partitioning="hive").to_table()
+    assert sorted(table.column_names) == sorted(CURVES_SCHEMA.names)
+    assert table.num_rows == expected
 
+    hive = f"read_parquet('{curves_dir}/**/*.parquet', hive_partitioning=true)"
     with duckdb.connect() as db:
-        assert db.sql(
-            f"select count(*) from read_parquet('{curves_dir}/*.parquet')"
-        ).fetchall() == [(expected,)]
+        assert db.sql(f"select count(*) from {hive}").fetchall() == [(expected,)]
         per_trial = db.sql(
-            f"select trial_id, count(*), min(step), max(step) "
-            f"from read_parquet('{curves_dir}/*.parquet') group by trial_id"
+            f"select trial_id, count(*), min(step), max(step), min(estimator), min(bits) "
+            f"from {hive} group by trial_id"
         ).fetchall()
-        assert sorted(r[1:] for r in per_trial) == [(ROWS_PER_TRIAL, 0, STEPS)] * 4
+        assert sorted(r[1:4] for r in per_trial) == [(ROWS_PER_TRIAL, 0, STEPS)] * 4
+        assert {r[5] for r in per_trial} == {2} and {r[4] for r in per_trial} == {"fogzo", "ste"}
         joined = db.sql(
-            f"select count(*) from read_parquet('{curves_dir}/*.parquet') c "
+            f"select count(*) from {hive} c "
             f"join read_parquet('{sweep_dir}/trials.parquet') t using (trial_id) "
-            f"where t.status = 'completed'"
+            f"where t.status = 'completed' and t.estimator = c.estimator and t.bits = c.bits"
         ).fetchall()
         assert joined == [(expected,)]
 
