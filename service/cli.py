@@ -1,4 +1,4 @@
-"""``qsweep``: validate, run, submit, status, resume and report sweeps.
+"""``qsweep``: validate, run, submit, status, resume, compact and report sweeps.
 
 Every user mistake (bad spec, missing results, unreachable cluster, a results location
 that cannot be written) prints one line ``error: ...`` naming the operation and the path
@@ -306,11 +306,33 @@ def _exit_code(sweep_dir: str, allow_failures: bool, pretrain_failed: bool) -> N
     console.print(f"{', '.join(parts)}; exit 0 (--allow-failures)", markup=False)
 
 
+def _compact_after_sweep(sweep_dir: str) -> None:
+    """Fold the sweep's per-trial curve files into the compacted dataset (``qsweep compact``).
+    A failure is one warning line: the flat files stay as they were, and readable."""
+    from contract.curves import compact_curves
+    from contract.storage import first_line
+
+    try:
+        result = compact_curves(sweep_dir)
+    except Exception as err:  # noqa: BLE001 - the sweep's results are complete without it
+        console.print(
+            f"warning: curves not compacted ({type(err).__name__}: {first_line(err)}); they "
+            f"stay readable as per-trial files, `qsweep compact {sweep_dir}` retries",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    if result.changed:
+        console.print(f"curves:  {result.summary()}", markup=False, soft_wrap=True)
+
+
 def _finish(sweep_dir: str) -> None:
-    """After a sweep: the small table, where the Parquet went, and the full report."""
+    """After a sweep: its curves compacted, the small table, where the Parquet went, and the
+    full report."""
     from analysis.load import ResultsError
     from analysis.report import report_command
 
+    _compact_after_sweep(sweep_dir)
     print_headline(sweep_dir)
     console.print(
         f"Parquet: {sweep_dir}/trials.parquet and {sweep_dir}/curves/", markup=False, soft_wrap=True
@@ -370,6 +392,42 @@ def status(sweep_dir: str) -> None:
     )
     if info["trials"] is not None:
         print_headline(sweep_dir)
+
+
+@app.command()
+@user_errors
+def compact(sweep_dir: str) -> None:
+    """Fold a sweep's per-trial curve files into a few Parquet files, partitioned Hive-style
+    by estimator and bits (curves/estimator=E/bits=B/). Safe to interrupt and to repeat;
+    `qsweep run` and `resume` do it when their sweep ends. Run it while no driver writes
+    the folder."""
+    import pyarrow as pa
+
+    from contract import journal, storage
+    from contract.curves import compact_curves
+    from contract.schema import CURVES_DIR, SPEC_FILE, TRIALS_FILE
+
+    crashlog.remember_sweep_dir(sweep_dir)
+    fs, root = storage.resolve(sweep_dir)
+    with storage.naming("reading", sweep_dir):
+        info = fs.get_file_info(root)
+    if info.type == storage.pafs.FileType.NotFound:
+        raise SweepError(f"{sweep_dir}: no such results folder")
+    if info.type != storage.pafs.FileType.Directory:
+        raise SweepError(f"{sweep_dir}: not a folder")
+    if not any(
+        storage.exists(fs, storage.join(root, name))
+        for name in (TRIALS_FILE, SPEC_FILE, CURVES_DIR, journal.EVENTS_DIR)
+    ):
+        raise SweepError(
+            f"{sweep_dir}: not a qsweep results folder (no {TRIALS_FILE}, {SPEC_FILE} or "
+            f"{CURVES_DIR}/)"
+        )
+    try:
+        result = compact_curves(sweep_dir)
+    except (pa.ArrowException, ValueError) as err:  # a damaged or foreign file, wrong version
+        raise SweepError(f"{sweep_dir}: curves not compacted: {storage.first_line(err)}") from None
+    console.print(f"{sweep_dir}: {result.summary()}", markup=False, soft_wrap=True)
 
 
 SUBMIT_EXIT_CODES = (

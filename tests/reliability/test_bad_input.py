@@ -458,7 +458,7 @@ def _corrupt_copy(finished_sweep, tmp_path: Path, case: str) -> Path:
     corrupt(
         sweep_dir / "trials.parquet"
         if which == "trials"
-        else sorted((sweep_dir / "curves").iterdir())[0]
+        else sorted((sweep_dir / "curves").rglob("*.parquet"))[0]  # a compacted part file
     )
     return sweep_dir
 

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from contract.curves import read_curves
+
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "quick_golden"
 
@@ -79,10 +81,7 @@ def main(out: str) -> None:
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     pq.write_table(pq.read_table(sweep / "trials.parquet"), target / "trials.parquet")
-    curves = pa.concat_tables(
-        pq.read_table(p) for p in sorted((sweep / "curves").glob("*.parquet"))
-    )
-    pq.write_table(curves, target / "curves.parquet")
+    pq.write_table(read_curves(str(sweep)), target / "curves.parquet")  # either layout
 
 
 if __name__ == "__main__":
