@@ -23,9 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from contract.curves import read_curves
+from contract.storage import read_trials
 
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 VENV_BIN = str(Path(sys.executable).parent)  # where pip put the qsweep script
@@ -234,16 +236,9 @@ def explain(result: subprocess.CompletedProcess) -> str:
 def read_state(sweep_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """(trial rows by id, curve rows by trial id) as the files are now; missing files read empty.
     Raises OSError / ArrowInvalid while a file is being replaced (callers polling retry)."""
-    trials_file = sweep_dir / "trials.parquet"
-    rows = (
-        {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()}
-        if trials_file.exists()
-        else {}
-    )
-    curves = {}
-    if (sweep_dir / "curves").is_dir():
-        for path in (sweep_dir / "curves").glob(
-            "*.parquet"
-        ):  # glob skips the writer's hidden temp files
-            curves[path.stem] = pq.read_table(path).to_pylist()
+    # the trials table with its event journal's changes (contract.journal)
+    rows = {r["trial_id"]: r for r in read_trials(str(sweep_dir)).to_pylist()}
+    curves: dict[str, list[dict]] = {}
+    for row in read_curves(str(sweep_dir)).to_pylist():  # flat files and compacted alike
+        curves.setdefault(row["trial_id"], []).append(row)
     return rows, curves
