@@ -170,10 +170,12 @@ def build_tuner(
     pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
     with_stage: bool = False,
+    trainable: Any = None,
 ) -> tune.Tuner:
     """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid),
     or ``with_stage`` both in one grid (``service.stage_gate``). Planned trials in ``skip``
-    (already finished, grid mode) are left out."""
+    (already finished, grid mode) are left out. ``trainable`` replaces ``make_trainable``'s
+    (resources included): the load benchmark (``benchmarks.scale``) runs a trivial one."""
     spec, stage = plan.spec, pretrain
     space, search, num_samples = encode(plan, pretrain, skip, with_stage)
     scheduler = None
@@ -185,7 +187,7 @@ def build_tuner(
         )
     needs_metric = search is not None or scheduler is not None
     return tune.Tuner(
-        make_trainable(plan, sweep_dir),
+        make_trainable(plan, sweep_dir) if trainable is None else trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=spec.search.metric if needs_metric else None,
