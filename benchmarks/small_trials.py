@@ -125,6 +125,8 @@ def _tune(spec_path: str, workdir: Path) -> dict[str, Any]:
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
     done = []
     for name, items in (("stage", stage), ("trials", trials)):
+        if not items:  # quick mode has no stage
+            continue
         grid = tune.Tuner(
             _bare_tune_trainable,
             param_space={"trial": tune.grid_search([config for _, config in items])},

@@ -87,6 +87,9 @@ class ResultsLedger:
             alone (status changes always write at once).
         clean_stale_temp: delete the temp files a killed writer left in the folder; only for
             the one writer of the folder, as it starts (a live writer's temp file looks alike).
+        journal_every_s: 0 writes each status event and curve at once; more keeps them in
+            memory until ``write_journal`` (the durability point: ``ParquetSink`` calls it before
+            every Tune experiment snapshot, and this often) writes them together.
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class ResultsLedger:
         versions: Mapping[str, str],
         flush_every_s: float = 2.0,
         clean_stale_temp: bool = True,
+        journal_every_s: float = 0.0,
     ) -> None:
         self.sweep_dir = sweep_dir
+        self.journal_every_s = journal_every_s
         self.sweep = sweep
         self.versions_json = json.dumps(versions, sort_keys=True)
         self.flush_every_s = flush_every_s
@@ -119,6 +124,9 @@ class ResultsLedger:
         self._events_dir = join(root, journal.EVENTS_DIR)
         self._next_event = 0  # the next event file's number
         self._unfolded: list[tuple[int, str]] = []  # event files trials.parquet does not hold
+        self._pending: list[dict[str, Any]] = []  # status rows not in an event file yet
+        self._stale_curves: set[str] = set()  # trials whose curve file is behind
+        self._last_journal = time.monotonic()
         self.write_error: SweepError | None = None  # the first failed write; nothing after it
         if clean_stale_temp:
             self.remove_stale_temp_files()
@@ -194,13 +202,14 @@ class ResultsLedger:
         write also brings an older version's file to this one), marked as holding the events
         written so far, then delete those event files."""
         started = time.monotonic()
+        self._write_curves()  # first: a reloading driver summarises rows from the curves
         table = pa.Table.from_pylist(
             [self.rows[t] for t in sorted(self.rows)], schema=self.trials_schema
         )
         table = journal.with_folded(table, self._next_event - 1)
         if not self._write(self._trials_path, table):
             return
-        self._dirty = False
+        self._dirty, self._pending = False, []  # the table holds the pending status rows too
         folded, self._unfolded = self._unfolded, []
         for _seq, path in folded:
             try:
@@ -212,7 +221,7 @@ class ResultsLedger:
 
     def flush(self) -> None:
         """Fold if trials.parquet is behind the rows (the sweep's end)."""
-        if self._dirty or self._unfolded:
+        if self._dirty or self._unfolded or self._pending or self._stale_curves:
             self.write_trials()
 
     def maybe_flush(self) -> None:
@@ -224,16 +233,41 @@ class ResultsLedger:
             self.write_trials()
 
     def _record_status(self, tid: str) -> None:
-        """A status change of ``tid``: its row as one event file now (``contract.journal``),
-        in trials.parquet at the next fold."""
+        """A status change of ``tid``: its row goes into the journal (``contract.journal``),
+        at once or with the next ``write_journal``; into trials.parquet at the next fold."""
+        self._pending.append(dict(self.rows[tid]))
+        self._dirty = True
+        self.maybe_write_journal()
+
+    def maybe_write_journal(self) -> None:
+        """``write_journal`` when ``journal_every_s`` has passed; and the fold timer."""
+        if time.monotonic() - self._last_journal >= self.journal_every_s:
+            self.write_journal()
+        self.maybe_flush()
+
+    def write_journal(self) -> None:
+        """Make every change so far durable: the curves behind, then the status rows waiting,
+        as one event file (one write, whatever number of events)."""
+        self._last_journal = time.monotonic()
+        self._write_curves()
+        if not self._pending:
+            return
         seq = self._next_event
         path = journal.event_path(self._events_dir, seq)
-        row = pa.Table.from_pylist([self.rows[tid]], schema=self.trials_schema)
-        if self._write(path, row):
+        rows = pa.Table.from_pylist(self._pending, schema=self.trials_schema)
+        if self._write(path, rows):
             self._next_event += 1
             self._unfolded.append((seq, path))
-        self._dirty = True
-        self.maybe_flush()
+            self._pending = []
+
+    def _write_curves(self) -> None:
+        stale, self._stale_curves = self._stale_curves, set()
+        for tid in sorted(stale):
+            curve = self.curves[tid]
+            self._write(
+                join(self._curves_dir, f"{tid}.parquet"),
+                pa.Table.from_pylist([curve[s] for s in sorted(curve)], schema=CURVES_SCHEMA),
+            )
 
     # --- derived columns ------------------------------------------------------------------
 
@@ -352,10 +386,7 @@ class ResultsLedger:
         curve[step] = {
             name: coerce(record.get(name), CURVES_SCHEMA.field(name).type) for name in CURVE_METRICS
         } | self._step_identity(tid, row, step)
-        self._write(
-            join(self._curves_dir, f"{tid}.parquet"),
-            pa.Table.from_pylist([curve[s] for s in sorted(curve)], schema=CURVES_SCHEMA),
-        )
+        self._stale_curves.add(tid)  # written with the journal (``write_journal``)
         self._record_diagnostics(tid, row, step, record)
         self._progress[tid] = record.get("progress")
         row.update(measured_settings(row, record))
@@ -368,7 +399,7 @@ class ResultsLedger:
         )
         self._summarize(tid)
         self._dirty = True
-        self.maybe_flush()
+        self.maybe_write_journal()
 
     def complete(self, tid: str) -> None:
         """``tid`` ended without an error: ``completed`` if it reached its budget, ``stopped``

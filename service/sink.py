@@ -30,6 +30,10 @@ from service.tune_config import decode
 
 __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 
+# Longest a result or status change waits in memory before its file is written, unless Tune
+# saves an experiment snapshot first (``ParquetSink.get_state``).
+JOURNAL_EVERY_S = 0.5
+
 logger = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -85,13 +89,18 @@ class ParquetSink(Callback):
         versions: dict[str, str],
         flush_every_s: float = 2.0,
         clean_stale_temp: bool = True,
+        journal_every_s: float = JOURNAL_EVERY_S,
     ) -> None:
         self.sweep_dir = sweep_dir
         self.sweep = sweep
         self.planned = planned
         self.flush_every_s = flush_every_s
+        self.journal_every_s = journal_every_s
         self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> (our id, config)
-        self.ledger = ResultsLedger(sweep_dir, sweep, versions, flush_every_s, clean_stale_temp)
+        self._registered = 0  # how many of Tune's trials (a list it only appends to) are known
+        self.ledger = ResultsLedger(
+            sweep_dir, sweep, versions, flush_every_s, clean_stale_temp, journal_every_s
+        )
 
     @property
     def write_error(self) -> SweepError | None:
@@ -107,6 +116,7 @@ class ParquetSink(Callback):
             "planned": self.planned,
             "versions": json.loads(self.ledger.versions_json),
             "flush_every_s": self.flush_every_s,
+            "journal_every_s": self.journal_every_s,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -135,11 +145,15 @@ class ParquetSink(Callback):
         return tid
 
     def _register(self, trials: list[Trial]) -> None:
-        """Give every trial Tune knows of a row (``pending`` until it starts)."""
-        if len(self._ids) < len(trials):
-            for trial in trials:
-                if trial.trial_id not in self._ids:
-                    self.ledger.register(*self._identify(trial))
+        """Give every trial Tune knows of a row (``pending`` until it starts). Tune appends new
+        trials to its list, so only the tail past the last call is new: a scan of the whole
+        list at every step would cost the square of the sweep's size."""
+        if self._registered > len(trials):  # not the list it was: look at all of it
+            self._registered = 0
+        for trial in trials[self._registered :]:
+            if trial.trial_id not in self._ids:
+                self.ledger.register(*self._identify(trial))
+        self._registered = len(trials)
 
     # --- Tune hooks (signatures as in ray/tune/callback.py, Ray 2.60) ------------------------
 
@@ -147,7 +161,7 @@ class ParquetSink(Callback):
         if self.ledger.write_error is not None:
             raise self.ledger.write_error  # out of tuner.fit(): the CLI prints it and exits 2
         self._register(trials)
-        self.ledger.maybe_flush()
+        self.ledger.maybe_write_journal()
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -177,6 +191,13 @@ class ParquetSink(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.ledger.error(self._tid(trial), trial_error_text(trial))
+
+    def get_state(self) -> None:
+        """Tune asks just before it saves an experiment snapshot (``save_to_dir``): make every
+        result and status change so far durable first, so a snapshot never knows of a trial
+        state, or a checkpoint, whose rows a driver crash could still lose. No state to save."""
+        self.ledger.write_journal()
+        return None
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._register(trials)

@@ -234,7 +234,7 @@ def test_a_new_sink_over_the_same_directory_does_not_duplicate(sweep):
     """A resumed driver: a fresh sink loads the files, and Tune re-reporting changes nothing."""
     sweep_dir, planned, grid = sweep
     before = read_results(str(sweep_dir))
-    sink = ParquetSink(str(sweep_dir), "basic", planned, VERSIONS)
+    sink = ParquetSink(str(sweep_dir), "basic", planned, VERSIONS, journal_every_s=0)
     for result in grid:
         trial = Trial(
             "trainable", config=result.config, trial_id=result.metrics["trial_id"], stub=True
@@ -263,7 +263,7 @@ def test_a_crashed_driver_is_resumed_without_losing_or_duplicating_rows(tmp_path
     planned = planned_trials("resume", [0])
     (tid,) = planned
     trial = Trial("trainable", config={"planned_id": tid}, trial_id="t0", stub=True)
-    first = ParquetSink(str(tmp_path / "resume"), "resume", planned, VERSIONS)
+    first = ParquetSink(str(tmp_path / "resume"), "resume", planned, VERSIONS, journal_every_s=0)
     pickled = cloudpickle.dumps(first)
     first.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for step in (0, 10, 20):
@@ -299,10 +299,26 @@ def metrics_local(step: int) -> dict:
     }
 
 
+def test_results_wait_in_memory_until_tunes_snapshot_asks_for_the_sinks_state(tmp_path):
+    """With batching, nothing is written per event; ``get_state`` (called by Tune right before
+    it saves an experiment snapshot) writes the curves and the status events, at once."""
+    planned = planned_trials("batch", [0])
+    trial = Trial("trainable", config={"planned_id": next(iter(planned))}, trial_id="t0", stub=True)
+    sink = ParquetSink(str(tmp_path / "batch"), "batch", planned, VERSIONS, journal_every_s=3600)
+    sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    for step in (0, 10, 20):
+        sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=metrics_local(step))
+    assert read_results(str(tmp_path / "batch"))[1].num_rows == 0  # (the first fold was at start)
+    assert sink.get_state() is None  # no callback state for Tune to store
+    trials, curves = read_results(str(tmp_path / "batch"))
+    assert curves["step"].to_pylist() == [0, 10, 20]
+    assert trials["status"].to_pylist() == ["running"]
+
+
 def test_a_trial_stopped_before_its_budget_is_stopped(tmp_path):
     planned = planned_trials("asha", [0])
     trial = Trial("trainable", config={"planned_id": next(iter(planned))}, trial_id="t0", stub=True)
-    sink = ParquetSink(str(tmp_path / "asha"), "asha", planned, VERSIONS)
+    sink = ParquetSink(str(tmp_path / "asha"), "asha", planned, VERSIONS, journal_every_s=0)
     sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
     sink.on_trial_result(
         iteration=0, trials=[trial], trial=trial, result={**metrics_local(10), "done": True}
@@ -316,7 +332,7 @@ def test_a_reported_failure_adds_no_curve_row_and_ends_the_trial_failed_even_if_
     stops the trial on it, Tune calls on_trial_complete, and the trial is still failed."""
     planned = planned_trials("fail", [0])
     trial = Trial("trainable", config={"planned_id": next(iter(planned))}, trial_id="t0", stub=True)
-    sink = ParquetSink(str(tmp_path / "fail"), "fail", planned, VERSIONS)
+    sink = ParquetSink(str(tmp_path / "fail"), "fail", planned, VERSIONS, journal_every_s=0)
     sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
     sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=metrics_local(0))
     sink.on_trial_result(
@@ -361,7 +377,7 @@ def test_a_version_3_folder_loads_and_is_continued_in_the_current_version(sweep,
     )
     upgraded = read_results(str(old_dir))[0]
     # as a resumed driver does
-    ParquetSink(str(old_dir), "basic", planned, VERSIONS).ledger.write_trials()
+    ParquetSink(str(old_dir), "basic", planned, VERSIONS, journal_every_s=0).ledger.write_trials()
     rewritten = pq.read_table(old_dir / "trials.parquet")
     for loaded in (upgraded, rewritten):
         assert loaded.schema.equals(TRIALS_SCHEMA)

@@ -28,7 +28,9 @@ def test_sink_writes_probes_keyed_by_trial_and_step(tmp_path):
     planned = {p.trial_id: p.config for p in spec.trials}
     (tid,) = planned
     trial = Trial("trainable", config={"planned_id": tid}, trial_id="t0", stub=True)
-    sink = ParquetSink(str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"})
+    sink = ParquetSink(
+        str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"}, journal_every_s=0
+    )
     sink.on_trial_start(iteration=0, trials=[trial], trial=trial)
 
     def result(step, cosine=None, flat=False):
@@ -65,5 +67,7 @@ def test_sink_writes_probes_keyed_by_trial_and_step(tmp_path):
     )
     assert read_results(str(tmp_path / "diag"))[1].num_rows == 4  # the curve: 0, 10, 20, 40
     # A new sink over the folder (a resumed driver) keeps the rows, without duplicates.
-    again = ParquetSink(str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"})
+    again = ParquetSink(
+        str(tmp_path / "diag"), "diag", planned, {"qsweep": "test"}, journal_every_s=0
+    )
     assert sorted(again.ledger.diagnostics[tid]) == [0, 20, 40]
