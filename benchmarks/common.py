@@ -87,6 +87,25 @@ class Ratio:
         return f"{self.median:.{digits}f} ({self.lo:.{digits}f}–{self.hi:.{digits}f})"
 
 
+def run_json_worker(
+    args: Sequence[str], mark: str, what: str, timeout: float = 1200, **popen: Any
+) -> tuple[dict[str, Any], float]:
+    """Run ``python -m <args>`` in a fresh process; (the JSON of its last ``mark`` line, the
+    process's wall seconds). A worker that fails or prints no such line raises, naming it."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, **popen
+    )
+    wall = time.perf_counter() - started
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(mark)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(mark) :]), wall
+
+
 def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import Bar, fmt_bytes, table
+from benchmarks.common import Bar, fmt_bytes, run_json_worker, table
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "BENCH_JSON: "
@@ -118,28 +117,13 @@ def run(workdir: Path, dry_run: bool, timeout: float, log) -> tuple[list[str], l
     spec_path, data = sweep_spec(workdir, dry_run)
     num_cpus = 2 if dry_run else (os.cpu_count() or 1)
     num_gpus = 0 if dry_run else _gpu_count()
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu_sweep",
-            str(spec_path),
-            str(num_cpus),
-            str(num_gpus),
-        ],
+    out, process_s = run_json_worker(
+        ["benchmarks.gpu_sweep", str(spec_path), str(num_cpus), str(num_gpus)],
+        MARK,
+        "the sweep worker",
+        timeout,
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
     )
-    process_s = time.perf_counter() - started
-    found = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(
-            f"the sweep worker failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
-        )
-    out = json.loads(found[-1][len(MARK) :])
     out["process_s"] = process_s
     log(f"  sweep: {out['sweep_s']:.0f} s, {len(out['trials'])} trial rows")
     return render(out, data, dry_run)

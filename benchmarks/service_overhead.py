@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import Bar, Section, table
+from benchmarks.common import Bar, Section, run_json_worker, table
 
 KEY = "service_overhead"
 TITLE = "4. Service overhead: Ray Tune sweep vs the same trials in one process"
@@ -129,22 +128,14 @@ def _worker(argv: list[str]) -> None:
 
 def _spawn(args: list[str], log, timeout: float = 1200) -> dict[str, Any]:
     """Run one worker subprocess (at Ray's worker niceness); its JSON plus the process wall time."""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.service_overhead", *args],
+    out, wall = run_json_worker(
+        ["benchmarks.service_overhead", *args],
+        MARK,
+        f"benchmark worker {args}",
+        timeout,
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
         preexec_fn=lambda: os.nice(NICE) if args[0] == "sequential" else None,
     )
-    wall = time.perf_counter() - started
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"benchmark worker {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    out = json.loads(lines[-1][len(MARK) :])
     out["process_s"] = wall
     return out
 

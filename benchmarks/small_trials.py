@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import Bar, Section, table
+from benchmarks.common import Bar, Section, run_json_worker, table
 
 KEY = "small_trials"
 TITLE = "6. Small trials: `qsweep run` vs multiprocessing.Pool, bare Ray Tune and a loop"
@@ -193,21 +193,12 @@ def _spawn(mode: str, spec: Path, workdir: Path) -> dict[str, Any]:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.small_trials", mode, str(spec), str(workdir)],
+    out, wall = run_json_worker(
+        ["benchmarks.small_trials", mode, str(spec), str(workdir)],
+        MARK,
+        f"benchmark mode {mode}",
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
     )
-    wall = time.perf_counter() - started
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"benchmark mode {mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    out = json.loads(lines[-1][len(MARK) :])
     spans = out.pop("trials")
     out["whole_s"] = wall
     out["span_s"] = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
