@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from typing import Any
 
 from ray import tune
@@ -32,14 +33,26 @@ class SweepProgress(tune.Callback):
         self.planned, self.total, self.metric = planned, total, metric
         self.live = sys.stdout.isatty() if live is None else live
         self.status: dict[str, str] = {}
+        self._counts: Counter[str] = Counter()  # of status.values(), kept as they change
         self.best: dict[tuple[str, int], float] = {}
         self._display: Live | None = None
+        self._keys: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> decoded
 
     def _key(self, trial) -> tuple[str, dict[str, Any]]:
-        return decode(self.planned, trial.config, trial.trial_id)
+        """Our id and config of a Tune trial, decoded once (a deep copy: not per event)."""
+        if trial.trial_id not in self._keys:
+            self._keys[trial.trial_id] = decode(self.planned, trial.config, trial.trial_id)
+        return self._keys[trial.trial_id]
+
+    def _set(self, trial_id: str, status: str) -> None:
+        old = self.status.get(trial_id)
+        if old is not None:
+            self._counts[old] -= 1
+        self.status[trial_id] = status
+        self._counts[status] += 1
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.status[self._key(trial)[0]] = "running"
+        self._set(self._key(trial)[0], "running")
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -66,7 +79,7 @@ class SweepProgress(tune.Callback):
 
     def _finish(self, trial, status: str) -> None:
         trial_id, config = self._key(trial)
-        self.status[trial_id] = status
+        self._set(trial_id, status)
         if not self.live:
             counts = self.counts()
             print(
@@ -76,9 +89,8 @@ class SweepProgress(tune.Callback):
         self._refresh()
 
     def counts(self) -> dict[str, int]:
-        values = list(self.status.values())
-        done = {s: values.count(s) for s in ("running", "completed", "failed")}
-        done["pending"] = max(self.total - len(values), 0)
+        done = {s: self._counts[s] for s in ("running", "completed", "failed")}
+        done["pending"] = max(self.total - len(self.status), 0)
         return done
 
     def table(self) -> Table:
