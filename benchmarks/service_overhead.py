@@ -145,12 +145,13 @@ def _spawn(args: list[str], log, timeout: float = 1200) -> dict[str, Any]:
 QUICK_TRIALS = 36  # examples/quick.yaml: 6 estimators x 3 bits x 2 seeds
 
 
-def quick_sweep_spec(workdir: Path, quick: bool) -> Path:
+def quick_sweep_spec(workdir: Path, quick: bool, keep_pretrain: bool = False) -> Path:
     """examples/quick.yaml's 36 trials, or in quick mode 4 of them, without its pre-training
     stage: every trial then trains from scratch, so the one-process baseline needs no stage
     checkpoint and both sides run the same trials (the overhead measured is Tune's, per trial)."""
     data = yaml.safe_load((REPO / "examples" / "quick.yaml").read_text())
-    data.pop("pretrain", None)
+    if quick or not keep_pretrain:  # (``keep_pretrain``: the stage too, section 6's full run)
+        data.pop("pretrain", None)
     data["results"] = str(workdir / "results")
     if quick:
         data["grid"].update(estimators=["ste", "fogzo"], bits=[2], seeds=[0, 1])

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from benchmarks.common import Bar, Section, run_json_worker, table
+from benchmarks.service_overhead import quick_sweep_spec
 
 KEY = "small_trials"
 TITLE = "6. Small trials: `qsweep run` vs multiprocessing.Pool, bare Ray Tune and a loop"
@@ -212,16 +213,7 @@ def _spawn(mode: str, spec: Path, workdir: Path) -> dict[str, Any]:
 
 def quick_spec(workdir: Path, quick: bool) -> Path:
     """examples/quick.yaml as it is (its stage included), or in quick mode 4 short trials."""
-    data = yaml.safe_load((REPO / "examples" / "quick.yaml").read_text())
-    data["results"] = str(workdir / "results")
-    if quick:
-        data.pop("pretrain", None)
-        data["grid"].update(estimators=["ste", "fogzo"], bits=[2], seeds=[0, 1])
-        data["estimators"] = {k: v for k, v in data["estimators"].items() if k in ("ste", "fogzo")}
-        data["budget"] = {"steps": 100}
-    path = workdir / "quick.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return quick_sweep_spec(workdir, quick, keep_pretrain=True)
 
 
 def _modes() -> tuple[str, ...]:
