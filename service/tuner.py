@@ -27,6 +27,7 @@ from contract import storage
 from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
+from service.ray_logs import shorten_storage_errors
 from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
 from service.spec import STAGE_PREFIX, SweepPlan
 from service.stage_gate import mark_failed, stage_model_path, wait_for_stage
@@ -176,6 +177,7 @@ def build_tuner(
     or ``with_stage`` both in one grid (``service.stage_gate``). Planned trials in ``skip``
     (already finished, grid mode) are left out. ``trainable`` replaces ``make_trainable``'s
     (resources included): the load benchmark (``benchmarks.scale``) runs a trivial one."""
+    shorten_storage_errors()
     spec, stage = plan.spec, pretrain
     space, search, num_samples = encode(plan, pretrain, skip, with_stage)
     scheduler = None
@@ -324,6 +326,7 @@ def restore_tuner(
     only if its experiment state turns out unreadable and it restarts the experiment, which
     must then run the planned trials, not one trial with an empty config.
     """
+    shorten_storage_errors()
     stage_dir = PRETRAIN_TUNE_DIR if pretrain else TUNE_DIR
     space, _, _ = encode(plan, pretrain, skip, with_stage)
     tuner = tune.Tuner.restore(
