@@ -16,6 +16,9 @@ table gives the *span* from the first trial's start to the last trial's end: the
 sweep service can be blamed for once its start-up is paid. Modes run in alternating order
 over the repetitions (the machine is shared); ratios are taken within a repetition.
 
+A fifth, ``startup``, runs no trials: it prices the fixed costs a Ray-based command pays
+and a forking Pool does not (imports, ``ray.init``, a fresh actor importing the trainable).
+
 ``python -m benchmarks.small_trials MODE SPEC WORKDIR`` is one mode's worker (it prints one
 ``BENCH_JSON:`` line); ``qsweep`` runs as the installed CLI in its own subprocess.
 """
@@ -174,12 +177,68 @@ def _qsweep_before(spec_path: str, workdir: Path) -> dict[str, Any]:
     return _qsweep(spec_path, workdir, os.environ[BEFORE_ENV])
 
 
+def _import_trainable() -> tuple[int, float]:
+    """What a fresh Ray worker pays before its first trial: the trainable's module (torch,
+    Ray Tune, trainers). (pid, seconds of import)."""
+    started = time.perf_counter()
+    import service.tuner  # noqa: F401
+
+    return os.getpid(), time.perf_counter() - started
+
+
+def _startup(spec_path: str, workdir: Path) -> dict[str, Any]:
+    """The fixed costs a Ray-based command pays and a forking Pool does not, one at a time in
+    this fresh process: the CLI's imports and spec check, ``ray.init``, a fresh actor's first
+    call (worker process start + importing the trainable), and whether an actor lands on a
+    worker that a task already warmed (if it did, warming workers early would hide that cost)."""
+    import ray
+
+    started = time.perf_counter()
+    import service.cli  # noqa: F401
+    from service.spec import load_spec
+
+    load_spec(spec_path)
+    cli_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - started
+
+    @ray.remote(num_cpus=1)
+    class Fresh:
+        def first(self) -> tuple[int, float]:
+            return _import_trainable()
+
+    started = time.perf_counter()
+    actors = [Fresh.remote() for _ in range(WORKERS)]
+    firsts = ray.get([a.first.remote() for a in actors])
+    actor_s = time.perf_counter() - started
+    for actor in actors:
+        ray.kill(actor)
+    warm_task = ray.remote(num_cpus=1)(_import_trainable)
+    warm = ray.get([warm_task.remote() for _ in range(WORKERS)])
+    actors = [Fresh.remote() for _ in range(WORKERS)]
+    after_warm = ray.get([a.first.remote() for a in actors])
+    started = time.perf_counter()
+    ray.shutdown()
+    return {
+        "trials": [],
+        "cli_s": cli_s,
+        "ray_init_s": init_s,
+        "actor_first_call_s": actor_s,
+        "actor_import_s": statistics.median(s for _, s in firsts),
+        "actors_on_warm_workers": len({p for p, _ in after_warm} & {p for p, _ in warm}),
+        "actor_import_after_warm_s": statistics.median(s for _, s in after_warm),
+        "ray_shutdown_s": time.perf_counter() - started,
+    }
+
+
 WORKERS_BY_MODE = {
     "loop": _loop,
     "pool": _pool,
     "tune": _tune,
     "qsweep": _qsweep,
     "qsweep-before": _qsweep_before,
+    "startup": _startup,
 }
 
 
@@ -194,6 +253,7 @@ def _spawn(mode: str, spec: Path, workdir: Path) -> dict[str, Any]:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    launched = time.time()  # wall clock, as the trials' stamps
     out, wall = run_json_worker(
         ["benchmarks.small_trials", mode, str(spec), str(workdir)],
         MARK,
@@ -201,8 +261,14 @@ def _spawn(mode: str, spec: Path, workdir: Path) -> dict[str, Any]:
         cwd=REPO,
     )
     spans = out.pop("trials")
+    if not spans:  # the start-up probe
+        return out
+    first_start = min(start for _, start, _ in spans)
+    last_end = max(end for _, _, end in spans)
     out["whole_s"] = wall
-    out["span_s"] = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+    out["span_s"] = last_end - first_start
+    out["lead_s"] = first_start - launched  # command start -> first trial start
+    out["tail_s"] = launched + wall - last_end  # last trial end -> command exit
     out["busy_s"] = sum(end - start for _, start, end in spans)
     out["n"] = len(spans)
     return out
@@ -232,6 +298,21 @@ def measure(spec: Path, workdir: Path, reps: int, log) -> dict[str, list[dict]]:
     return runs
 
 
+STARTUP_ROWS = (
+    ("`import service.cli` + the spec check (imports torch)", "cli_s"),
+    (f"`ray.init(num_cpus={WORKERS})`, no dashboard", "ray_init_s"),
+    (f"{WORKERS} fresh actors' first call, importing the trainable's module", "actor_first_call_s"),
+    ("… of which the import, in the actor (median)", "actor_import_s"),
+    ("the same import in an actor created after tasks warmed workers", "actor_import_after_warm_s"),
+    ("`ray.shutdown()` of the embedded cluster", "ray_shutdown_s"),
+)
+
+
+def _startup_table(probes: list[dict[str, Any]]) -> str:
+    rows = [[what, _fmt([p[key] for p in probes], 2)] for what, key in STARTUP_ROWS]
+    return table(["fixed cost (one fresh process, one step at a time)", "s"], rows)
+
+
 def _fmt(values: list[float], digits: int = 1) -> str:
     med = statistics.median(values)
     if len(values) == 1:
@@ -246,7 +327,9 @@ def _ratios(runs: dict[str, list[dict]], mode: str, key: str) -> list[float]:
 def run(quick: bool, workdir: Path, log=print) -> Section:
     workdir.mkdir(parents=True, exist_ok=True)
     spec = quick_spec(workdir, quick)
-    runs = measure(spec, workdir, 1 if quick else 2, log)
+    reps = 1 if quick else 2
+    runs = measure(spec, workdir, reps, log)
+    probes = [_spawn("startup", spec, workdir / f"startup-{rep}") for rep in range(reps)]
     rows = []
     for mode in runs:
         r = runs[mode]
@@ -258,9 +341,20 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
                 _fmt(_ratios(runs, mode, "whole_s"), 2),
                 _fmt([x["span_s"] for x in r]),
                 _fmt(_ratios(runs, mode, "span_s"), 2),
+                _fmt([x["lead_s"] for x in r]),
+                _fmt([x["tail_s"] for x in r]),
                 _fmt([x["busy_s"] / x["n"] for x in r], 2),
             ]
         )
+    extra = {
+        key: statistics.median(q[key] - p[key] for q, p in zip(runs["qsweep"], runs["pool"]))
+        for key in ("whole_s", "lead_s", "span_s", "tail_s")
+    }
+    reused = sum(p["actors_on_warm_workers"] for p in probes)
+    priced = statistics.median(
+        p["cli_s"] + p["ray_init_s"] + p["actor_first_call_s"] for p in probes
+    )
+    lead = statistics.median(x["lead_s"] for x in runs["qsweep"])
     whole = statistics.median(_ratios(runs, "qsweep", "whole_s"))
     span = statistics.median(_ratios(runs, "qsweep", "span_s"))
     bars = [
@@ -287,12 +381,39 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
                     "whole / Pool",
                     "span s",
                     "span / Pool",
+                    "before first trial s",
+                    "after last trial s",
                     "per trial s",
                 ],
                 rows,
             ),
             "",
             f"qsweep trial statuses: {', '.join(statuses)}.",
+            "",
+            f"**Where qsweep's extra time goes.** Its whole command takes {extra['whole_s']:.1f} s "
+            f"more than the Pool's (median over repetitions): {extra['lead_s']:.1f} s more "
+            f"before the first trial starts, {extra['span_s']:.1f} s more from the first trial's "
+            f"start to the last one's end, {extra['tail_s']:.1f} s more after it (qsweep "
+            "compacts the curves, writes the report and stops Ray; the Pool only exits). The "
+            "Pool forks workers that already imported torch; Ray starts its own processes and "
+            "each worker imports the trainable afresh. The start-up probe "
+            "(`python -m benchmarks.small_trials startup`, fresh processes, "
+            f"{len(probes)} run(s)) prices those steps:",
+            "",
+            _startup_table(probes),
+            "",
+            f"The first three steps add up to {priced:.1f} s of qsweep's {lead:.1f} s before its "
+            "first trial; the rest is Python's start, Tune setting up the experiment and "
+            "scheduling the first trials.",
+            "",
+            f"Actors created after {WORKERS} tasks had imported the trainable landed on those "
+            f"warmed workers {reused} time(s) out of {WORKERS * len(probes)}: Ray gives a new "
+            "actor a fresh or prestarted worker rather than one a task used, so warming "
+            "workers with tasks does not take the import off a trial's path. Starting "
+            "`ray.init` in a thread while the CLI imports torch and checks the spec was tried "
+            "(not kept): ray.init's thread waited on the imports the spec check was doing, "
+            "and in the one try on this machine the first trial started 12.8 s after the "
+            "command instead of 9.1 s.",
         ]
     )
     return Section(KEY, TITLE, body, bars)
