@@ -28,6 +28,7 @@ from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
 from service.ray_logs import shorten_storage_errors
+from service.ray_usage import count_callbacks_lightly
 from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
 from service.spec import STAGE_PREFIX, SweepPlan
 from service.stage_gate import mark_failed, stage_model_path, wait_for_stage
@@ -178,6 +179,7 @@ def build_tuner(
     (already finished, grid mode) are left out. ``trainable`` replaces ``make_trainable``'s
     (resources included): the load benchmark (``benchmarks.scale``) runs a trivial one."""
     shorten_storage_errors()
+    count_callbacks_lightly()  # Ray would import mlflow and wandb to count callbacks
     spec, stage = plan.spec, pretrain
     space, search, num_samples = encode(plan, pretrain, skip, with_stage)
     scheduler = None
@@ -327,6 +329,7 @@ def restore_tuner(
     must then run the planned trials, not one trial with an empty config.
     """
     shorten_storage_errors()
+    count_callbacks_lightly()  # Ray would import mlflow and wandb to count callbacks
     stage_dir = PRETRAIN_TUNE_DIR if pretrain else TUNE_DIR
     space, _, _ = encode(plan, pretrain, skip, with_stage)
     tuner = tune.Tuner.restore(
