@@ -265,8 +265,11 @@ class QsweepMLflowCallback(_Tracker, MLflowLoggerCallback):
 
 class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
     """``WandbLoggerCallback`` with one W&B run per trial: run name our trial id, group the
-    sweep, config our trial config, history every evaluation (W&B's step is Tune's
-    ``training_iteration``, our training step is the ``step`` metric)."""
+    sweep, config our trial config, history every evaluation, once: our training step is the
+    ``step`` metric, and W&B's own step counts the rows. (Ray's logging actor would log each
+    row at Tune's ``training_iteration``, which the evaluations of one batched result share,
+    and W&B keeps one history row per step: only a batch's last evaluation would stay.) A
+    retried attempt's evaluations at or before the last step logged are not logged again."""
 
     tracker = "wandb"
 
@@ -288,6 +291,7 @@ class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
             self, project=project, group=sweep, upload_timeout=WANDB_UPLOAD_TIMEOUT_S, **extra
         )
         self._qsweep_init(planned, sweep)
+        self._last_step: dict[Any, float] = {}  # trial -> last training step logged
         self._args = {
             "planned": planned,
             "sweep": sweep,
@@ -341,10 +345,14 @@ class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
         if trial not in self._trial_logging_actors:
             self.log_trial_start(trial)
         metrics = tracked_metrics(result)
-        if trial in self._trial_queues and metrics:
-            item = {"training_iteration": result.get("training_iteration", iteration), **metrics}
-            queue = self._trial_queues[trial]
-            self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, item))
+        if trial not in self._trial_queues or not metrics:
+            return
+        if metrics["step"] <= self._last_step.get(trial, -math.inf):
+            return
+        # No training_iteration in the item: the logging actor then lets W&B count the step.
+        queue = self._trial_queues[trial]
+        self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, dict(metrics)))
+        self._last_step[trial] = metrics["step"]
 
     def log_trial_save(self, trial) -> None:
         pass  # checkpoints stay with Tune (no uploads)

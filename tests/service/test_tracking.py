@@ -46,6 +46,7 @@ def tracked(tmp_path_factory, module_qsweep):
         tmp,
         "tracked",
         **SPEC,
+        checkpoint_min_s=600,  # no checkpoints: evaluations reach Tune in batches
         tracking={
             "mlflow": {"tracking_uri": uri, "experiment": "qsweep-test"},
             "wandb": {"project": "qsweep-test", "mode": "offline"},
@@ -73,6 +74,11 @@ def tracked(tmp_path_factory, module_qsweep):
     rows, curves = read_state(tmp / "results" / "tracked")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows.values()), rows
     assert all(len(curves[tid]) == 4 for tid in rows), curves  # steps 0 and 3 evaluations
+    results = [
+        len(path.read_text().splitlines())
+        for path in (tmp / "results" / "tracked" / "tune").glob("*/result.json")
+    ]
+    assert len(results) == 2 and max(results) < 4, results  # a batched result: several rows
     return tmp, uri, run, connections, rows, curves
 
 
