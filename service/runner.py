@@ -6,6 +6,7 @@ location is here, so tests drive it directly.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -91,15 +92,25 @@ def connect(
 @contextmanager
 def stop_ray_meanwhile() -> Iterator[None]:
     """Stop Ray (an embedded cluster: ~1.4 s of waiting for its processes to exit) in a
-    thread while the block runs (the headline and the report need no Ray); joined at its end."""
+    thread while the block runs (the headline and the report need no Ray); joined at its end.
+
+    Garbage that still holds Ray objects (Tune's, in reference cycles) is collected first and
+    the collector is off until Ray has stopped: an ObjectRef freed by a collection while Ray
+    shuts down makes Ray's core worker end the process with exit 1 ("The core worker has
+    already been shutdown"), which CI saw after a resume had finished every trial."""
     import ray
 
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
     stopper = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     stopper.start()
     try:
         yield
     finally:
         stopper.join()
+        if was_enabled:
+            gc.enable()
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
