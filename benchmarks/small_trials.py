@@ -411,9 +411,8 @@ def run(quick: bool, workdir: Path, log=print) -> Section:
             "actor a fresh or prestarted worker rather than one a task used, so warming "
             "workers with tasks does not take the import off a trial's path. Starting "
             "`ray.init` in a thread while the CLI imports torch and checks the spec was tried "
-            "(not kept): ray.init's thread waited on the imports the spec check was doing, "
-            "and in the one try on this machine the first trial started 12.8 s after the "
-            "command instead of 9.1 s.",
+            "by hand (not kept): ray.init's thread waited on the imports the spec check was "
+            "doing, and the first trial started later, not sooner.",
         ]
     )
     return Section(KEY, TITLE, body, bars)

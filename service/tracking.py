@@ -351,7 +351,7 @@ class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
             return
         # No training_iteration in the item: the logging actor then lets W&B count the step.
         queue = self._trial_queues[trial]
-        self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, dict(metrics)))
+        self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, metrics))
         self._last_step[trial] = metrics["step"]
 
     def log_trial_save(self, trial) -> None:
