@@ -77,6 +77,23 @@ def difference_interval(
     return (float(np.median(a) - np.median(b)), *_interval(diff, level))
 
 
+def paired_interval(
+    focus: Iterable[float],
+    baseline: Iterable[float],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
+    """The median of per-pair differences (focus[i] − baseline[i], pairs sharing a seed and so
+    the same random draws) and its bootstrap interval (pairs resampled)."""
+    a, b = np.asarray(list(focus), dtype=float), np.asarray(list(baseline), dtype=float)
+    if not len(a) or len(a) != len(b):
+        return math.nan, math.nan, math.nan
+    d = a - b
+    rng = np.random.default_rng(seed)
+    return (float(np.median(d)), *_interval(_resampled_medians(d, rng, samples), level))
+
+
 def ratio_interval(
     focus: Iterable[float],
     baseline: Iterable[float],

@@ -54,7 +54,8 @@ class Report:
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
     # per setting x arm: mean cosine, SNR
     diagnostics_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
-    # analysis.claims.evaluate: the papers' claims found here
+    # analysis.claims.evaluate: the papers' claims found here (with each tuned arm's tuning
+    # sensitivity; grid rows next to a tuned verdict have primary False)
     claims: pd.DataFrame = field(default_factory=pd.DataFrame)
     spec: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -282,7 +283,8 @@ def build_report(
         raise ResultsError(f"unknown metric {metric!r}; choose one of {sorted(REPORTED)}")
     if results.trials.empty:
         raise ResultsError(f"{results.location}: no trials recorded yet")
-    trials = tradeoff.add_arms(results.trials)
+    every = tradeoff.add_arms(results.trials)
+    trials = tradeoff.without_tuning(every)  # validation-split scores: the claims' tuning tables
     curves = tradeoff.attach_arms(results.curves, trials)
     targets = _targets(trials, metric, target, reference)
     reach = _reach(curves, targets, metric)
@@ -302,13 +304,16 @@ def build_report(
         equal_compute=_equal_compute(curves, metric),
         pareto=_pareto(trials),
         memory=tradeoff.memory_by_arm(trials),
-        failed=_failed(trials),
+        failed=_failed(every),
         curve_bands=curve_bands(plotted),
         trial_curves=_trial_curves(plotted),
         diagnostics=diagnostics,
         diagnostics_summary=gradient_quality.summary(diagnostics),
         claims=paper_claims.evaluate(
-            trials, curves, paper_claims.specs_by_sweep(results.spec, trials)
+            every,
+            curves,
+            paper_claims.specs_by_sweep(results.spec, trials),
+            diagnostics=results.diagnostics,
         ),
         spec=results.spec,
         versions=_versions(trials),

@@ -97,6 +97,45 @@ def _front_table(report: Report) -> pd.DataFrame:
     )
 
 
+def _claims_section(report: Report) -> list[str]:
+    """The papers' claims: the verdicts (a same-lr grid comparison, in parentheses, after the
+    tuned verdict it puts in context), the secondary figures and each tuned arm's tuning
+    sensitivity."""
+    e, claims = html.escape, report.claims
+    out = [
+        "<h2>Claims</h2>",
+        f"<p>{e(paper_claims.RULE)}</p>",
+        f"<p>{e(paper_claims.summary_line(claims).split(' (')[0])}</p>",
+        table(paper_claims.display(claims)),
+    ]
+    secondary = paper_claims.secondary_figures(claims)
+    if len(secondary):
+        out += [
+            "<h3>Secondary figures (unverified, never used for a verdict)</h3>",
+            table(secondary),
+        ]
+    tuning = paper_claims.sensitivity(claims)
+    if len(tuning):
+        out.append(
+            "<h3>Tuning sensitivity</h3><p>Final validation metric per tuning configuration of "
+            "each tuned arm, best first: how much the answer depends on tuning (compare the "
+            "same-lr rows above).</p>"
+        )
+        for (setting, arm), group in tuning.groupby(["setting", "arm"], sort=False):
+            out += [
+                f"<h4>{e(arm)} ({e(setting)})</h4>",
+                table(
+                    group.drop(columns=["setting", "arm"]).assign(
+                        **{
+                            c: group[c].map(fmt_number)
+                            for c in ("final validation metric", "final validation loss")
+                        }
+                    )
+                ),
+            ]
+    return out
+
+
 def render_page(report: Report, plots: list[str], intro: str = "") -> str:
     """The page for ``report`` with ``plots`` (HTML fragments, in order) under "Plots", after
     ``intro`` (a paragraph saying how to read them)."""
@@ -108,15 +147,7 @@ def render_page(report: Report, plots: list[str], intro: str = "") -> str:
         '<h2>Headline</h2><p>Median [min–max] over seeds; "within noise": the arm\'s range '
         "overlaps the best arm's.</p>",
         table(display_headline(report)),
-        *(
-            [
-                "<h2>Claims</h2>",
-                f"<p>{e(paper_claims.RULE)}</p>",
-                table(paper_claims.display(report.claims)),
-            ]
-            if len(report.claims)
-            else []
-        ),
+        *(_claims_section(report) if len(report.claims) else []),
         f"<h2>Compute to target ({e(report.metric)})</h2><ul>",
         *[f"<li>{e(s)}</li>" for s in ratio_sentences(report)],
         "</ul>",

@@ -15,7 +15,7 @@ import json
 import pandas as pd
 
 from analysis.bootstrap import noise_flags
-from analysis.tradeoff import add_arms, lower_is_better
+from analysis.tradeoff import add_arms, lower_is_better, without_tuning
 
 REGIMES = ("from scratch", "fine-tune", "pre-training")
 COLUMNS = [
@@ -58,6 +58,7 @@ def regimes(trials: pd.DataFrame) -> pd.Series:
 def _with_arms(trials: pd.DataFrame) -> pd.DataFrame:
     """``estimator`` replaced by the arm label (``nspsa n=1`` vs ``nspsa n=7960``); the
     pre-training stage is its own arm and never splits the others' labels."""
+    trials = without_tuning(trials)
     trials = trials.assign(regime=regimes(trials))
     staged = trials["regime"] == "pre-training"
     main = trials[~staged]

@@ -37,6 +37,8 @@ def metric_label(frame: pd.DataFrame) -> str:
 
 
 COSTS = ["flops", "forwards", "wall_s"]
+# What a tuning protocol chooses per arm (service.protocol): re-runs are one arm across them.
+TUNED_SETTINGS = frozenset({"lr", "optimizer", "momentum", "eps"})
 # Columns analysis adds to a trials table; every other non-core column is an estimator option.
 DERIVED_COLUMNS = frozenset({"arm", "regime"})
 
@@ -55,21 +57,38 @@ def add_arms(trials: pd.DataFrame) -> pd.DataFrame:
     trials = trials.copy()
     several_sweeps = trials["sweep"].nunique() > 1
 
-    def label(group: pd.DataFrame) -> pd.Series:
+    def label(group: pd.DataFrame, role: str) -> pd.Series:
         options = option_columns(c for c in group.columns if c not in DERIVED_COLUMNS)
         candidates = [*ARM_SETTING_COLUMNS, *options]
+        if role == "tuned":  # an arm's re-runs share its chosen settings: not what splits it
+            candidates = [c for c in candidates if c not in TUNED_SETTINGS]
         varying = [c for c in candidates if c in group and group[c].nunique(dropna=True) > 1]
         base = group["estimator"].astype(str)
         if several_sweeps:
             base = group["sweep"].astype(str) + ":" + base
+        if role in ("tuned", "tuning"):
+            base = base + f" [{role}]"
         for column in varying:
             base = base + f" {column}=" + group[column].map(_format_value)
         return base
 
     trials["arm"] = ""
-    for _, group in trials.groupby(["sweep", "estimator"], dropna=False):
-        trials.loc[group.index, "arm"] = label(group)
+    role = (
+        trials["role"].astype(object).where(trials["role"].notna(), "grid")
+        if "role" in trials
+        else pd.Series("grid", index=trials.index)
+    )
+    for (_, _, r), group in trials.groupby(["sweep", "estimator", role], dropna=False):
+        trials.loc[group.index, "arm"] = label(group, r)
     return trials
+
+
+def without_tuning(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` less a tuning protocol's tuning trials: they are scored on a validation split,
+    so their metrics never sit in a table beside test-split ones (``docs/claims.md``)."""
+    if "role" not in trials:
+        return trials
+    return trials[trials["role"].astype(object).ne("tuning")]
 
 
 def attach_arms(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:

@@ -33,9 +33,9 @@ import pyarrow as pa
 #    (``events/``, ``contract.journal``) folded into trials.parquet now and then, whose
 #    metadata says up to which event it holds; a finished sweep's curves are compacted into
 #    a Hive-partitioned dataset (``contract.curves``). Readers of this version read both.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # versions whose files this qsweep reads (``upgrade_trials``)
-READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6, 7)
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6, 7, 8)
 
 TRIAL_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 
@@ -73,6 +73,12 @@ TRIAL_SETTING_FIELDS: list[pa.Field] = [
     pa.field("adapter", pa.string()),
     pa.field("budget_steps", pa.int64()),
     pa.field("budget_flops", pa.float64()),
+    # the tuning protocol (docs/claims.md): grid (the spec's grid, one shared lr) | tuning
+    # (scored on a validation split) | tuned (an arm's best tuning settings re-run with fresh
+    # seeds) | pretrain (a float pre-training stage); null in tables older than version 8
+    pa.field("role", pa.string()),
+    pa.field("tuned_from", pa.string()),  # the arm's tuning group (tuning and tuned rows)
+    pa.field("eval_split", pa.string()),  # test | validation (held out of the training split)
 ]
 
 # What a trial measures once its model exists (reported by run_trial, recorded in the row).
@@ -178,6 +184,7 @@ ADDED_IN_VERSION_5 = (
 
 # Core columns added by version 6.
 ADDED_IN_VERSION_6 = ("adapter",)
+ADDED_IN_VERSION_8 = ("role", "tuned_from", "eval_split")
 
 
 def _last_line(text: str | None) -> str | None:
@@ -203,7 +210,9 @@ def upgrade_trials(table: pa.Table) -> pa.Table:
     if not found.isdigit() or int(found) > SCHEMA_VERSION:
         return table
     # (a version-6 table from before trials.adapter, written during its development, too)
-    added = (*ADDED_IN_VERSION_5, *ADDED_IN_VERSION_6) if int(found) < 5 else ADDED_IN_VERSION_6
+    added = (
+        (*ADDED_IN_VERSION_5, *ADDED_IN_VERSION_6) if int(found) < 5 else ADDED_IN_VERSION_6
+    ) + ADDED_IN_VERSION_8
     for name in added:
         if name not in table.column_names:
             field = TRIALS_SCHEMA.field(name)

@@ -110,6 +110,8 @@ def warn_if_dashboard_exposed(dashboard: bool, host: str, address: str | None) -
 
 
 def _trial_table(plan: SweepPlan) -> Table:
+    from service.protocol import role_of
+
     spec = plan.spec
     table = Table(
         title=f"{spec.name}: {len(plan.trials)} trials"
@@ -127,13 +129,17 @@ def _trial_table(plan: SweepPlan) -> Table:
         "model",
         "dataset",
         "seed",
+        "role",
         "lr",
         "options",
     ):
         table.add_column(column)
     for trial in plan.trials:
         c = trial.config
+        role = role_of(c)
         options = ", ".join(f"{k}={v}" for k, v in sorted(c["estimator_options"].items()))
+        if c.get("optimizer") and role == "tuning":
+            options = ", ".join(filter(None, [f"optimizer={c['optimizer']}", options]))
         table.add_row(
             trial.trial_id,
             c["estimator"],
@@ -142,8 +148,9 @@ def _trial_table(plan: SweepPlan) -> Table:
             c["model"],
             c["dataset"],
             str(c["seed"]),
-            str(c.get("lr", "default")),
-            options,
+            role,
+            "its arm's best" if role == "tuned" else f"{c['lr']:.3g}" if "lr" in c else "default",
+            "its arm's best" if role == "tuned" else options,
         )
     return table
 
@@ -517,6 +524,14 @@ def report(
             help="also write plots/*.png and report-static.html (PNGs embedded; needs matplotlib)",
         ),
     ] = False,
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown",
+            help="with --claims: print the claims as Markdown and write them to claims.md "
+            "beside report.html",
+        ),
+    ] = False,
 ) -> None:
     """
     Write report.html (tables, interactive plots, spec, versions, paper claims) and print the
@@ -528,8 +543,18 @@ def report(
     crashlog.remember_sweep_dir(results[0])
     try:
         html_path, text = report_command(
-            results, out, metric, target, reference, focus, claims, png=png
+            results, out, metric, target, reference, focus, claims and not markdown, png=png
         )
+        if markdown:
+            from analysis import claims as paper_claims
+            from analysis.report import build_report, load_sweeps
+            from contract import storage
+
+            found = build_report(load_sweeps(results), metric, target, reference, focus).claims
+            document = paper_claims.markdown(found)
+            fs, md_path = storage.resolve(str(html_path.parent / "claims.md"))
+            storage.write_text_atomic(fs, md_path, document)
+            text += f"\n\n{document}claims: {html_path.parent / 'claims.md'}"
     except ResultsError as err:
         raise SweepError(str(err)) from None
     console.print(text, markup=False, highlight=False)

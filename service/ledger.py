@@ -59,6 +59,7 @@ from contract.schema import (
 from contract.storage import first_line, join
 from service.errors import SweepError
 from service.failure_text import FAILURE_KEY, TRACEBACK_KEY, summarize
+from service.protocol import TUNED_CONFIG_KEY
 from service.rows import coerce, config_columns, measured_settings, trials_schema
 
 __all__ = ["ResultsLedger"]
@@ -376,6 +377,12 @@ class ResultsLedger:
             row["error"], row["error_traceback"] = self._failing[tid]
             self._dirty = True
             return
+        if TUNED_CONFIG_KEY in record and row["status"] != "completed":
+            # a protocol re-run names the settings its arm's tuning chose (service.protocol)
+            chosen = json.loads(record[TUNED_CONFIG_KEY])
+            row.update(config_columns(chosen))
+            row["config"] = json.dumps(chosen, sort_keys=True, default=str)
+            self._dirty = True
         step = record.get("step", record.get("training_iteration"))
         if row["status"] == "completed" or step is None:
             return

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from contract import schema
+from service.protocol import PROTOCOL_KEY, role_of, split_protocol
 from trainers.config import ConfigError, TrialConfig
 from trainers.estimators import option_fields
 
@@ -64,11 +65,13 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     config keeps only what it says: its trial fails with the reason, and the row must still
     be written.
     """
+    protocol = dict(config.get(PROTOCOL_KEY) or {})
     cols: dict[str, Any] = {
         k: config.get(k) for k in ("estimator", "bits", "quantizer", "model", "dataset", "seed")
     }
+    cols.update(role=role_of(config), tuned_from=protocol.get("group"))
     try:
-        cfg = TrialConfig.from_dict(config)
+        cfg = TrialConfig.from_dict(split_protocol(config)[0])
     except (ConfigError, ValueError, TypeError):
         return cols
     quant = None if cfg.quantizer == "none" else cfg.quant
@@ -92,6 +95,7 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
         scale=quant and quant.scale,
         first_last=quant and quant.first_last,
         adapter=adapter_label(cfg.model, cfg.model_options),
+        eval_split=cfg.eval_split,
     )
     options = dataclasses.asdict(cfg.estimator_config)
     options.pop("lr", None)  # the trial's lr column
@@ -106,6 +110,8 @@ def _fits(value: Any, type_: pa.DataType) -> bool:
     """Whether ``value`` can go in a column of ``type_`` as it is."""
     if value is None or pa.types.is_string(type_):
         return value is None or isinstance(value, str)
+    if pa.types.is_boolean(type_):
+        return isinstance(value, bool)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -33,6 +33,16 @@ from pydantic import (
 )
 
 from service.errors import SpecError
+from service.protocol import (
+    PROTOCOL_KEY,
+    TRIAL_KEYS,
+    TUNED,
+    TUNING,
+    apply_settings,
+    group_id,
+    sample_settings,
+    split_protocol,
+)
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
@@ -167,6 +177,42 @@ class Range(_Strict):
             raise ValueError(f"needs low < high (got low={self.low}, high={self.high})")
         elif self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
+        return self
+
+
+class Protocol(_Strict):
+    """The tuning protocol (``service.protocol``, ``docs/claims.md``): the same number of
+    tuning trials for every arm, scored on a validation split, the best re-run with fresh
+    seeds on the test split."""
+
+    tuning_trials: int = Field(default=8, ge=1, description="tuning trials per arm")
+    seeds: list[int] = Field(
+        default=[100, 101, 102, 103, 104],
+        min_length=5,
+        description="fresh seeds the best configuration of each arm is re-run with (>= 5)",
+    )
+    tuning_seed: int = Field(default=0, description="the seed of every tuning trial")
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1, allow_inf_nan=False)
+    metric: Literal["eval_loss", "eval_metric", "train_loss"] = "eval_loss"
+    direction: Literal["min", "max"] = "min"
+    sampler_seed: int = 0
+    space: dict[str, dict[str, Range]] = Field(
+        default={},
+        description="per estimator: ranges that replace its default dimensions (lr, "
+        "optimizer, eps) or add one (any trial setting or estimator option)",
+    )
+    same_lr: bool = Field(
+        default=True, description="also run the grid at its one shared lr (the report compares)"
+    )
+
+    @model_validator(mode="after")
+    def _fresh_seeds(self) -> Protocol:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} repeats a seed")
+        if self.tuning_seed in self.seeds:
+            raise ValueError(
+                f"seeds: the re-runs need fresh seeds, but {self.tuning_seed} is the tuning seed"
+            )
         return self
 
 
@@ -356,6 +402,11 @@ class SweepSpec(_Strict):
         description="per-model settings: `datasets` / `bits` (lists: that model's own axes, "
         "e.g. llama on text only) and trial settings; estimators' sections override them",
     )
+    protocol: Protocol | None = Field(
+        default=None,
+        description="tuning protocol: every arm tuned with the same budget on a validation "
+        "split, its best re-run with fresh seeds (docs/claims.md)",
+    )
     tracking: Tracking | None = Field(
         default=None,
         description="experiment trackers: {mlflow: {tracking_uri, experiment}} and/or "
@@ -428,6 +479,26 @@ class SweepSpec(_Strict):
                 )
         for name, section in self.models.items():
             _check_model_section(name, section, self.grid)
+        if self.protocol is not None:
+            if self.search.mode != "grid":
+                raise ValueError("protocol: needs search.mode grid (it does its own tuning)")
+            if self.early_stopping is not None:
+                raise ValueError(
+                    "protocol: not with early_stopping (a stopped tuning trial would be scored "
+                    "before its budget)"
+                )
+            for name, section in self.protocol.space.items():
+                if name not in self.grid.estimators:
+                    raise ValueError(
+                        f"protocol.space.{name}: not in grid.estimators {self.grid.estimators}"
+                    )
+                for key in section:
+                    fields = {f.name for f in dataclasses.fields(ESTIMATORS[name].config_class)}
+                    if key not in fields | set(TRIAL_KEYS):
+                        raise ValueError(
+                            f"protocol.space.{name}.{key}: not a tuned trial setting "
+                            f"({', '.join(TRIAL_KEYS)}) nor an option of {name}"
+                        )
         return self
 
     def _model_axis(self, model: str, axis: str) -> list:
@@ -582,7 +653,58 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Expand and check every trial of ``spec`` (each is validated here, once)."""
     pretrain = spec._expand_pretrain()
     trials, skipped = spec._expand(pretrain)
+    if spec.protocol is not None:
+        trials = _with_protocol(spec.protocol, trials)
     return SweepPlan(spec, tuple(trials), tuple(pretrain), tuple(skipped))
+
+
+def _with_protocol(protocol: Protocol, grid: list[PlannedTrial]) -> list[PlannedTrial]:
+    """The grid (when ``same_lr``), then every arm's tuning trials, then its re-runs (last:
+    they wait for their arm's tuning trials, ``service.protocol``)."""
+    tuning, tuned = [], []
+    for group, base in protocol_arms(protocol, [t.config for t in grid]).items():
+        settings = sample_settings(
+            base["estimator"],
+            base.get("optimizer"),
+            protocol.space.get(base["estimator"], {}),
+            protocol.tuning_trials,
+            protocol.sampler_seed,
+        )
+        for chosen in settings:
+            config = apply_settings(base, chosen)
+            config.update(
+                seed=protocol.tuning_seed,
+                eval_split="validation",
+                validation_fraction=protocol.validation_fraction,
+            )
+            config[PROTOCOL_KEY] = {
+                "role": TUNING,
+                "group": group,
+                "metric": protocol.metric,
+                "settings": chosen,
+            }
+            tuning.append(PlannedTrial(trial_id(config), config))
+        for seed in protocol.seeds:
+            config = {**base, "seed": seed}
+            config[PROTOCOL_KEY] = {"role": TUNED, "group": group, "direction": protocol.direction}
+            tuned.append(PlannedTrial(trial_id(config), config))
+    for trial in (*tuning, *tuned):
+        _check_trial(trial.config, f"protocol ({trial.config['estimator']})")
+    return [*(grid if protocol.same_lr else []), *tuning, *tuned]
+
+
+def protocol_arms(protocol: Protocol, grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Arm (tuning group) id -> its base config: a grid config without its seed and the
+    settings the protocol tunes (one arm per grid cell, whatever its seeds)."""
+    arms: dict[str, dict[str, Any]] = {}
+    for config in grid:
+        tuned = {"lr", "optimizer", "eps"} | set(protocol.space.get(config["estimator"], {}))
+        base = {k: v for k, v in config.items() if k not in tuned | {"seed"}}
+        base["estimator_options"] = {
+            k: v for k, v in config["estimator_options"].items() if k not in tuned
+        }
+        arms.setdefault(group_id(base), base)
+    return arms
 
 
 def _absolute_local(path: Any) -> Any:
@@ -705,6 +827,7 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
             raise SpecError(
                 f"{where}: {prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
+    config = split_protocol(config)[0]
     try:
         TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
     except (ConfigError, ValueError, TypeError) as err:
@@ -750,6 +873,10 @@ def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
     if name not in scales:
         raise SpecError(f"--scale {name}: not one of {', '.join(scales)}")
     resolved = _deep_merge({k: v for k, v in data.items() if k != "scales"}, scales[name])
+    chosen = (scales[name].get("grid") or {}).get("estimators")
+    if isinstance(chosen, list) and isinstance(resolved.get("estimators"), dict):
+        # a scale that narrows the grid's estimators drops the others' sections with them
+        resolved["estimators"] = {k: v for k, v in resolved["estimators"].items() if k in chosen}
     resolved["name"] = (
         f"{resolved.get('name', 'sweep')}-{name}"
         if isinstance(resolved.get("name"), str)
@@ -764,7 +891,7 @@ def input_problems(plan: SweepPlan) -> list[str]:
     problems: dict[str, str] = {p: p for p in missing_tracker_packages(plan.spec)}
     for trial in (*plan.pretrain, *plan.trials):
         where = "pretrain" if trial in plan.pretrain else f"estimators.{trial.config['estimator']}"
-        for error in input_errors(TrialConfig.from_dict(trial.config)):
+        for error in input_errors(TrialConfig.from_dict(split_protocol(trial.config)[0])):
             problems.setdefault(error, f"{where}: {error}")
     return list(problems.values())
 

@@ -45,8 +45,11 @@ def param_space_and_search(
     return space, search, spec.search.num_samples
 
 
-def _waits_for_stage(trial) -> bool:
-    return str(trial.config.get("init_from") or "").startswith(STAGE_PREFIX)
+def _waits_for_stage(trial) -> tuple[bool, bool]:
+    """Sort key: a tuning protocol's re-runs last (they wait for their arm's tuning trials,
+    ``service.protocol``), and within each part the trials that wait for the stage last."""
+    role = (trial.config.get("protocol") or {}).get("role")
+    return role == "tuned", str(trial.config.get("init_from") or "").startswith(STAGE_PREFIX)
 
 
 def encode(

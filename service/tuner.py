@@ -27,6 +27,17 @@ from contract import storage
 from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.limits import LimitWatchdog
+from service.protocol import (
+    PROTOCOL_KEY,
+    TUNED,
+    TUNED_CONFIG_KEY,
+    TUNING,
+    apply_settings,
+    record_score,
+    split_protocol,
+    tuned_settings,
+    tuning_ids,
+)
 from service.ray_logs import shorten_storage_errors
 from service.ray_usage import count_callbacks_lightly
 from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
@@ -68,10 +79,17 @@ def train_one(
     batcher = ReportBatcher(
         lambda result, checkpoint: tune.report(result, checkpoint=checkpoint), report_every_s
     )
+    this = planned.get(config.get("planned_id"), {})
+    role = this.get(PROTOCOL_KEY) or {}
     try:
-        start_from = planned.get(config.get("planned_id"), {}).get("init_from") or ""
+        start_from = this.get("init_from") or ""
         if start_from.startswith(STAGE_PREFIX):  # one Tune run with its stage (service.stage_gate)
             wait_for_stage(sweep_dir, start_from.removeprefix(STAGE_PREFIX))
+        tuned = None
+        if role.get("role") == TUNED:  # its arm's best tuning settings (service.protocol)
+            tuned = tuned_settings(
+                sweep_dir, role["group"], tuning_ids(planned, role["group"]), role["direction"]
+            )
         with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
             _train_one(
                 config,
@@ -82,6 +100,7 @@ def train_one(
                 sweep_dir,
                 limits,
                 batcher,
+                tuned,
             )
     except Exception as err:
         try:
@@ -90,6 +109,8 @@ def train_one(
             pass
         if not failures.is_deterministic(err):
             raise
+        if role.get("role") == TUNING:  # not retried: it ranks last among its arm's settings
+            record_score(sweep_dir, role["group"], config["planned_id"], None, role["settings"])
         tune.report(failures.failure_result(err, metric))
         raise
 
@@ -103,8 +124,15 @@ def _train_one(
     sweep_dir: str,
     limits: LimitWatchdog,
     batcher: ReportBatcher,
+    tuned: tuple[dict[str, Any], str] | None = None,
 ) -> None:
     trial_id, trial_config = decode(planned, config, tune.get_context().get_trial_id())
+    chosen = None
+    if tuned is not None:  # a re-run: its arm's best settings, and its row says which
+        trial_config = apply_settings(trial_config, tuned[0])
+        trial_config[PROTOCOL_KEY] = {**trial_config[PROTOCOL_KEY], "tuned_by": tuned[1]}
+        chosen = json.dumps(trial_config, sort_keys=True, default=str)
+    trial_config, role = split_protocol(trial_config)
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
         if key in trial_config:
             trial_config[key] = stage_location(sweep_dir, trial_config[key])
@@ -128,8 +156,16 @@ def _train_one(
         trial's checkpoints are deleted, ``PruneCheckpoints``)."""
         nonlocal evaluations, checkpointed_at
         limits.check()  # an evaluation past a limit is not reported: the attempt fails
+        if metrics["done"] and role.get("role") == TUNING:
+            # its validation score for the arm's re-runs, before Tune sees done and ends it
+            record_score(
+                sweep_dir, role["group"], trial_id, metrics.get(role["metric"]), role["settings"]
+            )
         evaluations += 1
+        nonlocal chosen
         payload = {**metrics, **where}
+        if chosen is not None:  # the ledger rewrites the row's settings once (TUNED_CONFIG_KEY)
+            payload[TUNED_CONFIG_KEY], chosen = chosen, None
         due = (
             state is not None
             and not metrics["done"]
@@ -248,10 +284,21 @@ class StageFailures(tune.Callback):
 
     def __init__(self, plan: SweepPlan, sweep_dir: str) -> None:
         self.stage_ids = {t.trial_id for t in plan.pretrain}
+        self.tuning = {
+            t.trial_id: t.config[PROTOCOL_KEY]
+            for t in plan.trials
+            if (t.config.get(PROTOCOL_KEY) or {}).get("role") == TUNING
+        }
         self.sweep_dir = sweep_dir
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         stage_id = trial.config.get("planned_id")
+        if stage_id in self.tuning:  # failed for good: it ranks last, its arm's re-runs go on
+            role = self.tuning[stage_id]
+            try:
+                record_score(self.sweep_dir, role["group"], stage_id, None, role["settings"])
+            except OSError:
+                pass
         if stage_id in self.stage_ids:
             from service.sink import trial_error_text
 

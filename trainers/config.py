@@ -17,6 +17,7 @@ from trainers.schedule import check_schedule
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("cpu", "cuda", "auto")
+EVAL_SPLITS = ("test", "validation")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,10 @@ class TrialConfig:
     init_from: str | None = None
     save_model_to: str | None = None
     diagnostics: Mapping[str, Any] | None = None  # gradient-quality probe (trainers.diagnostics)
+    # "validation": train on the training split less a held-out part and evaluate on that part
+    # (a tuning protocol scores configurations there, never on the test split)
+    eval_split: str = "test"
+    validation_fraction: float = 0.2
 
     # Built in __post_init__ from the fields above (not constructor arguments).
     estimator_config: Any = field(init=False, repr=False, compare=False, default=None)
@@ -98,6 +103,14 @@ class TrialConfig:
         for name in ("batch_size", "num_evals", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ConfigError(
+                f"eval_split {self.eval_split!r} is not one of {', '.join(EVAL_SPLITS)}"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
         if self.lr is None:
             object.__setattr__(self, "lr", self._default_lr())
         if self.lr < 0:

@@ -50,7 +50,7 @@ def _check_hf_checkpoint(options: Mapping[str, Any]) -> None:
 MODEL_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "hf_causal_lm": _check_hf_checkpoint,
 }
-DATASETS_READ_AT_SPEC_TIME = ("prompt_cls", "lm")
+DATASETS_READ_AT_SPEC_TIME = ("prompt_cls", "lm", "mnist5k")
 
 
 @functools.lru_cache(maxsize=256)

@@ -22,6 +22,7 @@ from contract.record import Evaluation
 from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
 from trainers.data import BatchSampler, load_dataset
+from trainers.data.validation import hold_out_validation
 from trainers.diagnostics import probe as diagnostics_probe
 from trainers.estimators import build_estimator
 from trainers.inputs import dataset_call_options, model_call_options
@@ -89,6 +90,8 @@ def run_trial(
     data = load_dataset(
         cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, **dataset_call_options(cfg)
     )
+    if cfg.eval_split == "validation":  # tuning: held-out training examples, never the test set
+        data = hold_out_validation(data, cfg.validation_fraction)
     hints = getattr(data, "model_hints", None) or {}  # vocabulary, pad id, label-word ids
     with torch.random.fork_rng(devices=[]):  # model init is the only user of the global RNG
         torch.manual_seed(cfg.seed)

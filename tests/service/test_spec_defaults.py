@@ -129,6 +129,6 @@ def test_validate_prints_the_effective_numbers_not_default(tmp_path):
     assert sorted(rows) == ALL
     for name, line in rows.items():
         cells = [cell.strip() for cell in line.split("│")]
-        assert cells[8] == str(default_lr(name))
-        assert cells[9] == ("" if default_eps(name) is None else f"eps={default_eps(name)}")
+        assert cells[8] == "grid" and cells[9] == f"{default_lr(name):.3g}"
+        assert cells[10] == ("" if default_eps(name) is None else f"eps={default_eps(name)}")
     assert "default" not in out.stdout

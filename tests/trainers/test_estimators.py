@@ -284,13 +284,16 @@ def test_mezo_memory_stays_near_inference():
 
 
 @pytest.mark.parametrize("kind,bits", [("int", 8), ("int", 4), ("fp8_e4m3", 8), ("fp8_e5m2", 8)])
-def test_quzo_weights_stay_exactly_on_grid(kind, bits):
+@pytest.mark.parametrize("probe", ["quantized", "float"])
+def test_quzo_weights_stay_exactly_on_grid(kind, bits, probe):
+    """With ``master_weights: none`` (no float copy); fp32 is tests/trainers/test_zo_storage.py."""
     torch.manual_seed(0)
     model = quantize_model(
         nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
         QuantSpec(kind=kind, bits=bits),
     )
-    est = build_estimator("quzo", {"n": 2}, COST, 0, lr=0.5)
+    options = {"n": 2, "master_weights": "none", "probe": probe}
+    est = build_estimator("quzo", options, COST, 0, lr=0.5)
     est.prepare(model)
     start = [layer.weight.detach().clone() for _, layer in quantized_layers(model)]
     for _ in range(20):
@@ -317,15 +320,17 @@ def test_quzo_two_roundings_are_independent_and_unbiased():
     assert abs(corr) < 0.02, f"rounding errors must be independent, corr={corr:.3f}"
 
 
-def test_quzo_with_zero_lr_returns_the_weights_exactly():
+@pytest.mark.parametrize("same_rounding", [False, True])
+def test_quzo_with_zero_lr_returns_the_weights_exactly(same_rounding):
     """The last direction's restore is folded into the update pass: with lr = 0 that pass
-    must land on theta again, bit for bit for the on-grid weights."""
+    must land on theta again, bit for bit for the on-grid weights (``master_weights: none``)."""
     torch.manual_seed(0)
     model = quantize_model(
         nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)),
         QuantSpec(kind="int", bits=4),
     )
-    est = build_estimator("quzo", {"n": 2}, COST, 0, lr=0.0)
+    options = {"n": 2, "master_weights": "none", "same_rounding": same_rounding}
+    est = build_estimator("quzo", options, COST, 0, lr=0.0)
     est.prepare(model)
     before = copy.deepcopy(model.state_dict())
     for _ in range(5):

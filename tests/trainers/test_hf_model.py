@@ -158,7 +158,7 @@ def test_quantize_embeddings_keeps_tied_weights_tied(checkpoints, kind) -> None:
     tied = kind == "opt"
     assert (head.weight is embed.weight) == tied
     assert (head.weight_quantizer is embed.weight_quantizer) == tied  # one grid per tensor
-    one_step(model, "quzo", lr=0.05, steps=2)  # snaps, then updates on the grid
+    one_step(model, "quzo", lr=0.05, steps=2, master_weights="none")  # snaps, updates on grid
     assert (head.weight is embed.weight) == tied
     for _, layer in quantized_layers(model):
         assert torch.equal(layer.weight_quantizer.round_nearest(layer.weight), layer.weight)
@@ -183,12 +183,14 @@ def test_every_estimator_trains_a_step(checkpoints, kind, name) -> None:
 @pytest.mark.parametrize("name", ["mezo", "quzo"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_zero_lr_leaves_parameters_unchanged(checkpoints, kind, name) -> None:
-    """QuZO's on-grid weights return bit for bit (its update pass re-rounds onto the grid).
+    """QuZO's on-grid weights (``master_weights: none``, float probes) return bit for bit (its
+    update pass re-rounds onto the grid).
     Float tensors (all of MeZO's; QuZO's norms, biases, embeddings) go theta + eps z - 2 eps z
     + eps z in float arithmetic, which lands within a rounding error of theta, not on it:
     exactness there would need a copy of theta, which MeZO exists to avoid."""
     model = hf_model(checkpoints[kind])
-    est = build_estimator(name, {"n": 2}, COST, seed=0, lr=0.0)
+    options = {"master_weights": "none", "probe": "float"} if name == "quzo" else {}
+    est = build_estimator(name, {"n": 2, **options}, COST, seed=0, lr=0.0)
     est.prepare(model)
     before, seen = snapshot(model), []
     for step in range(3):

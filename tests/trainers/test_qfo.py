@@ -1,6 +1,7 @@
-"""qfo, the QuZO paper's quantized first-order baseline: weights live on their grid (no float
-master copy), gradients on an 8-bit abs-max grid, an unbiased update, no optimizer state;
-and QuZO's defaults as the authors'."""
+"""qfo, the QuZO paper's quantized first-order baseline: with ``master_weights: none`` weights
+live on their grid (no float master copy); gradients on an 8-bit abs-max grid, an unbiased
+update, no optimizer state; and QuZO's defaults as the authors'. The default storage
+(``fp32``) is in tests/trainers/test_zo_storage.py."""
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ def batch(seed=0, n=32, d=16, classes=4):
 
 
 def qfo(model, lr, seed=0, **options):
+    options.setdefault("master_weights", "none")
     est = build_estimator("qfo", options, COST, seed, lr=lr)
     est.prepare(model)
     return est
@@ -178,9 +180,10 @@ def test_cost_is_one_forward_one_backward_and_a_float_model_is_refused():
         qfo(nn.Sequential(nn.Linear(4, 2)), lr=0.1)
 
 
+@pytest.mark.parametrize("master_weights", ["none", "fp32"])
 @pytest.mark.parametrize("kind", ["int", "fp8_e4m3"])
 @pytest.mark.parametrize("sizes,n", [((64, 1024, 10), 8), ((32,) + (256,) * 6 + (10,), 1)])
-def test_peak_memory_is_at_most_ste_with_sgd_momentum(kind, sizes, n):
+def test_peak_memory_is_at_most_ste_with_sgd_momentum(kind, sizes, n, master_weights):
     """Measured as the trial loop does (metering's tracker around estimator + optimizer step):
     on the first step qfo's peak is at most STE + SGD with momentum's; from the second on,
     when STE's momentum buffers exist, below it by at least their size."""
@@ -189,8 +192,9 @@ def test_peak_memory_is_at_most_ste_with_sgd_momentum(kind, sizes, n):
     peaks = {}
     for name in ("qfo", "ste"):
         model = mlp(kind, 8, sizes=sizes)
-        est = build_estimator(name, {}, COST, 0, lr=0.01)
-        snap_to_grid(model)  # the same model for both: on the grid, scales frozen (qfo's prepare)
+        options = {"master_weights": master_weights} if name == "qfo" else {}
+        est = build_estimator(name, options, COST, 0, lr=0.01)
+        snap_to_grid(model)  # the same model for both: on the grid, scales frozen (as with none)
         est.prepare(model)
         opt = (
             None
@@ -214,6 +218,8 @@ def test_peak_memory_is_at_most_ste_with_sgd_momentum(kind, sizes, n):
 def test_quzo_defaults_are_the_authors():
     cfg = QuZOConfig()
     assert cfg.perturb_bits == 4 and cfg.eps == 1e-3 and cfg.n == 1
+    # The authors' code: a float copy, quantized probes; two roundings as the paper says.
+    assert (cfg.master_weights, cfg.probe, cfg.same_rounding) == ("fp32", "quantized", False)
     u = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
     levels = round_noise(u, 0, 1, cfg.perturb_bits, rounded=True).unique()
     assert len(levels) <= 16  # a 4-bit perturbation grid

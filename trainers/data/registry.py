@@ -13,6 +13,7 @@ from .digits import load_digits_splits
 from .imagefolder import load_imagefolder
 from .lm_corpus import load_lm
 from .mnist import load_fashion_mnist, load_mnist
+from .mnist5k import load_mnist5k
 from .prompt_cls import load_prompt_cls
 from .synthetic import load_teacher_student
 from .table import load_table
@@ -24,6 +25,7 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "teacher_student": load_teacher_student,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
+    "mnist5k": load_mnist5k,
     "table": load_table,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,

@@ -1,23 +1,27 @@
 """Quantized first-order fine-tuning: the QuZO paper's first-order baseline.
 
-Backprop through the STE (one forward, one backward), then an SGD step in low precision;
-no fp32 master copy, no optimizer state:
+Backprop through the STE (one forward, one backward), then an SGD step with low-precision
+gradients and no optimizer state:
 
     g8    = Q_SR(g)                   grad_bits INT grid, per-tensor abs-max scale (the authors' 8)
-    theta <- Q_SR(theta - lr * g8)    stochastically rounded onto the weight grid
+    theta <- theta - lr * g8          master_weights: fp32 (default)
+    theta <- Q_SR(theta - lr * g8)    master_weights: none, stochastically rounded onto the grid
 
-Weights are snapped onto their grid once with frozen scales, as QuZO does, so the parameter
-tensor itself holds the on-grid value. Both roundings are unbiased, so E[update] = -lr g.
-Gradients are rounded for every trainable tensor ("low-precision gradients"); tensors with
-no weight quantizer (biases, norms) have no grid, so their update stays float.
+``master_weights`` is the storage of the weights, as for QuZO and MeZO (docs/estimators.md,
+QuZO, "Storage of θ̄"; ``seeded``): ``fp32`` keeps the float latent weights in the parameter
+tensor and the layer fake-quantizes them in every forward (the default, as the QuZO authors'
+code, so the arms are compared with equal storage); ``none`` snaps them onto their grid once
+with frozen scales, so the parameter tensor itself holds the on-grid value, and rounds each
+update onto the grid. Both roundings are unbiased, so E[update] = -lr g. Gradients are
+rounded for every trainable tensor ("low-precision gradients"); tensors with no weight
+quantizer (biases, norms) have no grid, so their update stays float.
 
-This is the paper's baseline, not STE + Adam: that keeps fp32 masters and Adam state.
+This is the paper's baseline, not STE + Adam: that keeps Adam state on top.
 Frozen weights (a LoRA model's base) are neither snapped nor updated: bit for bit unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +36,16 @@ from trainers.estimators.base import (
     first_order_loss,
     trainable_parameters,
 )
-from trainers.estimators.seeded import tensor_generator
+from trainers.estimators.seeded import (
+    CHUNKS,
+    MASTER_WEIGHTS,
+    MasterWeights,
+    Rounding,
+    check_choice,
+    round_in_chunks_,
+    round_onto_weight_grid_,
+    tensor_generator,
+)
 from trainers.quant import functional as qf
 from trainers.quant.layers import quantized_layers, snap_to_grid
 
@@ -44,17 +57,12 @@ class QFOConfig:
     # (README, "Default learning rates").
     lr: float = 0.1
     grad_bits: int | None = 8  # None: float gradients (ablation)
+    master_weights: MasterWeights = "fp32"  # docs/estimators.md, QuZO, "Storage of θ̄"
 
     def __post_init__(self) -> None:
         if self.grad_bits is not None and not 2 <= self.grad_bits <= 8:
             raise ValueError(f"qfo: grad_bits must be in 2..8 or null (got {self.grad_bits})")
-
-
-# Stochastic rounding needs several tensor-sized temporaries (FP8's about 9); on a model
-# dominated by one tensor they would set the step's peak memory, so rounding runs on at most
-# 1/_CHUNKS of the model at a time (in a large model every tensor is smaller: one piece each).
-_CHUNKS = 16
-Rounding = Callable[[Tensor, torch.Generator], Tensor]
+        check_choice("qfo", "master_weights", self.master_weights, MASTER_WEIGHTS)
 
 
 def absmax_rounding(g: Tensor, bits: int) -> Rounding:
@@ -68,13 +76,6 @@ def absmax_rounding(g: Tensor, bits: int) -> Rounding:
     ).mul_(scale)
 
 
-def round_in_chunks_(t: Tensor, rounding: Rounding, generator: torch.Generator, chunk: int) -> None:
-    """``t <- rounding(t)`` in place, ``chunk`` elements at a time."""
-    pieces = t.view(-1).split(chunk) if t.is_contiguous() and chunk < t.numel() else (t,)
-    for part in pieces:
-        part.copy_(rounding(part, generator))
-
-
 class QFO(Estimator):
     name = "qfo"
     config_class = QFOConfig
@@ -85,7 +86,8 @@ class QFO(Estimator):
             raise ValueError(
                 "qfo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one"
             )
-        snap_to_grid(model)
+        if self.config.master_weights == "none":
+            snap_to_grid(model)
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         loss = first_order_loss(model, loss_fn, batch)
@@ -94,11 +96,12 @@ class QFO(Estimator):
 
     @torch.no_grad()
     def _update(self, model: nn.Module) -> None:
-        """theta <- Q_SR(theta - lr Q_SR(g)) in two passes: the first drops each gradient once
-        applied, so the weight rounding runs with no gradient alive."""
+        """theta <- theta - lr Q_SR(g), then (master_weights none) theta <- Q_SR(theta) in a
+        second pass: the first drops each gradient once applied, so the weight rounding runs
+        with no gradient alive."""
         params = [p for _, p in trainable_parameters(model)]
         grad_seed, weight_seed = draw_seed(self.generator), draw_seed(self.generator)
-        chunk = -(-sum(p.numel() for p in params) // _CHUNKS)
+        chunk = -(-sum(p.numel() for p in params) // CHUNKS)
         bits = self.config.grad_bits
         for k, p in enumerate(params):
             if p.grad is not None:
@@ -111,16 +114,5 @@ class QFO(Estimator):
                     )
                 p.sub_(p.grad, alpha=self.lr)
                 p.grad = None
-        quantizers = {
-            id(layer.weight): layer.weight_quantizer for _, layer in quantized_layers(model)
-        }
-        for k, p in enumerate(params):
-            if id(p) in quantizers:
-                q = quantizers[id(p)]
-                # A per-channel scale needs whole rows: that tensor is rounded in one piece.
-                round_in_chunks_(
-                    p,
-                    q.round_stochastic,
-                    tensor_generator(weight_seed, k, p.device),
-                    chunk if q.scale(p).numel() == 1 else p.numel(),
-                )
+        if self.config.master_weights == "none":
+            round_onto_weight_grid_(model, params, weight_seed)

@@ -1,17 +1,29 @@
 """QuZO: quantized zeroth-order fine-tuning (seed 001).
 
-Weights live on the low-precision grid (INT8/INT4/FP8) and forwards run on them; no
-backward, no optimizer state:
+Forwards on low-precision (INT8/INT4/FP8) weights only; no backward, no optimizer state:
 
     u_i ~ N(0, I);  u_i1 = Q_SR(u_i), u_i2 = Q_SR(u_i)     two INDEPENDENT stochastic roundings
-    mu_i = [L(theta + eps u_i1) - L(theta - eps u_i1)] / (2 eps)
-    theta <- Q_SR(theta - sum_i (lr mu_i / n) u_i2)          stays exactly on the weight grid
+    mu_i = [L(Q(theta + eps u_i1)) - L(Q(theta - eps u_i1))] / (2 eps)
+    theta <- theta - sum_i (lr mu_i / n) u_i2               master_weights: fp32 (default)
+    theta <- Q_SR(theta - sum_i (lr mu_i / n) u_i2)         master_weights: none
 
-The perturbation is rounded onto its own ``perturb_bits`` INT grid (abs-max scale). The
-weight update is stochastically rounded onto the weight grid, which for a uniform INT grid
-equals ``theta - Q_SR(step)`` and is also exact for FP8's non-uniform grid. Parameters that
-are not quantized (biases, norms) get the plain float update.
+Defaults follow the authors' code (docs/estimators.md, QuZO, "Storage of θ̄ — a choice,
+measured"), the alternatives are options named in the results:
 
+- ``master_weights`` (as for MeZO and qfo, ``seeded``): ``fp32`` keeps the float latent
+  weights in the parameter tensor and updates them in float; ``none`` snaps them onto the
+  grid in ``prepare`` (frozen scales) and rounds every update stochastically onto the weight
+  grid, which for a uniform INT grid equals ``theta - Q_SR(step)`` and is also exact for
+  FP8's non-uniform grid. It multiplies the update's variance by about alpha / |step|.
+- ``probe``: ``quantized`` lets the layer quantize the perturbed weights theta +- eps u1 in
+  each probe forward (the authors' code fake-quantizes them); ``float`` bypasses the weight
+  quantizer there and forwards on theta +- eps u1 as-is (with ``none``: on-grid theta plus a
+  low-bit perturbation).
+- ``same_rounding``: the ablation u_i2 = u_i1 (the authors' public code reuses one seed),
+  which the paper says adds a bias term; default two independent roundings, as the paper.
+
+The perturbation is rounded onto its own ``perturb_bits`` INT grid (abs-max scale).
+Parameters that are not quantized (biases, norms) get the plain float update.
 Only trained weights are snapped and evaluated as-is: a frozen quantized weight (a LoRA
 model's base) keeps its latent value bit for bit and its layer quantizes it in every forward.
 """
@@ -19,6 +31,7 @@ model's base) keeps its latent value bit for bit and its layer quantizes it in e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,17 +44,31 @@ from trainers.estimators.base import (
     draw_seed,
     trainable_parameters,
 )
-from trainers.estimators.seeded import NoiseFn, gaussian_noise, tensor_generator, two_point_in_place
+from trainers.estimators.seeded import (
+    MASTER_WEIGHTS,
+    MasterWeights,
+    NoiseFn,
+    check_choice,
+    gaussian_noise,
+    tensor_generator,
+    two_point_in_place,
+)
 from trainers.quant import functional as qf
 from trainers.quant.layers import quantized_layers, snap_to_grid, trainable_quantized_layers
 
 
 @dataclass(frozen=True)
 class QuZOConfig:
-    lr: float = 3e-3  # in place, no optimizer: the lr is the estimator's own
+    # Measured with fp32 masters and quantized probes on the MLP (digits and a 30-feature
+    # table, 2/4/8 bits, 3 seeds, 300 steps): 3e-4 lowers the loss in every case; 1e-3 raised
+    # it at 2 bits on digits; 3e-3 diverged there (docs/estimators.md, "Default learning rates").
+    lr: float = 3e-4  # in place, no optimizer: the lr is the estimator's own
     n: int = 1
     eps: float = 1e-3
-    perturb_bits: int | None = 4  # the authors' scripts (estimators.md, QuZO)
+    perturb_bits: int | None = 4  # the authors' scripts (docs/estimators.md, QuZO)
+    master_weights: MasterWeights = "fp32"  # the authors' code: a float copy
+    probe: Literal["quantized", "float"] = "quantized"  # the layer quantizes theta +- eps u1
+    same_rounding: bool = False  # True: u2 = u1 (ablation; the paper's bias term)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -52,6 +79,10 @@ class QuZOConfig:
             raise ValueError(
                 f"quzo: perturb_bits must be in 2..8 or null (got {self.perturb_bits})"
             )
+        check_choice("quzo", "master_weights", self.master_weights, MASTER_WEIGHTS)
+        check_choice("quzo", "probe", self.probe, ("quantized", "float"))
+        if not isinstance(self.same_rounding, bool):
+            raise ValueError(f"quzo: same_rounding must be a bool (got {self.same_rounding!r})")
 
 
 def round_noise(u: Tensor, k: int, rounding_seed: int, bits: int | None, rounded: bool) -> Tensor:
@@ -91,21 +122,23 @@ class QuZO(Estimator):
             raise ValueError(
                 "quzo needs a quantized model (quant.kind int, lsq or fp8_*), got a float one"
             )
-        snap_to_grid(model)
+        if self.config.master_weights == "none":
+            snap_to_grid(model)
 
     def step(self, model: nn.Module, loss_fn: LossFn, batch: Batch, progress: float) -> StepResult:
         cfg = self.config
         params = [p for _, p in trainable_parameters(model)]
         # The trained quantized layers (all, unless some weights are frozen); a tied weight
-        # has several, all bypassed, and one entry per tensor for its update.
+        # has several (all bypassed under probe: float) and one entry per tensor for its update.
         trained = [layer for _, layer in trainable_quantized_layers(model)]
         layers = {id(layer.weight): layer for layer in trained}
         quantized = set(layers)
         measured, loss_sum = [], 0.0
-        self._bypass(trained, True)  # forward on theta + eps*u1 as-is: theta is on the grid already
+        self._bypass(trained, cfg.probe == "float")  # float: forward on theta + eps*u1 as-is
         try:
             for i in range(cfg.n):
                 seed, r1, r2 = (draw_seed(self.generator) for _ in range(3))
+                r2 = r1 if cfg.same_rounding else r2
                 u1 = rounded_noise(seed, r1, cfg.perturb_bits, quantized)
                 # The last direction stays at theta - eps*u1: the update pass below restores it.
                 plus, minus = two_point_in_place(
@@ -122,33 +155,32 @@ class QuZO(Estimator):
     def _update(
         self, params: list[nn.Parameter], layers: dict, measured: list[tuple[int, int, int, float]]
     ) -> None:
-        """theta <- Q_SR(theta - sum_i lr mu_i / n * u_i2), one pass over the parameters.
+        """theta <- theta - sum_i lr mu_i / n * u_i2 in place, one pass over the parameters;
+        with ``master_weights: none`` each quantized weight is then rounded onto its grid.
 
         The same pass undoes the last direction's -eps*u1 (u1 and u2 are two roundings of one
         Gaussian draw u, so u is drawn once for both): one noise pass fewer than restoring
         first. Re-rounding onto the weight grid also removes the float residue of the
-        +eps/-2eps moves.
+        +eps/-2eps moves; in fp32 that residue stays (a float rounding error).
         """
         cfg = self.config
         update_seed = draw_seed(self.generator)
         for k, p in enumerate(params):
             layer = layers.get(id(p))
-            target = p.detach().clone()
+            rounded = layer is not None
             for i, (seed, r1, r2, mu) in enumerate(measured):
                 u = gaussian_noise(seed)(k, p)
-                rounded = layer is not None
-                target.sub_(
-                    round_noise(u, k, r2, cfg.perturb_bits, rounded), alpha=self.lr * mu / cfg.n
-                )
-                if i == len(measured) - 1:
-                    target.add_(round_noise(u, k, r1, cfg.perturb_bits, rounded), alpha=cfg.eps)
-            p.copy_(
-                layer.weight_quantizer.round_stochastic(
-                    target, tensor_generator(update_seed, k, p.device)
-                )
-                if layer
-                else target
-            )
+                step = self.lr * mu / cfg.n
+                restore = cfg.eps if i == len(measured) - 1 else 0.0
+                if r1 == r2:  # same rounding: one rounded direction for both moves
+                    p.add_(round_noise(u, k, r1, cfg.perturb_bits, rounded), alpha=restore - step)
+                    continue
+                p.sub_(round_noise(u, k, r2, cfg.perturb_bits, rounded), alpha=step)
+                if restore:
+                    p.add_(round_noise(u, k, r1, cfg.perturb_bits, rounded), alpha=restore)
+            if rounded and cfg.master_weights == "none":
+                generator = tensor_generator(update_seed, k, p.device)
+                p.copy_(layer.weight_quantizer.round_stochastic(p, generator))
 
     @staticmethod
     def _bypass(layers: list, on: bool) -> None:
