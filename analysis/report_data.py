@@ -57,6 +57,7 @@ class Report:
     # analysis.claims.evaluate: the papers' claims found here (with each tuned arm's tuning
     # sensitivity; grid rows next to a tuned verdict have primary False)
     claims: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning_trials: int = 0  # a tuning protocol's tuning trials (not in ``trials``)
     spec: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -315,6 +316,7 @@ def build_report(
             paper_claims.specs_by_sweep(results.spec, trials),
             diagnostics=results.diagnostics,
         ),
+        tuning_trials=len(every) - len(trials),
         spec=results.spec,
         versions=_versions(trials),
         notes=_notes(trials, reach, targets, metric, focus),

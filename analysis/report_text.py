@@ -155,7 +155,8 @@ def ratio_sentences(report: Report, cost: str = "flops") -> list[str]:
 def status_line(report: Report) -> str:
     """``sweep <name> (<location>): <n> trials, <count> <status>, ...``."""
     counts = ", ".join(f"{n} {s}" for s, n in report.trials["status"].value_counts().items())
-    return f"sweep {report.name} ({report.location}): {len(report.trials)} trials, {counts}"
+    tuning = f" (+{report.tuning_trials} tuning trials)" if report.tuning_trials else ""
+    return f"sweep {report.name} ({report.location}): {len(report.trials)} trials{tuning}, {counts}"
 
 
 def headline_text(report: Report) -> str:

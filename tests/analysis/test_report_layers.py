@@ -95,7 +95,7 @@ def test_compute_returns_tables_as_data_and_writes_nothing(no_writes: Path) -> N
     assert list(no_writes.iterdir()) == []
     for f in dataclasses.fields(Report):
         value = getattr(report, f.name)
-        assert isinstance(value, (pd.DataFrame, str, dict, list, type(None))), f.name
+        assert isinstance(value, (pd.DataFrame, str, dict, list, int, type(None))), f.name
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.notes = []  # type: ignore[misc]
     assert not hasattr(report, "text")  # rendering is not part of the data
