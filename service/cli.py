@@ -278,13 +278,13 @@ def run(
         markup=False,
         soft_wrap=True,
     )
-    done = run_sweep(sweep)
+    run_sweep(sweep)
     with stop_ray_meanwhile():
         _finish(sweep.sweep_dir)
-        _exit_code(sweep.sweep_dir, allow_failures, done.pretrain_failed)
+        _exit_code(sweep.sweep_dir, allow_failures)
 
 
-def _exit_code(sweep_dir: str, allow_failures: bool, pretrain_failed: bool) -> None:
+def _exit_code(sweep_dir: str, allow_failures: bool) -> None:
     """The summary line, and exit 1 unless every planned trial (earlier drivers' too: counted
     from trials.parquet) completed or was stopped early; failed ones are accepted with
     ``--allow-failures``, trials that never ran are not."""
@@ -292,13 +292,6 @@ def _exit_code(sweep_dir: str, allow_failures: bool, pretrain_failed: bool) -> N
 
     out = sweep_outcome(sweep_dir)
     total, failed, unfinished = out["total"], len(out["failed"]), out["unfinished"]
-    if pretrain_failed:
-        console.print(
-            "the pre-training stage failed (see trials.parquet): its fine-tuning trials need "
-            "its checkpoint and did not run",
-            markup=False,
-            soft_wrap=True,
-        )
     parts = [f"{failed} of {total} trials failed"] if failed else []
     if unfinished:
         parts.append(f"{unfinished} of {total} trials did not run")
@@ -373,14 +366,14 @@ def resume(
     crashlog.remember_sweep_dir(sweep_dir)
     load_stored_plan(sweep_dir)  # fail before starting Ray
     warn_if_dashboard_exposed(dashboard, dashboard_host, address)
-    done = resume_sweep(  # Ray starts only if a trial is left to run
+    resume_sweep(  # Ray starts only if a trial is left to run
         sweep_dir,
         retry_failed=retry_failed,
         start_ray=lambda: connect(address, dashboard, dashboard_host, dashboard_port, num_cpus),
     )
     with stop_ray_meanwhile():
         _finish(sweep_dir)
-        _exit_code(sweep_dir, allow_failures, done.pretrain_failed)
+        _exit_code(sweep_dir, allow_failures)
 
 
 @app.command()
@@ -470,7 +463,7 @@ def submit(
     from service.spec import load_spec
 
     plan = load_spec(spec_file, scale, check_files=False)  # the job checks them on the cluster
-    job_id, status_text = submit_sweep(
+    job_id, status_text, note = submit_sweep(
         plan.spec,
         address,
         results,
@@ -481,11 +474,8 @@ def submit(
     console.print(f"job {job_id} submitted to {address}", markup=False)
     console.print(f"follow: ray job logs --follow {job_id} --address {address}", markup=False)
     console.print(f"dashboard: {address} (Jobs tab)", markup=False)
-    if wait:
-        why = ""
-        if status_text == "FAILED":  # qsweep run exited non-zero: its last lines above say why
-            why = " (the sweep exited non-zero: failed trials, or an error; see its log above)"
-        console.print(f"job {job_id} ended: {status_text}{why}", markup=False, soft_wrap=True)
+    if wait:  # a FAILED job's note: qsweep could not start, or the sweep's log above says why
+        console.print(f"job {job_id} ended: {status_text}{note}", markup=False, soft_wrap=True)
         if status_text != "SUCCEEDED":
             raise typer.Exit(1)
 

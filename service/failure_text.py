@@ -1,6 +1,7 @@
 """The one-line reason of a trial's failure, from the exception or from the text Tune recorded.
 
-Ray-free (no ``ray``, directly or not), so the results ledger (``service.ledger``) can turn
+Ray-free (no ``ray``, directly or not; Ray's wording comes from ``service.ray_compat``, which
+imports Ray only inside its functions), so the results ledger (``service.ledger``) can turn
 what Tune recorded into ``trials.error`` without Ray; ``service.failures`` re-exports every
 public name here, next to the retry policy, which needs Ray. The trainable names its failure
 with ``reason`` and the driver reads it back with ``summarize``: both must give the same line.
@@ -10,10 +11,17 @@ from __future__ import annotations
 
 import re
 
+from contract.errors import ConfigError, DatasetError, TrialDiverged  # torch-free (the ledger)
 from service.limits import TrialLimitExceeded
-from trainers.config import ConfigError
-from trainers.data.base import DatasetError
-from trainers.trial import TrialDiverged
+from service.ray_compat import (  # Ray's wording, fenced there with canaries (imports no Ray)
+    ACTOR_DEATH_ADVICE,
+    ACTOR_DEATH_KINDS,
+    ACTOR_IP_KEY,
+    ACTOR_PID_KEY,
+    DEAD_ACTOR_PREFIX,
+    GENERIC_ACTOR_LINES,
+    RAY_TASK_HEADER,
+)
 
 FAILURE_KEY = "qsweep_failure"  # in a trainable's last result: the one-line reason it failed
 TRACEBACK_KEY = "qsweep_failure_traceback"
@@ -43,50 +51,34 @@ def reason(err: BaseException) -> str:
     return _clip(f"{type(err).__name__}: {message}" if message else type(err).__name__)
 
 
-# Ray's generic first line of a dead actor's error (Ray 2.60: ``RayActorError.BASE_ERROR_MSG``
-# and ``ActorDiedError.BASE_ERROR_MSG``), spelled out so this module needs no Ray; a dead
-# actor's reason skips it for the line that says what happened (tests/service/test_sink.py
-# checks these against Ray's own).
-GENERIC_ACTOR_LINES = frozenset(
-    {
-        "The actor experienced an error before finishing this task.",
-        "The actor died unexpectedly before finishing this task.",
-    }
-)
 _EXCEPTION_LINE = re.compile(
     r"(?P<type>[A-Za-z_][\w.]*): (?P<message>.*)|(?P<bare>[A-Za-z_][\w.]*)"
 )
 _SELF_EXPLAINING_NAMES = {f"{cls.__module__}.{cls.__qualname__}" for cls in SELF_EXPLAINING}
-_RAY_TASK_HEADER = re.compile(r"^(\x1b\[[0-9;]*m)?ray::\S+")
 
 
 def _actor_death(text: str) -> str:
     """``worker died (pid, ip): ...``, ``node lost ...``, ``out of memory ...`` or
     ``actor killed ...``."""
-    if "NODE_OUT_OF_MEMORY" in text or "running low on memory" in text:
-        kind = "out of memory"
-    elif "its node has died" in text:
-        kind = "node lost"
-    elif "killed by `ray.kill`" in text:
-        kind = "actor killed"
-    else:
-        kind = "worker died"
+    kind = next(
+        (kind for kind, fragments in ACTOR_DEATH_KINDS if any(f in text for f in fragments)),
+        "worker died",
+    )
     # Ray's generic first line, tab-indented ids (class, actor id, pid, ip), then the cause.
     ids = dict(
         line.strip().split(": ", 1)
         for line in text.splitlines()
         if line.startswith("\t") and ": " in line
     )
-    where = ", ".join(
-        part for part in (f"pid {ids['pid']}" if "pid" in ids else "", ids.get("ip", "")) if part
-    )
+    pid = f"pid {ids[ACTOR_PID_KEY]}" if ACTOR_PID_KEY in ids else ""
+    where = ", ".join(part for part in (pid, ids.get(ACTOR_IP_KEY, "")) if part)
     lines = [
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("\t")
     ]
     detail = next(
         (line for line in lines if line not in GENERIC_ACTOR_LINES), lines[0] if lines else ""
     )
-    detail = detail.split(" Some common causes include")[0]  # Ray's guesses, not what happened
+    detail = detail.split(ACTOR_DEATH_ADVICE)[0]  # Ray's guesses, not what happened
     return _clip(f"{kind}{f' ({where})' if where else ''}: {detail}")
 
 
@@ -102,14 +94,14 @@ def summarize(text: str | None) -> str | None:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     if not lines:
         return None
-    if lines[0].startswith("The actor "):
+    if lines[0].startswith(DEAD_ACTOR_PREFIX):
         return _actor_death(text or "")
     frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
     after = (
         lines[frames[-1] + 1 :]
         if frames
         else lines[1:]
-        if _RAY_TASK_HEADER.match(lines[0])
+        if RAY_TASK_HEADER.match(lines[0])
         else lines
     )
     head = next((line for line in after if not line[0].isspace()), None)

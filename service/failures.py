@@ -1,13 +1,14 @@
 """Which trial failures are worth a retry, and the one-line reason of each failure.
 
 Ray Tune retries every failed trial up to ``FailureConfig(max_failures)`` and has no
-per-exception filter (Ray 2.60: ``TuneController._process_trial_failure`` asks only
-``Trial.should_recover()``, a count against ``trial.max_failures``). A divergence or a
+per-exception filter (it asks only for a count of failures against the trial's budget:
+``service.ray_compat``'s ``retry_budget`` touchpoint, with its canary). A divergence or a
 configuration error fails again at the same step on every attempt, so retrying it only
 spends compute. So the trainable sorts its own exceptions with ``is_deterministic``; for a
 deterministic one it reports one last result carrying ``FAILURE_KEY`` (``failure_result``)
 and re-raises. Reports are synchronous, so ``FailOnce`` sees that result before Tune sees
-the exception, and lowers the trial's ``max_failures`` to the failures it already had:
+the exception, and lowers the trial's retry budget to the failures it already had
+(``ray_compat.no_more_retries``):
 Tune records the trial as ERROR at once (one attempt), with the traceback in its error
 file, and ``Tuner.restore(resume_errored=True)`` (``qsweep resume --retry-failed``) reruns it
 like any failed trial. The search metric in that result is NaN, so ASHA does not stop the
@@ -47,6 +48,7 @@ from service.failure_text import (  # the Ray-free half, public here as before
     summarize,
 )
 from service.limits import TrialLimitExceeded
+from service.ray_compat import no_more_retries, set_retry_budget
 
 __all__ = [
     "FAILURE_KEY",
@@ -102,10 +104,10 @@ class FailOnce(tune.Callback):
         self.retries = retries
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        trial.max_failures = self.retries
+        set_retry_budget(trial, self.retries)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial, result: dict, **info: Any
     ) -> None:
         if FAILURE_KEY in result:
-            trial.max_failures = trial.run_metadata.num_failures  # the coming failure exceeds it
+            no_more_retries(trial)  # the coming failure exceeds its budget

@@ -10,11 +10,18 @@ FAILED after every trial had completed.
 
 A submitted sweep runs on the cluster, so its results must be somewhere the cluster and
 the user can both reach: an absolute path on shared storage or a URI (``s3://...``).
+
+Ray runs the entrypoint with ``/bin/sh -c`` on the head node, in the environment of the
+head's ``ray start``. Where ``qsweep`` is not installed there, the shell exits 127 (126:
+found but not executable) before qsweep runs; ``ending_note`` reads that exit code from
+the job's info (``driver_exit_code``, else the "failed with exit code N" of its message)
+and says what to install where, instead of blaming the sweep.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -31,6 +38,16 @@ NO_AGENT = "No available agent to submit job"
 # The job server itself waits 10 s for an agent per request; a fresh cluster's agent may
 # still be registering, so try again for a little while, then say what to check.
 AGENT_WAIT_S = float(os.environ.get("QSWEEP_SUBMIT_AGENT_WAIT_S", "25"))
+# POSIX shells: 127 = command not found (or its #! interpreter missing), 126 = not executable.
+CANNOT_START = {
+    127: "`qsweep` not found on the head's PATH",
+    126: "`qsweep` on the head's PATH is not executable",
+}
+INSTALL_HINT = (
+    "install qsweep (pip install qsweep, with the cluster's Ray and Python) in the Python "
+    "environment that `ray start --head` runs in, on every node"
+)
+SWEEP_FAILED = " (the sweep exited non-zero: failed trials, or an error; see its log above)"
 
 
 def _first_line(err: BaseException) -> str:
@@ -91,6 +108,29 @@ def _poll(address: str, what: str, call: Callable):
         ) from None
 
 
+def exit_code(info) -> int | None:
+    """The entrypoint's exit code from a job's ``JobDetails``/``JobInfo``; None if unknown."""
+    code = getattr(info, "driver_exit_code", None)
+    if code is None:  # older job servers: only the message has it
+        found = re.search(r"failed with exit code (-?\d+)", getattr(info, "message", None) or "")
+        code = int(found.group(1)) if found else None
+    return code
+
+
+def ending_note(status: str, info) -> str:
+    """What to print after ``job X ended: STATUS``: nothing for a success; for a failure, an
+    entrypoint that could not start (what to install where), or the sweep's own failure."""
+    if status != "FAILED":
+        return ""
+    code = exit_code(info)
+    if code in CANNOT_START:
+        return (
+            f" — its entrypoint `qsweep run …` could not start on the head node "
+            f"(exit {code}: {CANNOT_START[code]}): {INSTALL_HINT}"
+        )
+    return SWEEP_FAILED
+
+
 def submit_sweep(
     spec: SweepSpec,
     address: str,
@@ -98,10 +138,11 @@ def submit_sweep(
     wait: bool,
     echo: Callable[[str], None] = print,
     allow_failures: bool = False,
-) -> tuple[str, str]:
-    """Submit ``qsweep run`` as a job; (job id, its status, terminal with ``wait``). The job
-    ends FAILED when its sweep had failed trials (``qsweep run`` exits 1), SUCCEEDED despite
-    them with ``allow_failures``."""
+) -> tuple[str, str, str]:
+    """Submit ``qsweep run`` as a job; (job id, its status — terminal with ``wait`` —, and
+    with ``wait`` the note ``ending_note`` gives for it). The job ends FAILED when its sweep
+    had failed trials (``qsweep run`` exits 1), SUCCEEDED despite them with
+    ``allow_failures``, FAILED too when the cluster cannot start ``qsweep``."""
     location = results or spec.results
     if "://" not in location and not Path(location).is_absolute():
         raise SweepError(
@@ -123,11 +164,15 @@ def submit_sweep(
         address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value
     )
     if not wait:
-        return job_id, status
+        return job_id, status, ""
     while status not in TERMINAL:
         time.sleep(1.0)
         status = _poll(
             address, f"reading job {job_id}'s status", lambda: client.get_job_status(job_id).value
         )
     echo(_poll(address, f"reading job {job_id}'s logs", lambda: client.get_job_logs(job_id)))
-    return job_id, status
+    note = ""
+    if status == "FAILED":
+        info = _poll(address, f"reading job {job_id}'s info", lambda: client.get_job_info(job_id))
+        note = ending_note(status, info)
+    return job_id, status, note

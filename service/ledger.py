@@ -60,7 +60,7 @@ from contract.storage import first_line, join
 from service.errors import SweepError
 from service.failure_text import FAILURE_KEY, TRACEBACK_KEY, summarize
 from service.protocol import TUNED_CONFIG_KEY
-from service.rows import coerce, config_columns, measured_settings, trials_schema
+from service.row_values import coerce, measured_settings
 
 __all__ = ["ResultsLedger"]
 
@@ -111,6 +111,8 @@ class ResultsLedger:
         self._trials_path = join(root, TRIALS_FILE)
         self._curves_dir = join(root, CURVES_DIR)
         self._diagnostics_dir = join(root, DIAGNOSTICS_DIR)
+        from service.rows import trials_schema  # the estimator registry (torch): built once
+
         self.trials_schema = trials_schema()  # the registered estimators' options included
         self.rows: dict[str, dict[str, Any]] = {}  # trial id -> trials_schema row
         self.curves: dict[str, dict[int, dict[str, Any]]] = {}  # trial id -> step -> CURVES row
@@ -329,14 +331,20 @@ class ResultsLedger:
 
     # --- a trial's events -----------------------------------------------------------------
 
-    def register(self, tid: str, config: Mapping[str, Any]) -> None:
+    def register(
+        self, tid: str, config: Mapping[str, Any], columns: Mapping[str, Any] | None = None
+    ) -> None:
         """Give trial ``tid`` (with its trial config) a row, ``pending`` until it starts, unless
         it has one (a previous driver's, loaded from the folder). Either way trials.parquet is
         due for a rewrite at the next flush, so a trial the scheduler knows of shows up there
         before it starts."""
         if tid not in self.rows:
             row: dict[str, Any] = dict.fromkeys(self.trials_schema.names)
-            row.update(config_columns(config))
+            if columns is None:  # not a planned trial as planned (Optuna's samples)
+                from service.rows import config_columns
+
+                columns = config_columns(config)
+            row.update(columns)
             row.update(
                 schema_version=SCHEMA_VERSION,
                 sweep=self.sweep,
@@ -379,6 +387,8 @@ class ResultsLedger:
             return
         if TUNED_CONFIG_KEY in record and row["status"] != "completed":
             # a protocol re-run names the settings its arm's tuning chose (service.protocol)
+            from service.rows import config_columns
+
             chosen = json.loads(record[TUNED_CONFIG_KEY])
             row.update(config_columns(chosen))
             row["config"] = json.dumps(chosen, sort_keys=True, default=str)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from contract import metrics
 from service.report_batch import rows
-from service.tune_config import decode
+from service.trial_index import TrialIndex
 
 
 class SweepProgress(tune.Callback):
@@ -29,20 +29,19 @@ class SweepProgress(tune.Callback):
         total: int,
         metric: str = "eval_metric",
         live: bool | None = None,
+        index: TrialIndex | None = None,
     ):
         self.planned, self.total, self.metric = planned, total, metric
+        self.index = index if index is not None else TrialIndex(planned)
         self.live = sys.stdout.isatty() if live is None else live
         self.status: dict[str, str] = {}
         self._counts: Counter[str] = Counter()  # of status.values(), kept as they change
         self.best: dict[tuple[str, int], float] = {}
         self._display: Live | None = None
-        self._keys: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> decoded
 
     def _key(self, trial) -> tuple[str, dict[str, Any]]:
-        """Our id and config of a Tune trial, decoded once (a deep copy: not per event)."""
-        if trial.trial_id not in self._keys:
-            self._keys[trial.trial_id] = decode(self.planned, trial.config, trial.trial_id)
-        return self._keys[trial.trial_id]
+        """Our id and config of a Tune trial (``service.trial_index``: decoded once)."""
+        return self.index.identify(trial)
 
     def _set(self, trial_id: str, status: str) -> None:
         old = self.status.get(trial_id)

@@ -34,7 +34,6 @@ import numpy as np
 
 from contract import storage
 from service.stage_gate import STAGES_DIR, StageFailed
-from trainers.estimators import ESTIMATORS, default_eps, default_lr
 
 PROTOCOL_KEY = "protocol"  # planned config -> {"role": "tuning" | "tuned", "group": id}
 TUNED_CONFIG_KEY = "tuned_config"  # a re-run's first result: its config with the chosen settings
@@ -80,6 +79,8 @@ def group_id(base: Mapping[str, Any]) -> str:
 def _dimensions(estimator: str, declared: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """(name, range) of the arm's search space; a default lr range is ``None`` (relative to
     the sampled optimizer's default), a declared one a ``Range``."""
+    from trainers.estimators import ESTIMATORS, default_eps  # torch: only when planning
+
     dims: list[tuple[str, Any]] = []
     in_place = ESTIMATORS[estimator].updates_in_place
     if not in_place:
@@ -130,6 +131,8 @@ def sample_settings(
     estimator: str, base_optimizer: str | None, declared: Mapping[str, Any], count: int, seed: int
 ) -> list[dict[str, Any]]:
     """``count`` settings for one arm: {lr, optimizer?, eps?, ...}, from its space."""
+    from trainers.estimators import default_lr  # torch: only when planning
+
     dims = _dimensions(estimator, declared)
     unit = latin_hypercube(count, len(dims), seed)
     out = []

@@ -15,23 +15,11 @@ import pyarrow as pa
 
 from contract import schema
 from service.protocol import PROTOCOL_KEY, role_of, split_protocol
+from service.row_values import coerce, measured_settings
 from trainers.config import ConfigError, TrialConfig
 from trainers.estimators import option_fields
 
 __all__ = ["coerce", "config_columns", "measured_settings", "trials_schema"]
-
-
-def coerce(value: Any, type_: pa.DataType) -> Any:
-    """A reported number as its column's Python type (numpy scalars and 3.0-for-3 included)."""
-    if value is None:
-        return None
-    return (
-        int(value)
-        if pa.types.is_integer(type_)
-        else float(value)
-        if pa.types.is_floating(type_)
-        else value
-    )
 
 
 def trials_schema() -> pa.Schema:
@@ -55,7 +43,7 @@ def adapter_label(model: str, options: Mapping[str, Any]) -> str | None:
     return "none" if "lora" in model_options(model) else None
 
 
-def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+def config_columns(config: Mapping[str, Any], built: TrialConfig | None = None) -> dict[str, Any]:
     """The grid, trial-setting and estimator-option columns of one trial config's row.
 
     Values are the effective ones (a key missing from the config gets the TrialConfig or
@@ -63,7 +51,7 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     that does not take effect is null (an option the trial's estimator does not have, the
     optimizer of an in-place estimator, the quantizer's of an unquantized trial). An invalid
     config keeps only what it says: its trial fails with the reason, and the row must still
-    be written.
+    be written. ``built``: the config's ``TrialConfig`` when the plan has it already.
     """
     protocol = dict(config.get(PROTOCOL_KEY) or {})
     cols: dict[str, Any] = {
@@ -71,7 +59,7 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     }
     cols.update(role=role_of(config), tuned_from=protocol.get("group"))
     try:
-        cfg = TrialConfig.from_dict(split_protocol(config)[0])
+        cfg = built if built is not None else TrialConfig.from_dict(split_protocol(config)[0])
     except (ConfigError, ValueError, TypeError):
         return cols
     quant = None if cfg.quantizer == "none" else cfg.quant
@@ -113,20 +101,3 @@ def _fits(value: Any, type_: pa.DataType) -> bool:
     if pa.types.is_boolean(type_):
         return isinstance(value, bool)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Settings a trial measures once its model exists, and the row column each one fills; the
-# effective beta_min replaces a symbolic ``auto`` (a number given in the spec stays as it is).
-_MEASURED = {f.name: f.type for f in schema.MEASURED_SETTING_FIELDS} | {"beta_min": pa.float64()}
-
-
-def measured_settings(row: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-    """The measured-settings columns a result carries (``d_zo``, ``noise_to_guide``, ...)."""
-    found = {
-        name: coerce(result[name], type_)
-        for name, type_ in _MEASURED.items()
-        if result.get(name) is not None
-    }
-    if "beta_min" in found and row.get("beta_min") is not None:
-        del found["beta_min"]  # the spec's own number
-    return found

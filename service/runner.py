@@ -25,7 +25,7 @@ from contract.schema import PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from contract.storage import first_line
 from service.errors import SweepError
 from service.sink import ParquetSink
-from service.spec import STAGE_PREFIX, SweepPlan
+from service.spec import SweepPlan
 from service.status import load_stored_plan
 
 
@@ -63,9 +63,9 @@ def connect(
     The embedded dashboard binds to 127.0.0.1 unless the user asks otherwise: it can run
     jobs, so it must not face an untrusted network.
     """
-    # Tune warns on every forced experiment snapshot (one per checkpoint with num_to_keep);
-    # for many short trials that is all noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from service.ray_compat import quiet_snapshot_sync_warning
+
+    quiet_snapshot_sync_warning()  # a warning per forced snapshot: noise for short trials
     import ray
 
     if ray.is_initialized():
@@ -136,7 +136,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 class SweepRun:
     plan: SweepPlan
     sweep_dir: str
-    pretrain_failed: bool = False  # the stage failed, so the main sweep did not run
 
     @property
     def spec(self):
@@ -167,83 +166,28 @@ def prepare(plan: SweepPlan, results: str | None = None, overwrite: bool = False
 
 
 def _callbacks(run: SweepRun, live: bool | None) -> list[Any]:
+    """The Parquet sink, then the progress view, sharing one trial index (the trackers get it
+    too, ``service.tuner.callback_list``)."""
     from service.progress import SweepProgress
+    from service.trial_index import TrialIndex
 
     planned = run.plan.planned
+    index = TrialIndex(planned, run.plan.columns)
     try:
-        sink = ParquetSink(run.sweep_dir, run.plan.name, planned, versions())
+        sink = ParquetSink(run.sweep_dir, run.plan.name, planned, versions(), index=index)
     except (pa.ArrowException, OSError, ValueError) as err:  # corrupt, truncated or foreign Parquet
         raise SweepError(
             f"{run.sweep_dir}: cannot continue from unreadable results ({first_line(err)})"
         ) from None
-    return [sink, SweepProgress(planned, run.plan.total, live=live)]
-
-
-def _pretrain_done(run: SweepRun) -> set[str]:
-    """Pre-training trials whose checkpoint is in ``<sweep>/stages/`` already."""
-    from service.tuner import stage_location
-
-    fs, _ = storage.resolve(run.sweep_dir)
-    return {
-        t.trial_id
-        for t in run.plan.pretrain
-        if storage.exists(
-            fs, storage.resolve(stage_location(run.sweep_dir, STAGE_PREFIX + t.trial_id))[1]
-        )
-    }
-
-
-def _run_pretrain(
-    run: SweepRun,
-    live: bool | None,
-    retry_failed: bool = False,
-    start_ray: Callable[[], None] = lambda: None,
-) -> bool:
-    """The float pre-training stage, unless its checkpoints exist; resumed if interrupted.
-    False when a stage trial failed (its row says why): fine-tuning trials need its checkpoint,
-    so the main sweep does not run, and its trials count as not run (``qsweep run`` exits 1).
-    """
-    from service.tuner import PRETRAIN_TUNE_DIR, build_tuner, restore_tuner, tune_state_exists
-
-    stage = run.plan.pretrain
-    done = _pretrain_done(run)
-    if len(done) == len(stage):
-        return True
-    start_ray()
-    callbacks = _callbacks(run, live)
-    if tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR):
-        tuner = restore_tuner(
-            run.plan, run.sweep_dir, callbacks, retry_failed, pretrain=True, skip=done
-        )
-    else:
-        tuner = build_tuner(run.plan, run.sweep_dir, callbacks, pretrain=True, skip=done)
-    tuner.fit()
-    return len(_pretrain_done(run)) == len(stage)
-
-
-def _one_run(run: SweepRun) -> bool:
-    """Whether the stage and the sweep share one Tune run (``service.stage_gate``): a grid
-    sweep with a stage, unless an older qsweep already gave its stage a Tune run of its own."""
-    from service.tuner import PRETRAIN_TUNE_DIR, tune_state_exists
-
-    return (
-        bool(run.plan.pretrain)
-        and run.spec.search.mode == "grid"
-        and not tune_state_exists(run.sweep_dir, PRETRAIN_TUNE_DIR)
-    )
+    return [sink, SweepProgress(planned, run.plan.total, live=live, index=index)]
 
 
 def run_sweep(run: SweepRun, live: bool | None = None) -> SweepRun:
-    """Run the sweep to its end; failed trials are rows of the Parquet, not exceptions
-    (``service.status.sweep_outcome`` counts them)."""
+    """Run the sweep to its end in one Tune run, its pre-training stage and tuning protocol
+    included (``service.stage_gate``, ``service.protocol``); failed trials are rows of the
+    Parquet, not exceptions (``service.status.sweep_outcome`` counts them)."""
     from service.tuner import build_tuner
 
-    if _one_run(run):
-        build_tuner(run.plan, run.sweep_dir, _callbacks(run, live), with_stage=True).fit()
-        return run
-    if not _run_pretrain(run, live):
-        run.pretrain_failed = True
-        return run
     build_tuner(run.plan, run.sweep_dir, _callbacks(run, live)).fit()
     return run
 
@@ -287,54 +231,28 @@ def resume_sweep(
     live: bool | None = None,
     start_ray: Callable[[], None] = lambda: None,
 ) -> SweepRun:
-    """Finish the pre-training stage if needed, then continue (or start) the main sweep.
+    """Continue (or start) the sweep's one Tune run.
 
     Without Tune's state (no ``tune/tuner.pkl``, or no experiment snapshot beside it: the
-    driver died while starting, or the disk filled before Tune saved one) the main sweep
-    starts afresh from the stored spec; the Parquet is kept, and trials it records as
-    finished are not run again. ``start_ray`` (``connect``) is called only when there is
-    something to run: resuming a finished sweep starts no Ray.
+    driver died while starting, or the disk filled before Tune saved one) the sweep starts
+    afresh from the stored spec; the Parquet is kept, and trials it records as finished are
+    not run again. ``start_ray`` (``connect``) is called only when there is something to run:
+    resuming a finished sweep starts no Ray. A folder whose pre-training ran in a Tune run of
+    its own (an older qsweep) is refused in one line.
     """
-    from service.tuner import build_tuner, restore_tuner, tune_state_exists
+    from service.tuner import refuse_separate_stage_run, tuner_for
 
     sweep_dir = storage.absolute(sweep_dir)  # Tune reads a relative path as a URI
+    refuse_separate_stage_run(sweep_dir)
     run = SweepRun(load_stored_plan(sweep_dir), sweep_dir)
-    if _one_run(run):
-        return _resume_one_run(run, retry_failed, live, start_ray)
-    if not _run_pretrain(run, live, retry_failed, start_ray):
-        run.pretrain_failed = True
-        return run
     callbacks = _callbacks(run, live)  # the sink loads (and tidies) what the Parquet holds first
-    skip = _finished_trials(sweep_dir, retry_failed) if run.spec.search.mode == "grid" else set()
-    if {t.trial_id for t in run.plan.trials} <= skip:
+    grid = run.spec.search.mode == "grid"
+    skip = _finished_trials(sweep_dir, retry_failed) if grid else set()
+    _settle_stage(run, skip)
+    if grid and {t.trial_id for t in (*run.plan.pretrain, *run.plan.trials)} <= skip:
         return run  # every planned trial is final in the Parquet: nothing to run
     start_ray()
-    if tune_state_exists(sweep_dir):
-        restore_tuner(run.plan, sweep_dir, callbacks, retry_failed=retry_failed, skip=skip).fit()
-    else:
-        build_tuner(run.plan, sweep_dir, callbacks, skip=skip).fit()
-    return run
-
-
-def _resume_one_run(
-    run: SweepRun, retry_failed: bool, live: bool | None, start_ray: Callable[[], None]
-) -> SweepRun:
-    """``resume_sweep`` for a grid sweep whose stage shares its Tune run."""
-    from service.tuner import build_tuner, restore_tuner, tune_state_exists
-
-    callbacks = _callbacks(run, live)
-    skip = _finished_trials(run.sweep_dir, retry_failed)
-    _settle_stage(run, skip)
-    if {t.trial_id for t in (*run.plan.pretrain, *run.plan.trials)} <= skip:
-        return run
-    start_ray()
-    if tune_state_exists(run.sweep_dir):
-        tuner = restore_tuner(
-            run.plan, run.sweep_dir, callbacks, retry_failed, skip=skip, with_stage=True
-        )
-    else:
-        tuner = build_tuner(run.plan, run.sweep_dir, callbacks, skip=skip, with_stage=True)
-    tuner.fit()
+    tuner_for(run.plan, sweep_dir, callbacks, skip=skip, retry_failed=retry_failed).fit()
     return run
 
 

@@ -1,6 +1,6 @@
 """The Ray Tune callback that writes every trial to the Parquet contract of ``contract.schema``.
 
-A thin adapter: it maps Tune's trials onto our planned trial ids (``service.tune_config.decode``),
+A thin adapter: it maps Tune's trials onto our planned trial ids (``service.trial_index``),
 reads the failure text Tune recorded (``trial_error_text``), and hands each event to a
 ``service.ledger.ResultsLedger``, which holds the rules (the dedupe rule of a rewind, completed
 rows being final, attempts, failure reasons, reload, write failures) and the files. The only
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -21,12 +19,13 @@ from ray.tune.experiment import Trial
 from contract.storage import read_results
 from service.errors import SweepError
 from service.ledger import ResultsLedger
+from service.ray_compat import trial_error_text
 from service.report_batch import rows
 
 # Re-exported: tests/reliability/test_bad_input.py and tests/service/test_spec_defaults.py
 # import it from here.
 from service.rows import config_columns  # noqa: F401
-from service.tune_config import decode
+from service.trial_index import TrialIndex
 
 __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 
@@ -35,38 +34,6 @@ __all__ = ["ParquetSink", "read_results", "trial_error_text"]
 JOURNAL_EVERY_S = 0.5
 
 logger = logging.getLogger(__name__)
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_MAX_ERROR_CHARS = 20_000  # a Ray traceback can be long; the message is at its end
-
-
-def trial_error_text(trial: Trial) -> str | None:
-    """The latest failure of ``trial`` as Tune recorded it (traceback and exception message).
-
-    In Ray 2.60 ``Trial.handle_error`` appends ``Failure # k (occurred at ...)`` and
-    ``str(exc)`` to ``trial.error_file`` on the driver just before ``on_trial_error`` /
-    ``on_trial_recover`` run, so that local file is read first; ``get_error`` (the synced
-    copy in storage) is the fallback. Never ``get_pickled_error``: it unpickles a file from
-    the results location. None if Tune has nothing.
-    """
-    readers = (lambda: Path(trial.error_file).read_text(errors="replace"), trial.get_error)
-    text = None
-    for read in readers:
-        try:
-            found = read()
-        except Exception:  # noqa: BLE001 - no file, no storage context, storage unreachable: next
-            found = None
-        if found:
-            text = str(found)
-            break
-    if not text:
-        return None
-    text = _ANSI.sub("", text)  # Ray colours the actor name in tracebacks
-    last = text.rsplit("Failure # ", 1)[-1]
-    header, _, body = last.partition("\n")
-    if header[:1].isdigit():
-        last = body  # drop the "Failure # k (occurred at ...)" header
-    return (last.strip() or text.strip())[-_MAX_ERROR_CHARS:]
 
 
 class ParquetSink(Callback):
@@ -90,13 +57,15 @@ class ParquetSink(Callback):
         flush_every_s: float = 2.0,
         clean_stale_temp: bool = True,
         journal_every_s: float = JOURNAL_EVERY_S,
+        index: TrialIndex | None = None,
     ) -> None:
         self.sweep_dir = sweep_dir
         self.sweep = sweep
         self.planned = planned
         self.flush_every_s = flush_every_s
         self.journal_every_s = journal_every_s
-        self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune trial id -> (our id, config)
+        self.index = index if index is not None else TrialIndex(planned)
+        self._seen: set[str] = set()  # Tune trial ids registered in the ledger
         self._registered = 0  # how many of Tune's trials (a list it only appends to) are known
         self.ledger = ResultsLedger(
             sweep_dir, sweep, versions, flush_every_s, clean_stale_temp, journal_every_s
@@ -123,25 +92,19 @@ class ParquetSink(Callback):
         self.__init__(**state, clean_stale_temp=False)  # a copy: the live sink may be writing
 
     def _identify(self, trial: Trial) -> tuple[str, dict[str, Any]]:
-        if trial.trial_id not in self._ids:
-            try:
-                self._ids[trial.trial_id] = decode(self.planned, trial.config, trial.trial_id)
-            except (KeyError, TypeError, ValueError) as err:
-                # Not one of our planned trials: record it under Tune's id, not crash the sweep.
-                logger.warning(
-                    "trial %s: config %r is not a planned trial (%s)",
-                    trial.trial_id,
-                    trial.config,
-                    err,
-                )
-                self._ids[trial.trial_id] = (trial.trial_id, dict(trial.config))
-        return self._ids[trial.trial_id]
+        return self.index.identify(trial)
+
+    def _register_one(self, trial: Trial) -> str:
+        tid, config = self.index.identify(trial)
+        self.ledger.register(tid, config, self.index.columns_of(tid))
+        self._seen.add(trial.trial_id)
+        return tid
 
     def _tid(self, trial: Trial) -> str:
         """Our id of ``trial``, registered in the ledger."""
-        tid, config = self._identify(trial)
+        tid, _ = self._identify(trial)
         if tid not in self.ledger:
-            self.ledger.register(tid, config)
+            self._register_one(trial)
         return tid
 
     def _register(self, trials: list[Trial]) -> None:
@@ -151,8 +114,8 @@ class ParquetSink(Callback):
         if self._registered > len(trials):  # not the list it was: look at all of it
             self._registered = 0
         for trial in trials[self._registered :]:
-            if trial.trial_id not in self._ids:
-                self.ledger.register(*self._identify(trial))
+            if trial.trial_id not in self._seen:
+                self._register_one(trial)
         self._registered = len(trials)
 
     # --- Tune hooks (signatures as in ray/tune/callback.py, Ray 2.60) ------------------------

@@ -43,6 +43,7 @@ from service.protocol import (
     sample_settings,
     split_protocol,
 )
+from service.rows import config_columns
 from trainers.config import ConfigError, TrialConfig
 from trainers.data import DATASETS
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
@@ -479,6 +480,11 @@ class SweepSpec(_Strict):
                 )
         for name, section in self.models.items():
             _check_model_section(name, section, self.grid)
+        if self.pretrain is not None and self.search.mode != "grid":
+            raise ValueError(
+                "pretrain: needs search.mode grid (the stage runs first in the sweep's one Tune "
+                "grid, its fine-tuning trials waiting for its model)"
+            )
         if self.protocol is not None:
             if self.search.mode != "grid":
                 raise ValueError("protocol: needs search.mode grid (it does its own tuning)")
@@ -547,9 +553,7 @@ class SweepSpec(_Strict):
             tid = "pretrain-" + trial_id(config)
             config["save_model_to"] = STAGE_PREFIX + tid
             planned.append(PlannedTrial(tid, config))
-        for trial in planned:
-            _check_trial(trial.config, "pretrain")
-        return planned
+        return [_checked(trial, "pretrain") for trial in planned]
 
     def _expand(self, pretrain: list[PlannedTrial]) -> tuple[list[PlannedTrial], list[str]]:
         """Every trial of the grid (or, for Optuna, the base configs it samples around), and
@@ -595,15 +599,26 @@ class SweepSpec(_Strict):
                 planned.append(PlannedTrial(trial_id(config), config))
         if not planned:
             raise SpecError(f"grid: no valid trial ({'; '.join(sorted(set(skipped)))})")
-        for trial in planned:
-            _check_trial(trial.config, f"estimators.{trial.config['estimator']}")
-        return planned, sorted(set(skipped))
+        checked = [_checked(t, f"estimators.{t.config['estimator']}") for t in planned]
+        return checked, sorted(set(skipped))
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedTrial:
+    """One trial of the plan: its plain config (what travels to the trial's worker), and, built
+    and validated once when the spec is read, its typed ``TrialConfig`` (estimator, quantizer
+    and diagnostics parts typed) and its trials-table columns."""
+
     trial_id: str
     config: dict[str, Any]  # a plain trial config (``trainers.TrialConfig.from_dict`` input)
+    settings: TrialConfig | None = dataclasses.field(default=None, compare=False, repr=False)
+    columns: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+def _checked(trial: PlannedTrial, where: str) -> PlannedTrial:
+    """``trial`` validated, with its built ``TrialConfig`` and row columns."""
+    built = _check_trial(trial.config, where)
+    return PlannedTrial(trial.trial_id, trial.config, built, config_columns(trial.config, built))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -630,6 +645,11 @@ class SweepPlan:
         """Every trial the sweep may run, by id, pre-training stage included (Tune trials
         are resolved against it)."""
         return {t.trial_id: t.config for t in (*self.pretrain, *self.trials)}
+
+    @functools.cached_property
+    def columns(self) -> dict[str, dict[str, Any]]:
+        """Every planned trial's trials-table columns, by id (built once with the plan)."""
+        return {t.trial_id: t.columns for t in (*self.pretrain, *self.trials) if t.columns}
 
     @property
     def total(self) -> int:
@@ -688,9 +708,8 @@ def _with_protocol(protocol: Protocol, grid: list[PlannedTrial]) -> list[Planned
             config = {**base, "seed": seed}
             config[PROTOCOL_KEY] = {"role": TUNED, "group": group, "direction": protocol.direction}
             tuned.append(PlannedTrial(trial_id(config), config))
-    for trial in (*tuning, *tuned):
-        _check_trial(trial.config, f"protocol ({trial.config['estimator']})")
-    return [*(grid if protocol.same_lr else []), *tuning, *tuned]
+    checked = [_checked(t, f"protocol ({t.config['estimator']})") for t in (*tuning, *tuned)]
+    return [*(grid if protocol.same_lr else []), *checked]
 
 
 def protocol_arms(protocol: Protocol, grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -813,7 +832,8 @@ _TrialSettings = _strict_model(TrialConfig)
 _strict_options = functools.cache(_strict_model)  # per estimator config class, registered late too
 
 
-def _check_trial(config: dict[str, Any], where: str) -> None:
+def _check_trial(config: dict[str, Any], where: str) -> TrialConfig:
+    """The trial config's typed ``TrialConfig``, or one line naming what is wrong."""
     options = config.get("estimator_options")
     checks = [(_TrialSettings, config, "")]
     if config.get("estimator") in ESTIMATORS and isinstance(options, dict):
@@ -829,7 +849,7 @@ def _check_trial(config: dict[str, Any], where: str) -> None:
             ) from None
     config = split_protocol(config)[0]
     try:
-        TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
+        return TrialConfig.from_dict(config)  # builds the estimator's config and quantizer spec
     except (ConfigError, ValueError, TypeError) as err:
         raise SpecError(f"{where}: {err}") from None
 
@@ -891,7 +911,7 @@ def input_problems(plan: SweepPlan) -> list[str]:
     problems: dict[str, str] = {p: p for p in missing_tracker_packages(plan.spec)}
     for trial in (*plan.pretrain, *plan.trials):
         where = "pretrain" if trial in plan.pretrain else f"estimators.{trial.config['estimator']}"
-        for error in input_errors(TrialConfig.from_dict(split_protocol(trial.config)[0])):
+        for error in input_errors(trial.settings):
             problems.setdefault(error, f"{where}: {error}")
     return list(problems.values())
 

@@ -1,54 +1,72 @@
-"""Experiment trackers (the spec's ``tracking:``) through Ray Tune's own logger callbacks.
+"""Experiment trackers (the spec's ``tracking:``): Tune logger callbacks on the trackers' own APIs.
 
-``MLflowLoggerCallback`` and ``WandbLoggerCallback`` (``ray.air.integrations``), each
-subclassed only to speak in qsweep's terms: one tracked run per trial, named by our trial id
-(not Tune's), its params our full trial config (``service.tune_config.decode`` against the
-plan, not Tune's ``{planned_id: ...}``), its metrics every evaluation the Parquet curve holds
-(``step`` and ``contract.record.CURVE_METRICS``, plus ``progress`` and ``current_lr``).
+Two ``ray.tune.logger.LoggerCallback`` subclasses (Tune's public hooks ``setup``,
+``log_trial_start``, ``log_trial_result``, ``log_trial_end``, ``on_experiment_end``; no
+private Ray name), each speaking only its tracker's public API: ``mlflow.MlflowClient`` and
+``wandb.init`` / ``Run.log`` / ``Run.finish``. One tracked run per trial, named by our trial
+id (not Tune's), its params our full trial config (``service.tune_config.decode`` against the
+plan, not Tune's ``{planned_id: ...}``), its metrics every evaluation the Parquet curve
+holds (``step`` and ``contract.record.CURVE_METRICS``, plus ``progress`` and ``current_lr``;
+a batched Tune result is unpacked with ``service.report_batch.rows``).
+
+Each callback talks to its tracker from one daemon thread of the driver, in the order Tune's
+events came: the hooks only queue work, so a slow server (or W&B's ``wandb.init``, a second
+or so) never holds up Tune's loop. W&B runs in the driver (one ``wandb.init`` per trial,
+several open at once), its uploads in W&B's own service process. At the end of a stage
+(``on_experiment_end``) the thread finishes every open run and the stage waits for it: for
+local stores until everything is written, online for at most ``TRACKER_DRAIN_TIMEOUT_S``.
 
 The Parquet stays the record. A tracker that fails (server unreachable, no API key, a
 package error) prints one ``warning:`` line on stderr and is off for the rest of the stage;
 the trials and their Parquet rows never notice (the sink comes first among the callbacks).
 
 Secrets come only from the environment (``WANDB_API_KEY``, ``MLFLOW_TRACKING_TOKEN`` /
-``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``): the spec refuses them, these
-callbacks pickle (into ``tuner.pkl``) only their spec settings, and the W&B logging actor is
-created without Ray's usual ``runtime_env={"env_vars": {"WANDB_API_KEY": ...}}``, which
-Ray's runtime-env agent would write to its log in plain text. The actor runs on the driver's
-node and inherits that node's environment: on a cluster, set the key where ``ray start``
-runs on the head (as for cloud keys, ``service.credentials``).
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), read by the tracker libraries
+in the driver: the spec refuses them, these callbacks pickle (into ``tuner.pkl``) only their
+spec settings (``__reduce__``), and no Ray actor or runtime env ever sees a key (on a
+cluster, set it where the driver runs).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-import ray
 from ray import tune
-from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem
+from ray.tune.logger import LoggerCallback
 
 from contract.record import CURVE_METRICS
 from service.report_batch import rows
 from service.spec import SweepPlan
-from service.tune_config import decode
+from service.trial_index import TrialIndex
 
 TRACKED_METRICS = ("step", *CURVE_METRICS, "progress", "current_lr")
 TRIAL_TAG = "qsweep.trial_id"  # MLflow tags of a run: our trial id, the sweep, Tune's trial id
 SWEEP_TAG = "qsweep.sweep"
 TUNE_TRIAL_TAG = "qsweep.tune_trial_id"
-WANDB_UPLOAD_TIMEOUT_S = 120  # at the end of a stage, for W&B runs to finish uploading
+WANDB_UPLOAD_TIMEOUT_S = 120  # online: how long a run's finish waits for its uploads
+# Online (a server in between): the end of a stage waits at most this long for a tracker to
+# write what is queued; a local store (file:, sqlite:, W&B offline) is always waited for.
+TRACKER_DRAIN_TIMEOUT_S = 180
 MLFLOW_PARAM_CHARS = 6000  # MLflow's longest param value
+MLFLOW_BATCH_PARAMS = 100  # MLflow's most params in one log_batch
+MLFLOW_BATCH_METRICS = 1000  # and metrics
 # An unreachable MLflow server must not hold the sweep for minutes of retries per call:
 # unless the environment says otherwise, two retries and a 10 s timeout per request.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-def tracker_callbacks(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
-    """The callbacks of the trackers the spec names (none without ``tracking:``)."""
+def tracker_callbacks(
+    plan: SweepPlan, sweep_dir: str, index: TrialIndex | None = None
+) -> list[tune.Callback]:
+    """The callbacks of the trackers the spec names (none without ``tracking:``); ``index``:
+    the sweep's shared trial index (``service.trial_index``)."""
     tracking = plan.spec.tracking
     callbacks: list[tune.Callback] = []
     if tracking is None:
@@ -62,7 +80,7 @@ def tracker_callbacks(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
                 plan.name,
                 tracking.mlflow.tracking_uri,
                 tracking.mlflow.experiment or plan.name,
-            ),
+            ).sharing(index),
         )
     if tracking.wandb is not None:
         local = "://" not in sweep_dir
@@ -77,12 +95,12 @@ def tracker_callbacks(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
                 tracking.wandb.entity,
                 # offline runs (and W&B's files) next to the Parquet, unless WANDB_DIR says
                 wandb_dir=os.path.abspath(sweep_dir) if local else None,
-            ),
+            ).sharing(index),
         )
     return callbacks
 
 
-def _append(callbacks: list[tune.Callback], name: str, make) -> None:
+def _append(callbacks: list[tune.Callback], name: str, make: Callable[[], Any]) -> None:
     """A tracker whose package is broken here (the spec checked it is installed) is left out
     with one warning; the sweep runs."""
     try:
@@ -122,52 +140,168 @@ def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return params
 
 
-class _Tracker:
-    """What both trackers share: our id and config of a Tune trial, and the one warning."""
+class _Worker:
+    """One daemon thread running queued calls in order (``None`` ends it)."""
+
+    def __init__(self, name: str) -> None:
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((call, args))
+
+    def _loop(self) -> None:
+        while (item := self.calls.get()) is not None:
+            call, args = item
+            call(*args)
+
+    def close(self, timeout: float | None) -> bool:
+        """Run what is queued and end; False when ``timeout`` ran out first."""
+        self.calls.put(None)
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+class _Tracker(LoggerCallback):
+    """What both trackers share: our id and config of a Tune trial, the worker thread that
+    talks to the tracker, and the one warning. The hooks run on Tune's loop and only queue;
+    the ``_open`` / ``_start`` / ``_log`` / ``_end`` / ``_close`` of a subclass run on the
+    worker, each once at a time, in order."""
 
     tracker = "tracker"
+    close_when_off = False  # whether the runs still open end at the stage's end when it is off
 
-    def _qsweep_init(self, planned: dict[str, dict[str, Any]], sweep: str) -> None:
+    def __init__(self, planned: dict[str, dict[str, Any]], sweep: str) -> None:
         self.planned = planned
+        self.index = TrialIndex(planned)
         self.sweep = sweep
         self.broken = False
-        self._ids: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._ids: dict[str, tuple[str, dict[str, Any]]] = {}  # Tune's trial id -> ours
+        self._started: set[str] = set()  # Tune trial ids with a run started (driver side)
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()  # one warning, from whichever thread fails first
+
+    # Tune pickles callbacks (into tuner.pkl): only the spec's settings go, no client, thread
+    # or key; unpickling builds a fresh callback.
+    def settings(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.settings())
+
+    def remote(self) -> bool:
+        """Whether a server is in between (the end of a stage then waits a bounded time)."""
+        return True
+
+    # -- Tune's hooks (the driver's loop): queue the work --------------------------------
+    def setup(self, *args: Any, **info: Any) -> None:
+        self.broken = False
+        self._submit(self._guarded, "cannot reach the tracking store", self._open)
+
+    def sharing(self, index: TrialIndex | None) -> _Tracker:
+        """Use the sweep's shared trial index (``service.trial_index``) when there is one."""
+        if index is not None:
+            self.index = index
+        return self
 
     def identify(self, trial) -> tuple[str, dict[str, Any]]:
         """(our trial id, our trial config with ``trial_id`` and ``sweep`` added)."""
         if trial.trial_id not in self._ids:
-            try:
-                tid, config = decode(self.planned, trial.config, trial.trial_id)
-            except (KeyError, TypeError, ValueError):  # not a planned trial: Tune's terms
-                tid, config = trial.trial_id, dict(trial.config)
+            tid, config = self.index.identify(trial)
             self._ids[trial.trial_id] = (tid, {"trial_id": tid, "sweep": self.sweep, **config})
         return self._ids[trial.trial_id]
 
+    def log_trial_start(self, trial) -> None:
+        if self.broken or trial.trial_id in self._started:
+            return
+        self._started.add(trial.trial_id)
+        tid, config = self.identify(trial)
+        self._submit(self._guarded, "cannot start a run", self._start, trial.trial_id, tid, config)
+
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         """Each evaluation of a batched result (``service.report_batch``) is its own row."""
-        for record in rows(result):
-            self.log_record(iteration, trial, record)
+        if self.broken:
+            return
+        records = [m for m in (tracked_metrics(r) for r in rows(result)) if m]
+        if not records:
+            return
+        self.log_trial_start(trial)
+        self._submit(self._guarded, "cannot log metrics", self._log, trial.trial_id, records)
 
-    def guarded(self, what: str, call, *args: Any, **kwargs: Any) -> Any:
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        if trial.trial_id in self._started:
+            self._started.discard(trial.trial_id)
+            self._submit(self._guarded, "cannot end a run", self._end, trial.trial_id, failed)
+
+    def log_trial_save(self, trial) -> None:
+        pass  # checkpoints stay with Tune (no uploads)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Finish every open run and wait until the tracker has them."""
+        worker, self._worker = self._worker, None
+        self._started.clear()
+        if worker is None:
+            return
+        worker.submit(self._finish_open)
+        timeout = TRACKER_DRAIN_TIMEOUT_S if self.remote() else None
+        if not worker.close(timeout):
+            self._fail(f"still writing after {timeout} s; the rest is left unsent")
+
+    # -- the worker's side ---------------------------------------------------------------
+    def _submit(self, call: Callable[..., Any], *args: Any) -> None:
+        if self._worker is None:
+            self._worker = _Worker(f"qsweep-{self.tracker}")
+        self._worker.submit(call, *args)
+
+    def _guarded(self, what: str, call: Callable[..., Any], *args: Any) -> None:
         """Run one tracker call; the first failure turns the tracker off with one warning."""
         if self.broken:
-            return None
+            return
         try:
-            return call(*args, **kwargs)
+            call(*args)
         except Exception as err:  # any tracker error: the sweep goes on without it
-            self.broken = True
-            self.warn(f"{what}: {type(err).__name__}: {err}")
-            return None
+            self._fail(f"{what}: {type(err).__name__}: {err}")
 
-    def warn(self, why: str) -> None:
+    def _finish_open(self) -> None:
+        """``_close``, also when the tracker is off (W&B's runs then still end)."""
+        if self.broken and not self.close_when_off:
+            return
+        try:
+            self._close()
+        except Exception as err:  # said once: a tracker already off says nothing more
+            self._fail(f"cannot finish its runs: {type(err).__name__}: {err}")
+
+    def _fail(self, why: str) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            self.broken = True
         _warn(self.tracker, why)
 
+    def _open(self) -> None:
+        """Connect (on the worker, at the start of a stage)."""
 
-class QsweepMLflowCallback(_Tracker, MLflowLoggerCallback):
-    """``MLflowLoggerCallback`` with one MLflow run per trial: run name and ``qsweep.trial_id``
-    tag our trial id, params our trial config, metrics at our training ``step``. A trial
-    restored by ``qsweep resume`` (same Tune trial id) continues its run, after the last step
-    it logged."""
+    def _start(self, tune_id: str, tid: str, config: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _log(self, tune_id: str, records: list[dict[str, float]]) -> None:
+        raise NotImplementedError
+
+    def _end(self, tune_id: str, failed: bool) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Finish the runs still open (an interrupted stage)."""
+
+
+class QsweepMLflowCallback(_Tracker):
+    """One MLflow run per trial through ``mlflow.MlflowClient``: run name and
+    ``qsweep.trial_id`` tag our trial id, params our trial config, metrics at our training
+    ``step``, status FINISHED or FAILED at the trial's end (KILLED: still running when the
+    stage ended). A trial restored by ``qsweep resume`` (same Tune trial id) continues its
+    run, after the last step it logged; a retried attempt's evaluations at or before the last
+    step logged are not logged again."""
 
     tracker = "mlflow"
 
@@ -178,42 +312,55 @@ class QsweepMLflowCallback(_Tracker, MLflowLoggerCallback):
         tracking_uri: str | None,
         experiment: str,
     ) -> None:
-        MLflowLoggerCallback.__init__(self, tracking_uri, experiment_name=experiment)
-        self._qsweep_init(planned, sweep)
-        self._last_step: dict[str, float] = {}  # run id -> last step logged
+        super().__init__(planned, sweep)
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self._client = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {}  # Tune trial id -> MLflow run id (worker side)
+        self._last_step: dict[str, float] = {}  # MLflow run id -> last step logged
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Only the arguments (Tune pickles callbacks into ``tuner.pkl``): no client state."""
-        return {
-            "planned": self.planned,
-            "sweep": self.sweep,
-            "tracking_uri": self.tracking_uri,
-            "experiment": self.experiment_name,
-        }
+    def settings(self) -> tuple[Any, ...]:
+        return (self.planned, self.sweep, self.tracking_uri, self.experiment_name)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+    def _uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
 
-    def setup(self, *args: Any, **kwargs: Any) -> None:
+    def remote(self) -> bool:
+        uri = self._uri()  # none: MLflow's default, a local store
+        return bool(uri) and not uri.startswith(("file:", "sqlite:")) and ":" in uri
+
+    def setup(self, *args: Any, **info: Any) -> None:
         for var, value in MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(var, value)
-        if (self.tracking_uri or "").startswith("file:"):  # the spec asks for a file store:
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.x refuses it
-        self._trial_runs = {}
-        self.guarded("cannot reach the tracking store", super().setup, *args, **kwargs)
+        uri = self._uri()
+        if uri.startswith("file:") or (uri and ":" not in uri):  # a file store, which
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.x refuses
+        super().setup(*args, **info)
 
-    def _client(self):
-        return self.mlflow_util._get_client()
+    def _open(self) -> None:
+        from mlflow import MlflowClient
 
-    def _start(self, trial) -> str:
+        self._client = client = MlflowClient(self.tracking_uri)
+        self._runs, self._last_step = {}, {}
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            try:
+                self._experiment_id = client.create_experiment(self.experiment_name)
+                return
+            except Exception:  # another driver created it meanwhile
+                experiment = client.get_experiment_by_name(self.experiment_name)
+                if experiment is None:
+                    raise
+        self._experiment_id = experiment.experiment_id
+
+    def _start(self, tune_id: str, tid: str, config: dict[str, Any]) -> None:
         from mlflow.entities import Param, RunStatus
 
-        tid, config = self.identify(trial)
-        client = self._client()
-        experiment_id = self.mlflow_util.experiment_id
+        client = self._client
         found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TUNE_TRIAL_TAG}` = '{trial.trial_id}' "
+            [self._experiment_id],
+            filter_string=f"tags.`{TUNE_TRIAL_TAG}` = '{tune_id}' "
             f"and tags.`{TRIAL_TAG}` = '{tid}' and tags.`{SWEEP_TAG}` = '{self.sweep}'",
             max_results=1,
         )
@@ -221,57 +368,53 @@ class QsweepMLflowCallback(_Tracker, MLflowLoggerCallback):
             run = found[0]
             client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self._last_step[run.info.run_id] = run.data.metrics.get("step", -math.inf)
-            return run.info.run_id
-        tags = {TRIAL_TAG: tid, SWEEP_TAG: self.sweep, TUNE_TRIAL_TAG: trial.trial_id}
-        run = client.create_run(experiment_id, tags=tags, run_name=tid)
-        params = [Param(k, v) for k, v in _flat_params(config).items()]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-            client.log_batch(run.info.run_id, params=params[start : start + 100])
-        return run.info.run_id
-
-    def log_trial_start(self, trial) -> None:
-        if trial not in self._trial_runs:
-            run_id = self.guarded("cannot start a run", self._start, trial)
-            if run_id is not None:
-                self._trial_runs[trial] = run_id
-
-    def log_record(self, iteration: int, trial, result: dict) -> None:
-        if trial not in self._trial_runs:
-            self.log_trial_start(trial)
-        run_id, metrics = self._trial_runs.get(trial), tracked_metrics(result)
-        if run_id is None or not metrics or metrics["step"] <= self._last_step.get(run_id, -1):
+            self._runs[tune_id] = run.info.run_id
             return
-        self.guarded("cannot log metrics", self._log, run_id, metrics)
+        tags = {TRIAL_TAG: tid, SWEEP_TAG: self.sweep, TUNE_TRIAL_TAG: tune_id}
+        run = client.create_run(self._experiment_id, tags=tags, run_name=tid)
+        self._runs[tune_id] = run_id = run.info.run_id
+        params = [Param(k, v) for k, v in _flat_params(config).items()]
+        for start in range(0, len(params), MLFLOW_BATCH_PARAMS):
+            client.log_batch(run_id, params=params[start : start + MLFLOW_BATCH_PARAMS])
 
-    def _log(self, run_id: str, metrics: dict[str, float]) -> None:
-        import time
-
+    def _log(self, tune_id: str, records: list[dict[str, float]]) -> None:
         from mlflow.entities import Metric
 
-        step, now = int(metrics["step"]), int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._client().log_batch(run_id, metrics=batch)
-        self._last_step[run_id] = step
+        run_id = self._runs.get(tune_id)
+        if run_id is None:
+            return
+        now, last, batch = int(time.time() * 1000), self._last_step.get(run_id, -1), []
+        for metrics in records:
+            if metrics["step"] <= last:
+                continue
+            last = step = int(metrics["step"])
+            batch.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        for start in range(0, len(batch), MLFLOW_BATCH_METRICS):
+            self._client.log_batch(run_id, metrics=batch[start : start + MLFLOW_BATCH_METRICS])
+        self._last_step[run_id] = last
 
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        run_id = self._trial_runs.pop(trial, None)
+    def _end(self, tune_id: str, failed: bool) -> None:
+        run_id = self._runs.pop(tune_id, None)
         if run_id is not None:
-            status = "FAILED" if failed else "FINISHED"
-            self.guarded("cannot end a run", self._client().set_terminated, run_id, status)
+            self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
-    def log_trial_save(self, trial) -> None:
-        pass  # checkpoints stay with Tune
+    def _close(self) -> None:
+        runs, self._runs = self._runs, {}
+        for run_id in runs.values():
+            self._client.set_terminated(run_id, "KILLED")
 
 
-class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
-    """``WandbLoggerCallback`` with one W&B run per trial: run name our trial id, group the
-    sweep, config our trial config, history every evaluation, once: our training step is the
-    ``step`` metric, and W&B's own step counts the rows. (Ray's logging actor would log each
-    row at Tune's ``training_iteration``, which the evaluations of one batched result share,
-    and W&B keeps one history row per step: only a batch's last evaluation would stay.) A
-    retried attempt's evaluations at or before the last step logged are not logged again."""
+class QsweepWandbCallback(_Tracker):
+    """One W&B run per trial through ``wandb.init`` (several open at once in the driver):
+    run name our trial id, group the sweep, config our trial config, history every
+    evaluation, once: ``run.log`` without a step, so W&B's own step counts the rows and our
+    training step is the ``step`` metric (Tune's ``training_iteration``, which a batched
+    result's evaluations share, would keep one row per batch: W&B keeps one row per step).
+    A retried attempt's evaluations at or before the last step logged are not logged again.
+    Online, a run's finish waits at most ``WANDB_UPLOAD_TIMEOUT_S`` for its uploads."""
 
     tracker = "wandb"
+    close_when_off = True  # local: a run's writer in W&B's service ends
 
     def __init__(
         self,
@@ -282,97 +425,90 @@ class QsweepWandbCallback(_Tracker, WandbLoggerCallback):
         entity: str | None = None,
         wandb_dir: str | None = None,
     ) -> None:
-        extra: dict[str, Any] = {"mode": mode, "resume": "allow"}
-        if entity is not None:
-            extra["entity"] = entity
-        if wandb_dir is not None and not os.environ.get("WANDB_DIR"):
-            extra["dir"] = wandb_dir
-        WandbLoggerCallback.__init__(
-            self, project=project, group=sweep, upload_timeout=WANDB_UPLOAD_TIMEOUT_S, **extra
-        )
-        self._qsweep_init(planned, sweep)
-        self._last_step: dict[Any, float] = {}  # trial -> last training step logged
-        self._args = {
-            "planned": planned,
-            "sweep": sweep,
-            "project": project,
-            "mode": mode,
-            "entity": entity,
-            "wandb_dir": wandb_dir,
-        }
+        super().__init__(planned, sweep)
+        self.project, self.mode, self.entity, self.wandb_dir = project, mode, entity, wandb_dir
+        self._runs: dict[str, Any] = {}  # Tune trial id -> wandb Run (worker side)
+        self._last_step: dict[str, float] = {}  # Tune trial id -> last training step logged
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Only the arguments (Tune pickles callbacks into ``tuner.pkl``): no actors, no key."""
-        return dict(self._args)
+    def settings(self) -> tuple[Any, ...]:
+        return (self.planned, self.sweep, self.project, self.mode, self.entity, self.wandb_dir)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+    def remote(self) -> bool:
+        return self.mode != "offline"
 
-    def setup(self, *args: Any, **kwargs: Any) -> None:
-        if self.kwargs["mode"] == "offline":  # no key needed, and none looked for
-            return
-        self.guarded("no API key", super().setup, *args, **kwargs)
+    def _open(self) -> None:
+        import wandb
 
-    def log_trial_start(self, trial) -> None:
-        if self.broken or trial in self._trial_logging_futures:
-            return
-        tid, config = self.identify(trial)
-        init = dict(
-            id=trial.trial_id,  # unique per Tune experiment and kept across a restore
-            name=tid,
-            reinit=True,
-            allow_val_change=True,
-            group=self.group,
+        self._runs = {}
+        # Online needs a key; never prompt for one (the driver may sit on a terminal).
+        if (
+            self.mode != "offline"
+            and not os.environ.get("WANDB_API_KEY")
+            and not wandb.login(prompt=False, verify=False)
+        ):
+            raise RuntimeError("no API key: set WANDB_API_KEY in the driver's environment")
+
+    def _start(self, tune_id: str, tid: str, config: dict[str, Any]) -> None:
+        import wandb
+
+        extra: dict[str, Any] = {}
+        if self.entity is not None:
+            extra["entity"] = self.entity
+        if self.wandb_dir is not None and not os.environ.get("WANDB_DIR"):
+            extra["dir"] = self.wandb_dir
+        if self.mode != "offline":
+            extra["resume"] = "allow"  # a restored trial continues its run
+        self._runs[tune_id] = wandb.init(
             project=self.project,
+            group=self.sweep,
+            name=tid,
+            id=tune_id,  # unique per Tune experiment and kept across a restore
             config=config,
-            **self.kwargs,
+            mode=self.mode,
+            reinit="create_new",  # several trials' runs open at once
+            allow_val_change=True,
+            settings=wandb.Settings(
+                console="off",  # the driver's own output is not a trial's
+                quiet=True,
+                finish_timeout=WANDB_UPLOAD_TIMEOUT_S,
+                finish_timeout_raises=True,
+            ),
+            **extra,
         )
-        exclude = [*self._exclude_results, *self.excludes, "config"]
-        self.guarded("cannot start a run", self._start_logging_actor, trial, exclude, **init)
 
-    def _start_logging_actor(self, trial, exclude_results: list[str], **init: Any) -> None:
-        if not self._remote_logger_class:  # Ray's would put WANDB_API_KEY in a runtime env
-            from ray.air.integrations.wandb import _force_on_current_node
-
-            self._remote_logger_class = ray.remote(
-                num_cpus=0, **_force_on_current_node(), max_restarts=-1, max_task_retries=-1
-            )(self._logger_actor_cls)
-        super()._start_logging_actor(trial, exclude_results, **init)
-
-    def log_record(self, iteration: int, trial, result: dict) -> None:
-        if self.broken:
+    def _log(self, tune_id: str, records: list[dict[str, float]]) -> None:
+        run = self._runs.get(tune_id)
+        if run is None:
             return
-        if trial not in self._trial_logging_actors:
-            self.log_trial_start(trial)
-        metrics = tracked_metrics(result)
-        if trial not in self._trial_queues or not metrics:
-            return
-        if metrics["step"] <= self._last_step.get(trial, -math.inf):
-            return
-        # No training_iteration in the item: the logging actor then lets W&B count the step.
-        queue = self._trial_queues[trial]
-        self.guarded("cannot log metrics", queue.put, (_QueueItem.RESULT, metrics))
-        self._last_step[trial] = metrics["step"]
+        last = self._last_step.get(tune_id, -math.inf)
+        for metrics in records:
+            if metrics["step"] > last:
+                run.log(metrics)  # no step=: W&B counts the rows (see the class)
+                last = metrics["step"]
+        self._last_step[tune_id] = last
 
-    def log_trial_save(self, trial) -> None:
-        pass  # checkpoints stay with Tune (no uploads)
+    def _end(self, tune_id: str, failed: bool) -> None:
+        run = self._runs.pop(tune_id, None)
+        if run is not None:
+            run.finish(exit_code=1 if failed else 0)
 
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        if trial in self._trial_queues:
-            self.guarded("cannot end a run", super().log_trial_end, trial, failed)
+    def _close(self) -> None:
+        """End the runs still open, then shut W&B's service down: ``run.finish()`` returns
+        once the service has a run's last record, not once its files are complete; the
+        service ends only after every run's files are written (and, online, uploaded or
+        given up after ``WANDB_UPLOAD_TIMEOUT_S``). The next stage starts a new one."""
+        import wandb
 
-    def _cleanup_logging_actor(self, trial) -> None:
-        """A logging actor whose run failed (``wandb.init`` or an upload) says so once."""
-        future = self._trial_logging_futures.get(trial)
+        runs, self._runs = self._runs, {}
+        errors: list[BaseException] = []
+        for run in runs.values():
+            try:
+                run.finish(exit_code=1)
+            except Exception as err:  # the others still end
+                errors.append(err)
         try:
-            ray.get(future, timeout=0)
-        except Exception as err:  # the actor's error, or still uploading when time ran out
-            cause = getattr(err, "cause", None) or err  # a RayTaskError: the actor's own
-            if not self.broken:
-                self.broken = True
-                self.warn(f"run {self.identify(trial)[0]}: {type(cause).__name__}: {cause}")
-        super()._cleanup_logging_actor(trial)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self._trial_logging_futures:
-            self.guarded("cannot finish its runs", super().on_experiment_end, trials, **info)
+            wandb.teardown()
+        except SystemExit as err:  # W&B's service ended badly: W&B exits the caller
+            errors.append(RuntimeError(f"W&B's service process exited with {err.code}"))
+        if errors:
+            raise errors[0]

@@ -53,23 +53,14 @@ def _waits_for_stage(trial) -> tuple[bool, bool]:
 
 
 def encode(
-    plan: SweepPlan,
-    pretrain: bool = False,
-    skip: set[str] | frozenset[str] = frozenset(),
-    with_stage: bool = False,
+    plan: SweepPlan, skip: set[str] | frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], Any, int]:
-    """(param_space, search algorithm, num_samples) of the main sweep or, with ``pretrain``,
-    of the float pre-training stage (always a plain grid), or ``with_stage`` of both in one
-    grid, the stage first (``service.stage_gate``), leaving out planned trials in ``skip``
-    (already finished; grid mode)."""
-    from ray import tune
-
-    stage = plan.pretrain if pretrain else plan.trials
-    if with_stage:  # the stage, then trials from scratch (they run while it does), then its own
-        stage = (*plan.pretrain, *sorted(plan.trials, key=_waits_for_stage))  # sorted is stable
-    planned = [t.trial_id for t in stage if t.trial_id not in skip]
-    if pretrain or with_stage:
-        return {"planned_id": tune.grid_search(planned)}, None, 1
+    """(param_space, search algorithm, num_samples) of the sweep's one Tune run: the
+    pre-training stage first, then trials from scratch (they run while it does), then its
+    own, and a tuning protocol's re-runs last (``service.stage_gate``, ``service.protocol``),
+    leaving out planned trials in ``skip`` (already finished; grid mode)."""
+    ordered = (*plan.pretrain, *sorted(plan.trials, key=_waits_for_stage))  # sorted is stable
+    planned = [t.trial_id for t in ordered if t.trial_id not in skip]
     return param_space_and_search(plan.spec, planned)
 
 

@@ -9,6 +9,7 @@ lives in ``<results>/<sweep>/tune`` next to the Parquet, which is what ``resume`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-import pyarrow.fs as pafs
+import pyarrow as pa
 import ray
 import torch
 from ray import tune
@@ -26,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from contract import storage
 from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
+from service.errors import SweepError
 from service.limits import LimitWatchdog
 from service.protocol import (
     PROTOCOL_KEY,
@@ -38,16 +40,23 @@ from service.protocol import (
     tuned_settings,
     tuning_ids,
 )
-from service.ray_logs import shorten_storage_errors
-from service.ray_usage import count_callbacks_lightly
+from service.ray_compat import (
+    count_callbacks_lightly,
+    delete_trial_checkpoints,
+    has_tune_state,
+    local_run_config,
+    shorten_storage_errors,
+)
 from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
 from service.spec import STAGE_PREFIX, SweepPlan
 from service.stage_gate import mark_failed, stage_model_path, wait_for_stage
+from service.trial_index import TrialIndex
 from service.tune_config import decode, encode
 from trainers import run_trial
 
 TUNE_DIR = "tune"  # experiment name under the sweep directory
-PRETRAIN_TUNE_DIR = "tune-pretrain"  # the float pre-training stage, when the spec has one
+# Where qsweep before the one-run stage ran the pre-training stage: such folders are refused.
+SEPARATE_STAGE_DIR = "tune-pretrain"
 STATE_FILE = "state.pt"
 
 
@@ -58,28 +67,35 @@ def stage_location(sweep_dir: str, value: str | None) -> str | None:
     return stage_model_path(sweep_dir, value.removeprefix(STAGE_PREFIX))
 
 
-def train_one(
-    config: dict[str, Any],
-    planned: dict[str, dict[str, Any]],
-    checkpoint_every: int,
-    cpus: float,
-    sweep_dir: str,
-    time_limit_s: float | None = None,
-    memory_limit_mb: float | None = None,
-    metric: str | None = None,
-    checkpoint_min_s: float = 0.0,
-    report_every_s: float = REPORT_EVERY_S,
-) -> None:
+@dataclasses.dataclass(frozen=True)
+class TrialRuntime:
+    """What every trial of a sweep runs with besides its own config (``make_trainable``)."""
+
+    planned: dict[str, dict[str, Any]]  # planned trial id -> trial config (plain data)
+    sweep_dir: str
+    checkpoint_every: int
+    checkpoint_min_s: float = 0.0
+    cpus: float = 1.0
+    time_limit_s: float | None = None
+    memory_limit_mb: float | None = None
+    metric: str | None = None  # the failure record's metric (a failed trial reports it)
+    report_every_s: float = REPORT_EVERY_S
+
+
+def train_one(config: dict[str, Any], runtime: TrialRuntime) -> None:
     """Tune function trainable: resolve the trial, resume from a checkpoint if any, train
-    (once its pre-training stage's model exists, ``service.stage_gate``; within the spec's
-    time and memory limits, see ``service.limits``), handing evaluations
-    to Tune in batches (``service.report_batch``). Whatever is pending is sent before an
-    error leaves. A deterministic failure (a divergence, a configuration error) is reported
-    before it is raised, so Tune does not retry it (``service.failures``)."""
+    (once its pre-training stage's model exists, ``service.stage_gate``, and, for a tuning
+    protocol's re-run, once its arm's tuning trials have scores, ``service.protocol``; within
+    the spec's time and memory limits, see ``service.limits``), handing evaluations to Tune in
+    batches (``service.report_batch``). Whatever is pending is sent before an error leaves. A
+    deterministic failure (a divergence, a configuration error) is reported before it is
+    raised, so Tune does not retry it (``service.failures``)."""
     batcher = ReportBatcher(
-        lambda result, checkpoint: tune.report(result, checkpoint=checkpoint), report_every_s
+        lambda result, checkpoint: tune.report(result, checkpoint=checkpoint),
+        runtime.report_every_s,
     )
-    this = planned.get(config.get("planned_id"), {})
+    sweep_dir = runtime.sweep_dir
+    this = runtime.planned.get(config.get("planned_id"), {})
     role = this.get(PROTOCOL_KEY) or {}
     try:
         start_from = this.get("init_from") or ""
@@ -87,21 +103,11 @@ def train_one(
             wait_for_stage(sweep_dir, start_from.removeprefix(STAGE_PREFIX))
         tuned = None
         if role.get("role") == TUNED:  # its arm's best tuning settings (service.protocol)
-            tuned = tuned_settings(
-                sweep_dir, role["group"], tuning_ids(planned, role["group"]), role["direction"]
-            )
-        with LimitWatchdog(time_limit_s, memory_limit_mb) as limits:
-            _train_one(
-                config,
-                planned,
-                checkpoint_every,
-                checkpoint_min_s,
-                cpus,
-                sweep_dir,
-                limits,
-                batcher,
-                tuned,
-            )
+            group = role["group"]
+            ids = tuning_ids(runtime.planned, group)
+            tuned = tuned_settings(sweep_dir, group, ids, role["direction"])
+        with LimitWatchdog(runtime.time_limit_s, runtime.memory_limit_mb) as limits:
+            _train_one(config, runtime, limits, batcher, tuned)
     except Exception as err:
         try:
             batcher.flush()  # the rows before the failure are results too
@@ -111,21 +117,19 @@ def train_one(
             raise
         if role.get("role") == TUNING:  # not retried: it ranks last among its arm's settings
             record_score(sweep_dir, role["group"], config["planned_id"], None, role["settings"])
-        tune.report(failures.failure_result(err, metric))
+        tune.report(failures.failure_result(err, runtime.metric))
         raise
 
 
 def _train_one(
     config: dict[str, Any],
-    planned: dict[str, dict[str, Any]],
-    checkpoint_every: int,
-    checkpoint_min_s: float,
-    cpus: float,
-    sweep_dir: str,
+    runtime: TrialRuntime,
     limits: LimitWatchdog,
     batcher: ReportBatcher,
     tuned: tuple[dict[str, Any], str] | None = None,
 ) -> None:
+    planned, sweep_dir = runtime.planned, runtime.sweep_dir
+    checkpoint_every, checkpoint_min_s = runtime.checkpoint_every, runtime.checkpoint_min_s
     trial_id, trial_config = decode(planned, config, tune.get_context().get_trial_id())
     chosen = None
     if tuned is not None:  # a re-run: its arm's best settings, and its row says which
@@ -136,7 +140,7 @@ def _train_one(
     for key in ("init_from", "save_model_to"):  # stage hand-over goes through the results location
         if key in trial_config:
             trial_config[key] = stage_location(sweep_dir, trial_config[key])
-    trial_config.setdefault("threads", max(1, int(cpus)))  # one trial must not grab every core
+    trial_config.setdefault("threads", max(1, int(runtime.cpus)))  # not every core for one trial
     resume_state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -184,20 +188,20 @@ def _train_one(
 
 
 def make_trainable(plan: SweepPlan, sweep_dir: str):
-    spec, planned = plan.spec, plan.planned
+    spec = plan.spec
     keep_cloud_keys_out_of_runtime_env()  # Ray would log them in plain text (service.credentials)
-    trainable = tune.with_parameters(
-        train_one,
-        planned=planned,
-        checkpoint_every=spec.checkpoint_every,
-        cpus=spec.resources.cpus,
+    runtime = TrialRuntime(
+        planned=plan.planned,
         sweep_dir=sweep_dir,
+        checkpoint_every=spec.checkpoint_every,
+        checkpoint_min_s=spec.checkpoint_min_s,
+        cpus=spec.resources.cpus,
         time_limit_s=spec.time_limit_s,
         memory_limit_mb=spec.memory_limit_mb,
         metric=spec.search.metric,
-        checkpoint_min_s=spec.checkpoint_min_s,
         report_every_s=0.0 if spec.early_stopping is not None else REPORT_EVERY_S,  # ASHA counts
     )
+    trainable = tune.with_parameters(train_one, runtime=runtime)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
@@ -205,21 +209,19 @@ def build_tuner(
     plan: SweepPlan,
     sweep_dir: str,
     callbacks: list[tune.Callback],
-    pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
-    with_stage: bool = False,
     trainable: Any = None,
 ) -> tune.Tuner:
-    """The main sweep, or with ``pretrain`` the float pre-training stage (always a plain grid),
-    or ``with_stage`` both in one grid (``service.stage_gate``). Planned trials in ``skip``
-    (already finished, grid mode) are left out. ``trainable`` replaces ``make_trainable``'s
-    (resources included): the load benchmark (``benchmarks.scale``) runs a trivial one."""
+    """The sweep's one Tune run: its pre-training stage and tuning protocol included, in one
+    grid (``service.tune_config.encode``). Planned trials in ``skip`` (already finished, grid
+    mode) are left out. ``trainable`` replaces ``make_trainable``'s (resources included): the
+    load benchmark (``benchmarks.scale``) runs a trivial one."""
     shorten_storage_errors()
     count_callbacks_lightly()  # Ray would import mlflow and wandb to count callbacks
-    spec, stage = plan.spec, pretrain
-    space, search, num_samples = encode(plan, pretrain, skip, with_stage)
+    spec = plan.spec
+    space, search, num_samples = encode(plan, skip)
     scheduler = None
-    if spec.early_stopping is not None and not stage:
+    if spec.early_stopping is not None:
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             grace_period=spec.early_stopping.grace_period,
@@ -239,31 +241,62 @@ def build_tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=PRETRAIN_TUNE_DIR if stage else TUNE_DIR,
+            name=TUNE_DIR,
             storage_path=sweep_dir,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see PruneCheckpoints
-            callbacks=[
-                *callbacks,
-                StageFailures(plan, sweep_dir),
-                PruneCheckpoints(),
-                failures.FailOnce(spec.retries),
-                BatchedTBXLogger(),
-                *_trackers(plan, sweep_dir),
-            ],
+            callbacks=callback_list(plan, sweep_dir, callbacks),
         ),
     )
 
 
-def _trackers(plan: SweepPlan, sweep_dir: str) -> list[tune.Callback]:
+def callback_list(
+    plan: SweepPlan, sweep_dir: str, callbacks: list[tune.Callback]
+) -> list[tune.Callback]:
+    """Every Tune callback of a sweep, in order: the caller's (the Parquet sink first, then
+    progress), the stage and tuning hand-over, checkpoint pruning, the retry filter,
+    TensorBoard, then the spec's trackers (they see every result once it is written)."""
+    return [
+        *callbacks,
+        StageFailures(plan, sweep_dir),
+        PruneCheckpoints(),
+        failures.FailOnce(plan.spec.retries),
+        BatchedTBXLogger(),
+        *_trackers(plan, sweep_dir, _shared_index(callbacks)),
+    ]
+
+
+def _shared_index(callbacks: list[tune.Callback]) -> TrialIndex | None:
+    """The trial index the caller's callbacks share (``service.runner._callbacks``)."""
+    found = (getattr(c, "index", None) for c in callbacks)
+    return next((i for i in found if isinstance(i, TrialIndex)), None)
+
+
+def tuner_for(
+    plan: SweepPlan,
+    sweep_dir: str,
+    callbacks: list[tune.Callback],
+    skip: set[str] | frozenset[str] = frozenset(),
+    retry_failed: bool = False,
+) -> tune.Tuner:
+    """The sweep's Tune run: restored where Tune saved enough state (``tune_state_exists``),
+    else built afresh without the ``skip``ped, finished trials."""
+    if tune_state_exists(sweep_dir):
+        return restore_tuner(plan, sweep_dir, callbacks, retry_failed, skip)
+    return build_tuner(plan, sweep_dir, callbacks, skip)
+
+
+def _trackers(
+    plan: SweepPlan, sweep_dir: str, index: TrialIndex | None = None
+) -> list[tune.Callback]:
     """The spec's experiment trackers (``service.tracking``), after the Parquet sink: they
     see every result once it is written, and a tracker's failure stays its own."""
     if plan.spec.tracking is None or not plan.spec.tracking.names():
         return []
     from service.tracking import tracker_callbacks  # imports wandb / mlflow only when named
 
-    return tracker_callbacks(plan, sweep_dir)
+    return tracker_callbacks(plan, sweep_dir, index)
 
 
 class BatchedTBXLogger(TBXLoggerCallback):
@@ -300,7 +333,7 @@ class StageFailures(tune.Callback):
             except OSError:
                 pass
         if stage_id in self.stage_ids:
-            from service.sink import trial_error_text
+            from service.ray_compat import trial_error_text
 
             try:
                 mark_failed(self.sweep_dir, stage_id, trial_error_text(trial))
@@ -323,39 +356,35 @@ class PruneCheckpoints(tune.Callback):
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        try:
-            fs, trial_dir = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-            for entry in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
-                if entry.type == pafs.FileType.Directory and entry.base_name.startswith(
-                    "checkpoint_"
-                ):
-                    fs.delete_dir(entry.path)
-        except (OSError, RuntimeError):  # storage unreachable or the trial has no folder: keep them
-            pass
+        delete_trial_checkpoints(trial)
 
 
-def tune_state_exists(sweep_dir: str, stage_dir: str = TUNE_DIR) -> bool:
-    """Whether Tune saved enough of a stage's state to restore it: ``tuner.pkl`` and a
-    readable experiment snapshot (Tune restores the newest by name). A driver that died, or
-    ran out of disk, before Tune's first snapshot leaves ``tuner.pkl`` alone or a truncated
-    snapshot; restoring that makes Tune log a traceback and restart the experiment."""
-    fs, path = storage.resolve(f"{sweep_dir.rstrip('/')}/{stage_dir}")
-    pickled = fs.get_file_info(f"{path}/tuner.pkl")
-    if pickled.type != pafs.FileType.File or not pickled.size:
-        return False
-    snapshots = sorted(
-        entry.path
-        for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        if entry.base_name.startswith("experiment_state") and entry.base_name.endswith(".json")
-    )
-    if not snapshots:
-        return False
+def refuse_separate_stage_run(sweep_dir: str) -> None:
+    """A folder whose pre-training stage ran in a Tune run of its own (``tune-pretrain/``,
+    qsweep before the stage joined the sweep's run) cannot be continued: one line saying so,
+    naming the qsweep that wrote it."""
+    fs, path = storage.resolve(f"{sweep_dir.rstrip('/')}/{SEPARATE_STAGE_DIR}")
+    if not storage.exists(fs, path):
+        return
+    written_by = "an older qsweep"
     try:
-        with fs.open_input_stream(snapshots[-1]) as stream:
-            json.loads(stream.readall())
-    except (OSError, ValueError):
-        return False
-    return True
+        table = storage.read_trials(sweep_dir)
+        found = {json.loads(v).get("qsweep") for v in table.column("versions").to_pylist() if v}
+        if found - {None}:
+            written_by = "qsweep " + "/".join(sorted(found - {None}))
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        pass
+    raise SweepError(
+        f"{sweep_dir} was written by {written_by}, which ran the pre-training stage in a Tune "
+        f"run of its own ({SEPARATE_STAGE_DIR}/); this qsweep runs it inside the sweep's run "
+        "and cannot continue that folder: start the sweep again with `qsweep run SPEC "
+        "--overwrite` (or a new results location)"
+    )
+
+
+def tune_state_exists(sweep_dir: str) -> bool:
+    fs, path = storage.resolve(f"{sweep_dir.rstrip('/')}/{TUNE_DIR}")
+    return has_tune_state(fs, path)
 
 
 def restore_tuner(
@@ -363,13 +392,10 @@ def restore_tuner(
     sweep_dir: str,
     callbacks: list[tune.Callback],
     retry_failed: bool = False,
-    pretrain: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
-    with_stage: bool = False,
 ) -> tune.Tuner:
-    """Continue an interrupted sweep (or with ``pretrain`` its pre-training stage):
-    unfinished trials resume from their last checkpoint; trials that already failed for
-    good stay failed unless ``retry_failed``.
+    """Continue an interrupted sweep: unfinished trials resume from their last checkpoint;
+    trials that already failed for good stay failed unless ``retry_failed``.
 
     The search space goes in again (without the ``skip``ped, finished trials): Tune uses it
     only if its experiment state turns out unreadable and it restarts the experiment, which
@@ -377,10 +403,9 @@ def restore_tuner(
     """
     shorten_storage_errors()
     count_callbacks_lightly()  # Ray would import mlflow and wandb to count callbacks
-    stage_dir = PRETRAIN_TUNE_DIR if pretrain else TUNE_DIR
-    space, _, _ = encode(plan, pretrain, skip, with_stage)
+    space, _, _ = encode(plan, skip)
     tuner = tune.Tuner.restore(
-        f"{sweep_dir.rstrip('/')}/{stage_dir}",
+        f"{sweep_dir.rstrip('/')}/{TUNE_DIR}",
         make_trainable(plan, sweep_dir),
         resume_unfinished=True,
         resume_errored=retry_failed,
@@ -388,15 +413,8 @@ def restore_tuner(
     )
     # The restored run config carries the callbacks pickled at the first start; give it
     # fresh ones so the sink reloads what the Parquet holds now.
-    run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [
-        *callbacks,
-        StageFailures(plan, sweep_dir),
-        PruneCheckpoints(),
-        failures.FailOnce(plan.spec.retries),
-        BatchedTBXLogger(),
-        *_trackers(plan, sweep_dir),
-    ]
+    run_config = local_run_config(tuner)
+    run_config.callbacks = callback_list(plan, sweep_dir, callbacks)
     # A sweep started by an older qsweep pickled num_to_keep=1: new trials keep every checkpoint.
     run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=None)
     return tuner

@@ -12,16 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.errors import ConfigError  # noqa: F401 - raised here, defined torch-free
 from trainers.quant import QuantSpec
 from trainers.schedule import check_schedule
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("cpu", "cuda", "auto")
 EVAL_SPLITS = ("test", "validation")
-
-
-class ConfigError(ValueError):
-    """A user mistake in a trial configuration (one line, names the field)."""
 
 
 @dataclass(frozen=True)

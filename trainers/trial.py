@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.errors import TrialDiverged  # noqa: F401 - raised here, defined torch-free
 from contract.record import Evaluation
 from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
@@ -36,10 +37,6 @@ Report = Callable[..., None]
 
 # Seed offsets keep the model init, the batch order and the estimator's noise independent.
 _SAMPLER_SEED, _ESTIMATOR_SEED, _AUGMENT_SEED = 1_000_003, 2_000_029, 3_000_017
-
-
-class TrialDiverged(RuntimeError):
-    """The training loss became NaN or infinite: the trial is recorded as failed."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -358,14 +358,14 @@ def test_hostile_yaml_is_one_spec_error_quickly_and_runs_nothing(tmp_path, case)
     text, expected = HOSTILE[case]
     path = tmp_path / "spec.yaml"
     path.write_bytes(text.encode("latin-1"))
-    started = time.monotonic()
-    with pytest.raises(SpecError) as info:
+    started = time.thread_time()  # CPU seconds of this thread: a busy machine's load is not
+    with pytest.raises(SpecError) as info:  # counted (the worst case here takes ~1 s of CPU)
         load_spec(path)
     message = str(info.value)
     assert "\n" not in message and (
         message.startswith(f"{path}: {expected}") or message.startswith(expected)
     ), message
-    assert time.monotonic() - started < 10
+    assert time.thread_time() - started < 10
     assert not Path("/tmp/qsweep-pwned").exists()
 
 

@@ -4,10 +4,10 @@ without torch or Ray, ``validate`` checks a spec without Ray; ``status`` answers
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,14 +82,25 @@ def test_the_probe_sees_torch_when_a_command_imports_it(sweep_dir):
 
 
 def test_status_on_the_quick_results_is_fast(sweep_dir):
-    """Best of three, the whole command in a fresh interpreter (its imports included)."""
+    """Best of three, the whole command in a fresh interpreter (its imports included), in CPU
+    seconds (user + system) of that process: wall time on a busy machine measures the load
+    (2.7 s at load average 10 on 2 cores for 1.1 s of CPU), CPU time what status costs."""
     qsweep = Path(sys.executable).parent / "qsweep"
     command = [str(qsweep)] if qsweep.exists() else [sys.executable, "-m", "service.cli"]
-    times = []
+    cpu = []
     for _ in range(3):
-        start = time.perf_counter()
-        done = subprocess.run([*command, "status", str(sweep_dir)], capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        assert done.returncode == 0, done.stderr
-        assert "19 completed" in done.stdout
-    assert min(times) < 3.0, times  # 1.5 s on an idle 2-core machine; CI shares the cores
+        proc = subprocess.Popen(
+            [*command, "status", str(sweep_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output = proc.stdout.read()
+        _, wait_status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        proc.stdout.close()
+        cpu.append(usage.ru_utime + usage.ru_stime)
+        assert proc.returncode == 0, output
+        assert "19 completed" in output
+    # ~1.1 s on a 2-core machine, idle or busy; importing torch as well costs 3.3 s.
+    assert min(cpu) < 2.5, cpu

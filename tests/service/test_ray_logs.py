@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service.ray_logs import STORAGE_LOGGERS, shorten_storage_errors
+from service.ray_compat import STORAGE_LOGGERS, shorten_storage_errors
 
 
 def _record_of(logger_name: str, exc: BaseException) -> str:
@@ -26,8 +26,11 @@ def _record_of(logger_name: str, exc: BaseException) -> str:
         try:
             raise exc
         except BaseException:
-            logger.error("Saving experiment state to storage at '%s' failed with exception: ",
-                         "/results/sweep/tune", exc_info=sys.exc_info())
+            logger.error(
+                "Saving experiment state to storage at '%s' failed with exception: ",
+                "/results/sweep/tune",
+                exc_info=sys.exc_info(),
+            )
     finally:
         logger.removeHandler(handler)
     return lines[0]
@@ -41,8 +44,10 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_os_error(logger_name):
     full = OSError(errno.ENOSPC, "No space left on device")
     text = _record_of(logger_name, full)
     assert "Traceback" not in text and "\n" not in text
-    assert text == ("ERROR Saving experiment state to storage at '/results/sweep/tune' failed "
-                    "with exception: [Errno 28] No space left on device")
+    assert text == (
+        "ERROR Saving experiment state to storage at '/results/sweep/tune' failed "
+        "with exception: [Errno 28] No space left on device"
+    )
 
 
 def test_other_exceptions_keep_their_traceback():

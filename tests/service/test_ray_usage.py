@@ -1,5 +1,5 @@
 """Ray Tune's callback telemetry is counted without importing mlflow or wandb
-(``service.ray_usage``), and counts what Ray's own counting counts."""
+(``service.ray_compat``), and counts what Ray's own counting counts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, LoggerCallback
 
-from service.ray_usage import count_callbacks_by_name
+from service.ray_compat import count_callbacks_by_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ PROBE = """
 import json, sys
 from ray import tune
 from ray.air._internal import usage
-from service.ray_usage import count_callbacks_lightly
+from service.ray_compat import count_callbacks_lightly
 if sys.argv[1] == "light":
     count_callbacks_lightly()
 usage.tag_callbacks([tune.Callback()])

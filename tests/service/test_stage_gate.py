@@ -18,7 +18,7 @@ from service.stage_gate import (
     wait_for_stage,
 )
 from service.tune_config import encode
-from tests.service.harness import explain, write_spec
+from tests.service.harness import explain, user_error, write_spec
 
 RUN = ("--no-dashboard", "--num-cpus", 2)
 
@@ -67,7 +67,7 @@ def _stage_spec(tmp_path, name: str, **fields):
 
 def test_the_grid_runs_the_stage_first_then_trials_from_scratch_then_its_own(tmp_path):
     plan = load_spec(_stage_spec(tmp_path, "order"))
-    space, search, samples = encode(plan, with_stage=True)
+    space, search, samples = encode(plan)
     ids = space["planned_id"]["grid_search"]
     starts = [plan.planned[i].get("init_from") or "" for i in ids]
     assert search is None and samples == 1 and len(ids) == 5
@@ -97,3 +97,30 @@ def test_one_tune_run_stage_failure_fails_its_trials_only(qsweep, tmp_path):
             assert row["status"] == "failed"
             assert f"its pre-training stage {stage.trial_id} failed" in row["error"], row["error"]
     assert not (sweep / "tune-pretrain").exists() and (sweep / "tune").is_dir()
+
+
+def test_a_folder_with_a_separate_stage_run_is_refused_in_one_line(qsweep, tmp_path):
+    """An older qsweep ran the stage in a Tune run of its own (``tune-pretrain/``): resuming
+    such a folder says so, naming the qsweep that wrote it, instead of guessing."""
+    spec = write_spec(tmp_path, "old", grid={"estimators": ["ste"]}, budget={"steps": 5})
+    run = qsweep("run", spec, "--results", tmp_path / "results", *RUN)
+    assert run.returncode == 0, explain(run)
+    sweep = tmp_path / "results" / "old"
+    (sweep / "tune-pretrain").mkdir()
+    line = user_error(qsweep("resume", sweep))
+    assert "tune-pretrain" in line and "written by qsweep 0." in line and "--overwrite" in line
+
+
+def test_a_stage_needs_a_grid_search(tmp_path):
+    from service.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="pretrain: needs search.mode grid"):
+        parse_spec(
+            {
+                "name": "p",
+                "grid": {"estimators": ["ste"]},
+                "budget": {"steps": 5},
+                "pretrain": {"steps": 5},
+                "search": {"mode": "optuna", "num_samples": 2},
+            }
+        )

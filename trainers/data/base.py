@@ -14,17 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contract.errors import DatasetError  # noqa: F401 - raised here, defined torch-free
+
 #: Seed of every built-in train/test split and subsample. It is deliberately independent of
 #: the trial seed so that all trials of a sweep are scored on the very same test examples.
 SPLIT_SEED = 0
-
-
-class DatasetError(ValueError):
-    """A dataset could not be loaded because of the user's input (path, file, option)."""
-
-    def __init__(self, message: str) -> None:
-        # Sweep logs and Ray error tables show one line per trial: keep it that way.
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True, eq=False)  # tensor fields: field-wise == would be ambiguous
