@@ -21,13 +21,13 @@ from analysis import tradeoff
 from analysis.report_data import Report
 from analysis.report_text import (
     byte_unit,
-    display_headline,
     display_reach,
     fmt_number,
     ratio_sentences,
     spread_cells,
     status_line,
 )
+from analysis.summary import headline_rows
 from analysis.tradeoff import SETTING
 
 PAGE = "report.html"  # the page a report folder holds; ``--png`` adds the static one beside it
@@ -144,9 +144,10 @@ def render_page(report: Report, plots: list[str], intro: str = "") -> str:
     body = [
         f"<h1>qsweep report: {e(report.name)}</h1><p>{e(status_line(report))}</p>",
         *[f'<p class="note">{e(n)}</p>' for n in report.notes],
-        '<h2>Headline</h2><p>Median [min–max] over seeds; "within noise": the arm\'s range '
-        "overlaps the best arm's.</p>",
-        table(display_headline(report)),
+        '<h2>Headline</h2><p>Median [min–max] over seeds; "vs best" ranks arms within a '
+        'regime (from scratch, fine-tune) and bit-width; "within noise": the arm\'s range '
+        "overlaps the best arm's. The same table as the terminal's.</p>",
+        table(headline_rows(report.trials)[1]),
         *(_claims_section(report) if len(report.claims) else []),
         f"<h2>Compute to target ({e(report.metric)})</h2><ul>",
         *[f"<li>{e(s)}</li>" for s in ratio_sentences(report)],

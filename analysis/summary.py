@@ -109,3 +109,30 @@ def headline_table(trials: pd.DataFrame) -> pd.DataFrame:
             lower_is_better("eval_metric", same),
         )
     return table.reindex(columns=COLUMNS)
+
+
+def headline_rows(trials: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The headline as people read it — (its title, its rows as text) — the one table both
+    ``qsweep run``/``report`` print and report.html shows: per regime x arm x bits, done/failed,
+    the final eval metric and loss as median [min–max] over seeds, "vs best" within a regime."""
+    from analysis.bootstrap import fmt_spread
+    from analysis.tradeoff import metric_label
+
+    label = metric_label(trials)
+    title = f"final eval {label} (median [min–max] over seeds)"
+    rows = [
+        {
+            "regime": r.regime,
+            "arm": r.estimator,
+            "quantizer": r.quantizer,
+            "bits": str(r.bits),
+            "done/failed": f"{r.completed}/{r.failed}",
+            label: fmt_spread(r.metric_median, r.metric_min, r.metric_max),
+            "vs best": r.vs_best,
+            "eval loss": fmt_spread(r.loss_median, r.loss_min, r.loss_max),
+            "FLOPs": "-" if pd.isna(r.flops_mean) else f"{r.flops_mean:.2e}",
+        }
+        for r in headline_table(trials).itertuples()
+    ]
+    columns = ["regime", "arm", "quantizer", "bits", "done/failed", label, "vs best"]
+    return title, pd.DataFrame(rows, columns=[*columns, "eval loss", "FLOPs"])

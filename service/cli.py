@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 import os
 import sys
 from pathlib import Path
@@ -157,12 +156,11 @@ def _trial_table(plan: SweepPlan) -> Table:
 
 def print_headline(sweep_dir: str) -> None:
     """Median [min–max] over seeds per regime x arm x bits; "within noise" where an arm's range
-    overlaps the best arm's of its (regime, quantizer, bits) group."""
+    overlaps the best arm's of its (regime, quantizer, bits) group (``analysis.summary``: the
+    same rows as report.html's headline)."""
     from rich.markup import escape
 
-    from analysis.bootstrap import fmt_spread
-    from analysis.summary import headline_table
-    from analysis.tradeoff import metric_label
+    from analysis.summary import headline_rows
     from contract.storage import read_trials
 
     trials = read_trials(sweep_dir)
@@ -170,34 +168,12 @@ def print_headline(sweep_dir: str) -> None:
         console.print("no trials recorded yet")
         return
     frame = trials.to_pandas()
-    label = metric_label(frame)
-    table = Table(
-        title=escape(f"final eval {label} (median [min–max] over seeds)")
-    )  # [..] is not markup
-    for column in (
-        "regime",
-        "arm",
-        "quantizer",
-        "bits",
-        "done/failed",
-        label,
-        "vs best",
-        "eval loss",
-        "FLOPs",
-    ):
+    title, rows = headline_rows(frame)
+    table = Table(title=escape(title))  # [..] is not markup
+    for column in rows.columns:
         table.add_column(column)
-    for row in headline_table(frame).itertuples():
-        table.add_row(
-            row.regime,
-            escape(row.estimator),
-            row.quantizer,
-            str(row.bits),
-            f"{row.completed}/{row.failed}",
-            escape(fmt_spread(row.metric_median, row.metric_min, row.metric_max)),
-            row.vs_best,
-            escape(fmt_spread(row.loss_median, row.loss_min, row.loss_max)),
-            "-" if math.isnan(row.flops_mean) else f"{row.flops_mean:.2e}",
-        )
+    for row in rows.itertuples(index=False):
+        table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
     failed = frame[frame["status"] == "failed"]
     for row in failed.itertuples():

@@ -2,8 +2,8 @@
 network namespace of the test's own that has only a loopback interface.
 
 Nothing the nodes open is reachable from outside the namespace, so the tests may use Ray's
-default ports and several nodes, exactly as README.md's cluster section and the manifests
-in docker/ write them. Each ``ray start`` and command runs in a session of its own, which
+default ports and several nodes, exactly as docs/cluster.md and the manifests in docker/
+write them. Each ``ray start`` and command runs in a session of its own, which
 ``LocalCluster.close`` ends (Ray's daemons included).
 """
 
@@ -83,9 +83,7 @@ class Namespace:
 class LocalCluster:
     ns: Namespace
     token_file: Path
-    client_env: dict[
-        str, str
-    ]  # a user's shell on the head: the token as README.md's cluster section says
+    client_env: dict[str, str]  # a user's shell on the head: the token as docs/cluster.md says
     sessions: list[int] = field(default_factory=list)
     tempdirs: list[Path] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -109,7 +107,8 @@ class LocalCluster:
         """``ray start ...`` with ``--temp-dir`` of the node's own: a worker node otherwise
         takes the head's temp dir from the GCS, and nodes sharing one session folder on one
         machine share its runtime-env folder (separate machines never do). ``own_temp_dir=False``
-        starts a worker as README.md's command does on the head's machine: in the head's folder."""
+        starts a worker as docs/cluster.md's command does on the head's machine: in the head's
+        folder."""
         log = Path(env["RAY_TMPDIR"], "start.log")
         self.logs.append(log)
         if own_temp_dir:
@@ -164,7 +163,7 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with ExitStack() as stack:
         ns = Namespace()
         stack.callback(ns.close)
-        token_file = tmp_path / "ray_auth_token"  # as README.md's cluster section makes it
+        token_file = tmp_path / "ray_auth_token"  # as docs/cluster.md makes it
         token_file.write_text(secrets.token_hex(32))
         client = cli_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
         client.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")

@@ -1,7 +1,7 @@
 """Cost measurement: FLOPs of a forward/backward, and peak tensor memory of a step.
 
 FLOPs are counted once per model with ``FlopCounterMode`` and multiplied by the pass
-counts every estimator reports (estimators.md). Peak memory counts live tensor bytes
+counts every estimator reports (docs/estimators.md). Peak memory counts live tensor bytes
 (parameters, gradients, optimizer state, activations, temporaries) during one training
 step, so it compares estimators rather than process overheads: CUDA's allocator stats on
 GPU, a dispatch-mode storage tracker on CPU (the CPU allocator keeps no statistics).

@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--optimizer", default=defaults.optimizer)
     p.add_argument(
-        "--lr", type=float, default=None, help="default: the estimator's own (see README)"
+        "--lr",
+        type=float,
+        default=None,
+        help="default: the estimator's own (see docs/estimators.md)",
     )
     p.add_argument("--momentum", type=float, default=defaults.momentum)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -3,7 +3,7 @@
 The lr follows the same progress in [0, 1] as FOGZO's beta (the larger of the step and
 FLOP fractions of the budget), so a step budget and a FLOP budget decay alike, and a
 resumed trial, whose counters are restored, replays the exact same lr sequence. FOGZO's
-extra variance late in a run needs a small late lr (estimators.md), hence linear/cosine.
+extra variance late in a run needs a small late lr (docs/estimators.md), hence linear/cosine.
 """
 
 from __future__ import annotations

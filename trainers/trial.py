@@ -106,7 +106,7 @@ def run_trial(
     loss_fn = task.loss_fn
     augment_gen = torch.Generator().manual_seed(cfg.seed + _AUGMENT_SEED)
 
-    # Cost of one pass on a full training batch, measured once (estimators.md).
+    # Cost of one pass on a full training batch, measured once (docs/estimators.md).
     probe = torch.arange(min(cfg.batch_size, len(train_x)), device=device)
     cost = measure_cost(model, loss_fn, (train_x[probe], train_y[probe]))
     estimator = build_estimator(

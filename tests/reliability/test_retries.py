@@ -141,7 +141,7 @@ def test_a_divergence_fails_once_and_a_killed_worker_is_retried(qsweep, tmp_path
     assert (
         nspsa["error_traceback"]
         .rstrip()
-        .endswith(f"trainers.trial.TrialDiverged: {nspsa['error']}")
+        .endswith(f"contract.errors.TrialDiverged: {nspsa['error']}")
     )
     assert [r["step"] for r in curves[planned["nspsa"]]] == [
         0

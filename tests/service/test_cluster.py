@@ -99,7 +99,7 @@ def cluster():
         cli = None
         try:
             # One session directory serves every node here, runtime-env folder included, as when
-            # README.md's `ray start` commands run on one machine: a submitted job must not
+            # docs/cluster.md's `ray start` commands run on one machine: a submitted job must not
             # depend on a package in it (Ray deletes one when the node's last worker using it
             # exits).
             workers = [cluster.add_node(num_cpus=1) for _ in (1, 2)]
@@ -224,8 +224,8 @@ def test_submit_without_the_clusters_token_exits_2_with_one_line_saying_what_to_
 
 
 def test_submit_on_a_cluster_started_by_hand_as_the_readme_says_succeeds_exactly_once(tmp_path):
-    """README.md's "By hand" commands on one machine (a network namespace of the test's own):
-    a head with ``--num-cpus 0`` and token auth, one worker started as the README writes it
+    """docs/cluster.md's "By hand" commands on one machine (a network namespace of the test's
+    own): a head with ``--num-cpus 0`` and token auth, one worker started as the docs write it
     (on one host it joins the head's temp folder) and one with a folder of its own, each node a
     ``ray start --block`` with distinct agent ports. Trial workers come and go for 12 trials;
     the job must end SUCCEEDED with every row exactly once (it ended FAILED with a bare

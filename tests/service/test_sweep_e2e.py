@@ -223,7 +223,7 @@ def test_a_trial_that_raises_and_one_that_diverges_fail_and_the_rest_complete(qs
     )  # the traceback beside it
     assert (
         diverged["error_traceback"].strip().splitlines()[-1]
-        == f"trainers.trial.TrialDiverged: {diverged['error']}"
+        == f"contract.errors.TrialDiverged: {diverged['error']}"
     )
     for estimator in ("ste", "fogzo", "nspsa"):
         row = rows[estimator, "mnist"]
@@ -233,7 +233,7 @@ def test_a_trial_that_raises_and_one_that_diverges_fail_and_the_rest_complete(qs
         )
         assert (
             row["error_traceback"].strip().splitlines()[-1]
-            == f"trainers.data.base.DatasetError: {row['error']}"
+            == f"contract.errors.DatasetError: {row['error']}"
         )
         assert "\x1b[" not in row["error_traceback"]
 

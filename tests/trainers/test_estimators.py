@@ -87,7 +87,7 @@ def test_same_seed_gives_the_same_step(name):
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 @pytest.mark.parametrize("n", [1, 3])
 def test_cost_accounting_matches_the_table(name, n):
-    expected = {  # (forwards, backwards) per step, estimators.md
+    expected = {  # (forwards, backwards) per step, docs/estimators.md
         "ste": (1, 1),
         "nspsa": (2 * n, 0),
         "fogzo": (1 + 2 * n, 1),

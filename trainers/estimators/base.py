@@ -20,7 +20,7 @@ class CostModel:
     """FLOPs of one forward and one backward pass on a training mini-batch.
 
     Measured once per model with ``FlopCounterMode``; a backward that could not be
-    measured counts as two forwards (estimators.md).
+    measured counts as two forwards (docs/estimators.md).
     """
 
     forward_flops: float
@@ -104,7 +104,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
     Perturbed (zeroth-order) forwards run here, as MeZO's reference code does: BatchNorm
     reads its running statistics and never writes them, dropout is off, so the 2n losses of
-    a step differ only by their perturbations (estimators.md).
+    a step differ only by their perturbations (docs/estimators.md).
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

@@ -41,8 +41,8 @@ from trainers.quant.layers import quantized_layers, snap_to_grid
 @dataclass(frozen=True)
 class MeZOConfig:
     """``eps`` is larger than the paper's 1e-3 (float fine-tuning): on low-bit weights a rounding
-    flip inside the +-eps probe, divided by 2 eps, made steps explode (README, "Default learning
-    rates"); 0.03 is a fraction of a 2-bit grid step of the MLP."""
+    flip inside the +-eps probe, divided by 2 eps, made steps explode (docs/estimators.md,
+    "Default learning rates"); 0.03 is a fraction of a 2-bit grid step of the MLP."""
 
     lr: float = 2e-3  # in place, no optimizer: the lr is the estimator's own
     n: int = 1

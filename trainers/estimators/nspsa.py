@@ -22,7 +22,8 @@ class NSPSAConfig:
     """n directions; ``eps_mode='alpha'`` scales eps per layer by the grid step (see perturb.py)."""
 
     # lr when a trial sets none, per optimizer: SGD diverged at 3e-3 on 2-bit digits (and at
-    # the old shared 0.05 everywhere), Adam degraded at 3e-2 (README, "Default learning rates").
+    # the old shared 0.05 everywhere), Adam degraded at 3e-2 (docs/estimators.md, "Default
+    # learning rates").
     default_lr: ClassVar[dict[str, float]] = {"sgd": 5e-4, "adam": 3e-3}
 
     n: int = 1

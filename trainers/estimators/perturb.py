@@ -48,7 +48,7 @@ def perturbation_plan(
 
     ``alpha``: a quantized weight is perturbed by ``alpha_l * eps_bar * u`` with ``alpha_l``
     its grid step and ``u`` unit-variance noise matched to the STE surrogate (the table in
-    estimators.md); float tensors (biases, LSQ steps) use the mean of those scales.
+    docs/estimators.md); float tensors (biases, LSQ steps) use the mean of those scales.
     ``fixed``: every tensor uses ``eps`` with the same noise shapes.
     """
     if eps_mode not in EPS_MODES:

@@ -54,7 +54,7 @@ from trainers.quant.layers import quantized_layers, snap_to_grid
 class QFOConfig:
     # In place, no optimizer: the lr is the estimator's own. Its default was measured on the
     # MLP (digits, a 30-feature table; 2/4/8 bits), 10x below where training stalled
-    # (README, "Default learning rates").
+    # (docs/estimators.md, "Default learning rates").
     lr: float = 0.1
     grad_bits: int | None = 8  # None: float gradients (ablation)
     master_weights: MasterWeights = "fp32"  # docs/estimators.md, QuZO, "Storage of θ̄"

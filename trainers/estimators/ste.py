@@ -15,7 +15,8 @@ class STEConfig:
     """The surrogate itself is chosen by the quantizer (``QuantSpec.surrogate``)."""
 
     # lr when a trial sets none, per optimizer: measured on the MLP (digits, a 30-feature
-    # table; 2/4/8 bits), >= 10x below where training degraded (README, "Default learning rates").
+    # table; 2/4/8 bits), >= 10x below where training degraded (docs/estimators.md, "Default
+    # learning rates").
     default_lr: ClassVar[dict[str, float]] = {"sgd": 0.02, "adam": 1e-3}
 
 

@@ -118,7 +118,7 @@ def fp8_spacing(x: Tensor, fmt: str) -> Tensor:
 
 # --- STE surrogates -------------------------------------------------------------------
 #
-# A surrogate is the derivative of E[Q(x + t)] for a noise t matched to it (estimators.md):
+# A surrogate is the derivative of E[Q(x + t)] for a noise t matched to it (docs/estimators.md):
 # identity <-> uniform noise of one grid step (exactly 1 inside the grid), clipped/hardtanh
 # <-> the same but zero outside the grid, tanh <-> logistic noise, approxsign <-> triangular
 # noise. On the 1-bit sign grid (gap 2 between the levels) these are the textbook

@@ -89,7 +89,7 @@ def _channel_reduce(w: Tensor, per_channel: bool, fn) -> Tensor:
 class Quantizer(nn.Module):
     """Common interface; subclasses define the grid."""
 
-    noise_kind = "uniform"  # smoothing noise matched to the surrogate (estimators.md table)
+    noise_kind = "uniform"  # smoothing noise matched to the surrogate (docs/estimators.md)
     noise_std_per_step = 1 / (2 * math.sqrt(3))
 
     def step_size(self, w: Tensor) -> Tensor:
