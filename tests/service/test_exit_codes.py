@@ -115,6 +115,9 @@ class StubJobServer:
     def get_job_logs(self, job_id):
         return "1 of 2 trials failed; exit 1 (--allow-failures exits 0)"
 
+    def get_job_info(self, job_id):  # a sweep that ran and exited 1: failed trials
+        return type("Info", (), {"driver_exit_code": 1, "message": "exit code 1"})()
+
 
 @pytest.mark.parametrize(
     ("status", "flags", "code"),

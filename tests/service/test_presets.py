@@ -251,6 +251,8 @@ def test_repro_quzo_runs_pretraining_then_all_four_methods(qsweep, tmp_path):
 @pytest.mark.parametrize("estimator,lr", [("quzo", 0.05), ("qfo", 0.1)])
 @pytest.mark.parametrize("quantizer,bits", [("int", 8), ("int", 4), ("fp8_e4m3", 8)])
 def test_quzo_finetuning_keeps_weights_on_the_grid(tmp_path, quantizer, bits, estimator, lr):
+    """With ``master_weights: none`` (weights stored on the grid; the default, ``fp32``, keeps a
+    float copy as the QuZO authors' code does) the fine-tuned weights end on the grid."""
     base = {"model": "mlp", "dataset": "digits", "num_evals": 1, "threads": 1}
     run_trial(
         {
@@ -270,6 +272,7 @@ def test_quzo_finetuning_keeps_weights_on_the_grid(tmp_path, quantizer, bits, es
             "quantizer": quantizer,
             "bits": bits,
             "estimator": estimator,
+            "estimator_options": {"master_weights": "none"},
             "lr": lr,
             "steps": 30,
             "init_from": str(tmp_path / "pre.pt"),
