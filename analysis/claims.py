@@ -67,7 +67,7 @@ from contract.schema import ARM_SETTING_COLUMNS, option_columns
 
 MIN_SEEDS = 3
 PAPER_SCALE = "paper"
-# presets name a sweep <name>-<scale> (service.spec.apply_scale): only ever LOWERS a verdict
+# presets name a sweep <name>-<scale> (service.spec_loading.apply_scale): only ever LOWERS a verdict
 _SCALE_SUFFIX = re.compile(r"-(smoke|wide|paper)$")
 VERDICTS = ("reproduced", "direction only", "not reproduced", "unresolved")
 KINDS = ("paper claim", "our question")

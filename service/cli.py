@@ -31,7 +31,7 @@ from service import crashlog
 from service.errors import SpecError, SweepError
 
 if TYPE_CHECKING:
-    from service.spec import SweepPlan
+    from service.plan import SweepPlan
 
 app = typer.Typer(
     add_completion=False,
@@ -187,7 +187,8 @@ def print_headline(sweep_dir: str) -> None:
 @user_errors
 def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
     """Parse and expand a sweep spec; print the trial table (exit 2 on errors)."""
-    from service.spec import input_problems, load_spec
+    from service.plan import input_problems
+    from service.spec_loading import load_spec
 
     plan = load_spec(spec_file, scale, check_files=False)
     console.print(_trial_table(plan))
@@ -199,7 +200,7 @@ def validate(spec_file: Path, scale: ScaleOpt = None) -> None:
 
 def _spec_from(spec_file: Path | None, spec_env: str | None, scale: str | None) -> SweepPlan:
     """The spec from a file, or (a submitted job) from an environment variable."""
-    from service.spec import load_spec, load_spec_text
+    from service.spec_loading import load_spec, load_spec_text
 
     if spec_env:
         text = os.environ.get(spec_env)
@@ -436,7 +437,7 @@ def submit(
     --wait then exits 1.
     """
     from service.jobs import submit_sweep
-    from service.spec import load_spec
+    from service.spec_loading import load_spec
 
     plan = load_spec(spec_file, scale, check_files=False)  # the job checks them on the cluster
     job_id, status_text, note = submit_sweep(

@@ -76,7 +76,7 @@ def _now() -> datetime:
 class ResultsLedger:
     """Every trial's row, curve and probes of one sweep folder: in memory, written through.
 
-    Trials are known by our trial id (``service.spec``'s, stable across drivers); a trial must
+    Trials are known by our trial id (``service.plan``'s, stable across drivers); a trial must
     be ``register``-ed before its other events. Each event method applies the module's rules
     and writes what changed; after a failed write nothing more is written (``write_error``).
 

@@ -24,8 +24,8 @@ from contract import journal, storage
 from contract.schema import PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from contract.storage import first_line
 from service.errors import SweepError
+from service.plan import SweepPlan
 from service.sink import ParquetSink
-from service.spec import SweepPlan
 from service.status import load_stored_plan
 
 

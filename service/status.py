@@ -17,10 +17,10 @@ from contract import journal, storage
 from contract.curves import count_curve_rows
 from contract.schema import CURVES_DIR, PLAN_FILE, SPEC_FILE, TRIALS_FILE
 from contract.storage import first_line
-from service.errors import SweepError
+from service.errors import SpecError, SweepError
 
 if TYPE_CHECKING:
-    from service.spec import SweepPlan
+    from service.plan import SweepPlan
 
 STATUSES = ("completed", "running", "failed", "stopped")
 
@@ -41,7 +41,7 @@ def stored_plan(sweep_dir: str) -> dict[str, Any]:
 
 def load_stored_plan(sweep_dir: str) -> SweepPlan:
     """The plan of the spec stored in a sweep folder, expanded again (imports the trainers)."""
-    from service.spec import SpecError, parse_spec
+    from service.spec_loading import parse_spec
 
     fs, path = storage.resolve(sweep_dir)
     text = storage.read_text(fs, storage.join(path, SPEC_FILE))

@@ -42,8 +42,8 @@ from ray import tune
 from ray.tune.logger import LoggerCallback
 
 from contract.record import CURVE_METRICS
+from service.plan import SweepPlan
 from service.report_batch import rows
-from service.spec import SweepPlan
 from service.trial_index import TrialIndex
 
 TRACKED_METRICS = ("step", *CURVE_METRICS, "progress", "current_lr")

@@ -2,7 +2,7 @@
 
 The Parquet sink, the progress view and the trackers each need our trial id and full config
 of a Tune trial (``service.tune_config.decode`` against the plan) and, for a planned trial,
-its trials-table columns (built once with the plan, ``service.spec.PlannedTrial``). Each
+its trials-table columns (built once with the plan, ``service.plan.PlannedTrial``). Each
 Tune trial is decoded once, here, whichever callback asks first. Ray-free.
 """
 

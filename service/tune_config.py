@@ -13,7 +13,8 @@ import dataclasses
 import json
 from typing import Any
 
-from service.spec import STAGE_PREFIX, TRIAL_FIELDS, SweepPlan, SweepSpec
+from service.plan import STAGE_PREFIX, SweepPlan
+from service.spec import TRIAL_FIELDS, SweepSpec
 from trainers.estimators import ESTIMATORS
 
 

@@ -29,6 +29,7 @@ from service import failures
 from service.credentials import keep_cloud_keys_out_of_runtime_env
 from service.errors import SweepError
 from service.limits import LimitWatchdog
+from service.plan import STAGE_PREFIX, SweepPlan
 from service.protocol import (
     PROTOCOL_KEY,
     TUNED,
@@ -48,7 +49,6 @@ from service.ray_compat import (
     shorten_storage_errors,
 )
 from service.report_batch import REPORT_EVERY_S, ReportBatcher, newest, rows
-from service.spec import STAGE_PREFIX, SweepPlan
 from service.stage_gate import mark_failed, stage_model_path, wait_for_stage
 from service.trial_index import TrialIndex
 from service.tune_config import decode, encode

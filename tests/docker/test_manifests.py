@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from service.spec import parse_spec
+from service.spec_loading import parse_spec
 from tests.nodes import LocalCluster, local_cluster, wait_for_nodes
 from tests.service.harness import (
     VENV_BIN,
@@ -530,7 +530,7 @@ def test_every_ray_command_in_the_docs_is_real():
 
 
 def test_the_sweep_specs_in_the_docs_are_valid():
-    from service.spec import parse_spec
+    from service.spec_loading import parse_spec
 
     text = _cluster_section()
     blocks = [yaml.safe_load(body) for lang, body in code_blocks(text) if lang == "yaml"]

@@ -4,7 +4,7 @@ nothing written; a sweep name can never leave the results folder. Corrupt, trunc
 foreign Parquet is one clear ``ResultsError`` in analysis and one line, exit 2, from
 ``qsweep status``/``report``. And no code path unpickles a user-supplied file.
 
-The fuzzing runs in-process on ``service.spec.parse_spec`` / ``load_spec`` (what ``qsweep
+The fuzzing runs in-process on ``service.spec_loading.parse_spec`` / ``load_spec`` (what ``qsweep
 validate`` calls); a handful of cases go through the CLI too. Hypothesis runs derandomized
 and without its example database, so CI sees the same cases every time and writes nothing.
 """
@@ -25,11 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.load import ResultsError, load_results
-from service.errors import SweepError
+from service.errors import SpecError, SweepError
 from service.rows import trials_schema
 from service.runner import SweepRun, _callbacks, sweep_location
 from service.sink import config_columns
-from service.spec import SpecError, SweepSpec, load_spec, parse_spec
+from service.spec import SweepSpec
+from service.spec_loading import load_spec, parse_spec
 from service.status import sweep_status
 from tests.service.harness import user_error, write_spec
 

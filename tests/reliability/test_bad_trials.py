@@ -18,8 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from service.errors import SpecError
 from service.limits import LimitWatchdog, TrialLimitExceeded, resident_bytes
-from service.spec import SpecError, load_spec, parse_spec
+from service.spec_loading import load_spec, parse_spec
 from tests.service.harness import explain, write_spec
 from trainers.trial import TrialDiverged
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.reliability.helpers import (
     TEMP_NAME,
     CreateWatch,

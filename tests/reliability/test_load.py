@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.reliability.helpers import RssSampler, check_every_trial_once, wait_for
 from tests.service.harness import explain, write_spec
 

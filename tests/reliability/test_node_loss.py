@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.reliability.helpers import check_every_trial_once, poll_state, wait_for
 from tests.service.harness import (
     VENV_BIN,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.reliability.helpers import poll_state, session_pids, wait_for
 from tests.service.harness import explain, read_state, write_spec
 

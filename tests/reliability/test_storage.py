@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.load import combine, load_results
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from service.tuner import tune_state_exists
 from tests.reliability.helpers import (
     check_every_trial_once,

@@ -45,7 +45,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     import pyarrow.parquet as pq
     import yaml
 
-    from service.spec import parse_spec
+    from service.spec_loading import parse_spec
     from tests.service.quick_golden import shortened_quick_spec
 
     folder = tmp_path_factory.mktemp("results") / "quick-golden"

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service import cli, jobs
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.service.harness import explain, user_error, write_spec
 
 RUN = ("--no-dashboard", "--num-cpus", 2)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from service.spec import SpecError, parse_spec
+from service.errors import SpecError
+from service.spec_loading import parse_spec
 from tests.service.harness import user_error
 
 BASE = {

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pytest
 
 from contract.storage import read_trials
+from service.errors import SpecError
 from service.ledger import ResultsLedger
-from service.spec import SpecError, parse_spec
+from service.spec_loading import parse_spec
 from tests.service.toy_estimator import DampedSTE
 from trainers import run_trial
 from trainers.estimators import ESTIMATORS, register_estimator

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from service.ledger import ResultsLedger
-from service.spec import parse_spec
+from service.spec_loading import parse_spec
 from trainers.config import TrialConfig
 
 SPEC = {

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from service.spec import SpecError, load_spec
+from service.errors import SpecError
+from service.spec_loading import load_spec
 from tests.service.harness import explain
 from trainers import run_trial
 from trainers.quant import functional as qf

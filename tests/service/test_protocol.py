@@ -14,6 +14,7 @@ from analysis import claims
 from analysis.load import load_results
 from analysis.tradeoff import add_arms, attach_arms
 from contract.storage import read_trials
+from service.errors import SpecError
 from service.protocol import (
     PROTOCOL_KEY,
     choose_best,
@@ -22,7 +23,7 @@ from service.protocol import (
     role_of,
     tuned_settings,
 )
-from service.spec import SpecError, parse_spec
+from service.spec_loading import parse_spec
 from service.stage_gate import StageFailed
 from tests.service.harness import explain
 from trainers.data import load_dataset

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.service.harness import (
     explain,
     kill_session,

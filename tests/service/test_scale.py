@@ -24,7 +24,7 @@ from benchmarks.scale import CONCURRENT, TRIAL_CPU, make_trivial_trainable, spec
 from contract.storage import read_results
 from service.ledger import ResultsLedger
 from service.runner import _callbacks, prepare
-from service.spec import parse_spec
+from service.spec_loading import parse_spec
 from service.tuner import build_tuner
 
 TRIALS = 2000

@@ -29,7 +29,7 @@ from service.failure_text import GENERIC_ACTOR_LINES
 from service.failures import FAILURE_KEY, TRACEBACK_KEY
 from service.rows import trials_schema
 from service.sink import ParquetSink, read_results
-from service.spec import parse_spec
+from service.spec_loading import parse_spec
 from trainers.estimators import default_eps, default_lr
 
 TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it

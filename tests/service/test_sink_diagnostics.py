@@ -8,7 +8,7 @@ from ray.tune.experiment import Trial
 from contract.schema import DIAGNOSTIC_FIGURES, DIAGNOSTICS_SCHEMA, SCHEMA_VERSION
 from contract.storage import read_diagnostics, read_results
 from service.sink import ParquetSink
-from service.spec import parse_spec
+from service.spec_loading import parse_spec
 from trainers.diagnostics import FIGURES
 
 

@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from service.spec import SpecError, load_spec, parse_spec
+from service.errors import SpecError
+from service.spec_loading import load_spec, parse_spec
 from service.tune_config import decode as resolve_trial
 from trainers.estimators import default_eps, default_lr
 

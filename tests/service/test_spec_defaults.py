@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
+from service.errors import SpecError
 from service.rows import config_columns
-from service.spec import SpecError, parse_spec
+from service.spec_loading import parse_spec
 from service.tune_config import decode as resolve_trial
 from trainers.estimators import ESTIMATORS, default_eps, default_lr
 

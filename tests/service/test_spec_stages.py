@@ -6,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from service.spec import STAGE_PREFIX, SpecError, load_spec, parse_spec
+from service.errors import SpecError
+from service.plan import STAGE_PREFIX
+from service.spec_loading import load_spec, parse_spec
 from tests.service.harness import explain
 from trainers import run_trial
 

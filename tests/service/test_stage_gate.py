@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from service.stage_gate import (
     StageFailed,
     clear_failed,
@@ -112,7 +112,8 @@ def test_a_folder_with_a_separate_stage_run_is_refused_in_one_line(qsweep, tmp_p
 
 
 def test_a_stage_needs_a_grid_search(tmp_path):
-    from service.spec import SpecError, parse_spec
+    from service.errors import SpecError
+    from service.spec_loading import parse_spec
 
     with pytest.raises(SpecError, match="pretrain: needs search.mode grid"):
         parse_spec(

@@ -21,7 +21,7 @@ from contract.curves import LAYOUT_FILE, read_curves
 from contract.journal import without_fold_mark
 from contract.schema import CURVES_SCHEMA, SCHEMA_VERSION
 from service.rows import trials_schema
-from service.spec import load_spec
+from service.spec_loading import load_spec
 from tests.service.harness import explain, user_error, write_spec
 
 TRIALS_SCHEMA = trials_schema()  # the trials table as the ledger writes it

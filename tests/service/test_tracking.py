@@ -26,8 +26,9 @@ from wandb.proto import wandb_internal_pb2
 
 import service.tracking
 from service.errors import SpecError
+from service.plan import input_problems
 from service.report_batch import EVALUATIONS
-from service.spec import input_problems, parse_spec
+from service.spec_loading import parse_spec
 from service.tracking import QsweepMLflowCallback, QsweepWandbCallback
 from tests.service.harness import explain, read_state, user_error, write_spec
 
