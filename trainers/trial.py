@@ -2,23 +2,21 @@
 
 Reads top to bottom like a training script: build data, model, quantizer, estimator and
 optimizer; loop until the step or FLOP budget is spent; evaluate at evenly spaced points
-of the budget and hand every evaluation to ``report``. No Ray here — the sweep service
+of the budget and hand every evaluation to ``report``. The counters, the evaluation
+schedule and the checkpoint format live in ``trainers.trial_state``. No Ray here — the sweep service
 wraps this function, and anything else (a notebook, a test, ``python -m trainers.run``)
 can call it directly.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from contract.errors import TrialDiverged  # noqa: F401 - raised here, defined torch-free
+from contract.errors import TrialDiverged  # noqa: F401 - importable from here, defined torch-free
 from contract.record import Evaluation
 from trainers.checkpoints import load_model, save_model
 from trainers.config import TrialConfig
@@ -27,11 +25,11 @@ from trainers.data.validation import hold_out_validation
 from trainers.diagnostics import probe as diagnostics_probe
 from trainers.estimators import build_estimator
 from trainers.inputs import dataset_call_options, model_call_options
-from trainers.metering import measure_cost, track_peak_memory
+from trainers.metering import measure_cost
 from trainers.models import build_model
-from trainers.quant import precision_summary, quantize_model
-from trainers.schedule import lr_at
+from trainers.quant import quantize_model
 from trainers.tasks import TASKS
+from trainers.trial_state import TrialState
 
 Report = Callable[..., None]
 
@@ -115,134 +113,52 @@ def run_trial(
     estimator.prepare(model)
     optimizer = None if estimator.updates_in_place else make_optimizer(cfg, model)
 
-    num_params = sum(p.numel() for p in model.parameters())
     diagnostics = cfg.diagnostics_settings()  # None: no gradient-quality probe
     if diagnostics is not None:  # one fixed probe batch: the first batch_size training examples
         probe_batch = (train_x[: diagnostics["batch_size"]], train_y[: diagnostics["batch_size"]])
-    counters = {"step": 0, "forwards": 0, "backwards": 0, "flops": 0.0, "wall_s": 0.0}
-    peak_memory, next_eval, losses = 0, 1, []
+
+    state = TrialState(cfg, model, optimizer, estimator, sampler, augment_gen)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        estimator.load_state_dict(resume_state["estimator"])
-        sampler.load_state_dict(resume_state["sampler"])
-        augment_gen.set_state(resume_state["augment"])
-        counters.update(resume_state["counters"])
-        peak_memory, next_eval = resume_state["peak_memory"], resume_state["next_eval"]
+        state.restore(resume_state)
 
-    def progress() -> float:
-        by_steps = counters["step"] / cfg.steps if cfg.steps else 0.0
-        by_flops = counters["flops"] / cfg.flops if cfg.flops else 0.0
-        return max(by_steps, by_flops)
-
-    def set_lr() -> float:
-        """The scheduled lr for the coming step, written where the update reads it."""
-        lr = lr_at(cfg.lr, cfg.lr_schedule, cfg.warmup, progress())
-        if optimizer is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        if estimator.updates_in_place:  # MeZO, QuZO, QFO: no optimizer, they read their own lr
-            estimator.lr = lr
-        return lr
-
-    current_lr = lr_at(cfg.lr, cfg.lr_schedule, cfg.warmup, progress())
-    layer_bits = precision_summary(
-        model
-    )  # reported once per call: first / last / exclude overrides
-
-    def emit(done: bool) -> dict[str, Any]:
-        nonlocal layer_bits
+    def evaluate(done: bool) -> Evaluation:
+        """Score the test split and hand the record (and, with save_state, a snapshot) on."""
         eval_loss, eval_metric = task.evaluate(model, test_x, test_y, cfg.eval_batch_size)
-        describe = getattr(estimator, "describe", None)
-        metrics: Evaluation = {
-            **(describe() if describe is not None else {}),  # never overrides the keys below
-            **counters,
-            "train_loss": sum(losses) / len(losses) if losses else math.nan,
-            "eval_loss": eval_loss,
-            "eval_metric": eval_metric,
-            "peak_memory_bytes": peak_memory,
-            "num_params": num_params,
-            "metric_name": task.metric_name,
-            "progress": min(progress(), 1.0),
-            "current_lr": current_lr,
-            "done": done,
-        }
-        if layer_bits is not None:
-            metrics["layer_bits"], layer_bits = layer_bits, None
-        losses.clear()
-        if diagnostics is not None and (next_eval - 1) % diagnostics["every"] == 0:
+        metrics = state.metrics(eval_loss, eval_metric, task.metric_name, done=done)
+        if diagnostics is not None and state.eval_point % diagnostics["every"] == 0:
             # Never touches the model, its buffers or the estimator's RNG; cost kept apart.
             metrics["diagnostics"] = diagnostics_probe(
                 model,
                 estimator,
                 loss_fn,
                 probe_batch,
-                progress(),
+                state.progress(),
                 diagnostics,
                 cfg.seed,
-                counters["step"],
+                state.counters["step"],
                 len(probe),
             )
         if save_state:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict() if optimizer else None,
-                "estimator": estimator.state_dict(),
-                "sampler": sampler.state_dict(),
-                "augment": augment_gen.get_state(),
-                "counters": dict(counters),
-                "peak_memory": peak_memory,
-                "next_eval": next_eval,
-            }
-            report(
-                metrics, state=copy.deepcopy(state)
-            )  # a snapshot: training mutates these tensors
+            report(metrics, state=state.snapshot())
         else:
             report(metrics)
         return metrics
 
-    metrics = emit(done=False) if resume_state is None else {}
-    while progress() < 1.0:
+    metrics = evaluate(done=False) if resume_state is None else {}
+    while state.progress() < 1.0:
         idx = sampler.next_indices().to(device)
         inputs = train_x[idx]
         if data.augment is not None:
             inputs = data.augment(inputs, augment_gen)
         batch = (inputs, train_y[idx])
-        current_lr = set_lr()  # from progress, which the counters restore: a resume replays it
-
-        def train_step(batch=batch):
-            result = estimator.step(model, loss_fn, batch, progress())
-            if optimizer is not None:
-                optimizer.step()
-            return result
-
-        started = time.perf_counter()
-        if counters["step"] < 2:
-            # Peak memory over the first two steps: Adam-like optimizers create their state
-            # inside the first step, so only from the second is it live through the backward.
-            result, peak = track_peak_memory(
-                train_step, [m for m in (model, optimizer) if m], device
-            )
-            peak_memory = max(peak_memory, peak)
-        else:
-            result = train_step()
-        counters["wall_s"] += time.perf_counter() - started
-        if not math.isfinite(result.loss):
-            raise TrialDiverged(
-                f"{cfg.estimator}: training loss became {result.loss} "
-                f"at step {counters['step'] + 1}"
-            )
-        counters["step"] += 1
-        counters["forwards"] += result.forwards
-        counters["backwards"] += result.backwards
-        counters["flops"] += result.flops
-        losses.append(result.loss)
-        finished = progress() >= 1.0
+        state.set_lr()
+        result = state.step(loss_fn, batch, device)
+        state.record(result)  # raises TrialDiverged on a NaN/inf loss
+        finished = state.progress() >= 1.0
         if finished and cfg.save_model_to:
             # Before the last report: a runner may stop the trial as soon as it sees done.
             save_model(model, cfg.save_model_to)
-        if finished or progress() * cfg.num_evals >= next_eval:
-            next_eval = math.floor(progress() * cfg.num_evals) + 1
-            metrics = emit(done=finished)
+        if finished or state.due_for_eval():
+            state.schedule_next_eval()
+            metrics = evaluate(done=finished)
     return metrics
