@@ -19,12 +19,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from analysis.report_data import GROUP, TASK, Report
+from analysis.report_data import GROUP, TASK, TRIAL_CURVE_POINTS, Report
 from analysis.report_page import PAGE, render_page
 from analysis.report_text import byte_unit
 from analysis.tradeoff import metric_label
@@ -115,6 +116,22 @@ def _joined(rows: pd.DataFrame, by: str, columns: list[str]) -> dict[str, list[A
     return out
 
 
+def _rows_of(*columns: list[Any]) -> np.ndarray:
+    """Hover data as one object array: plotly checks a list of tuples element by element
+    (seconds for 100k points), an array at once; it is written to the page as lists."""
+    out = np.empty((len(columns[0]), len(columns)), dtype=object)
+    for k, column in enumerate(columns):
+        out[:, k] = column
+    return out
+
+
+def _every_kth(line: pd.DataFrame) -> pd.DataFrame:
+    """Every k-th row (and the last), at most ``TRIAL_CURVE_POINTS`` + 1: a median line of
+    1,000 evaluations draws the same at 100 points and writes a tenth of the page."""
+    stride = -(-len(line) // TRIAL_CURVE_POINTS)
+    return line.iloc[sorted({*range(0, len(line), stride), len(line) - 1})] if len(line) else line
+
+
 def _trial_hover(value: str, extra: str = "") -> str:
     return (
         "trial %{customdata[0]}<br>seed %{customdata[1]}<br>step %{customdata[2]}"
@@ -149,7 +166,7 @@ def curves_figure(
         seeds = trials[trials["bits"] == b] if b is not None else trials
         for row, (metric, name) in enumerate(rows, start=1):
             for arm, line in panel.groupby("arm", sort=True):
-                line, color = line.sort_values("flops"), colors[arm]
+                line, color = _every_kth(line.sort_values("flops")), colors[arm]
                 fig.add_trace(
                     go.Scatter(
                         x=[*line["flops"], *line["flops"][::-1]],
@@ -171,7 +188,7 @@ def curves_figure(
                     go.Scatter(
                         x=joined["flops"],
                         y=joined[metric],
-                        customdata=list(zip(joined["trial_id"], joined["seed"], joined["step"])),
+                        customdata=_rows_of(joined["trial_id"], joined["seed"], joined["step"]),
                         mode="lines+markers",
                         line={"color": color, "width": 1},
                         marker={"size": 4},

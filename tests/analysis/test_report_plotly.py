@@ -269,3 +269,29 @@ def test_rendered_plots_reads_each_plot_separately() -> None:
         '<div class="js-plotly-plot" id="plot-1"><div></div></div>'
     )
     assert rendered_plots(dom) == [True, False]
+
+
+def test_long_curves_are_thinned_for_the_page_not_for_the_numbers(tmp_path: Path) -> None:
+    from analysis.report_data import TRIAL_CURVE_POINTS
+    from benchmarks.results_path import write_synthetic
+
+    write_synthetic(tmp_path / "s", 100, 250)  # 100 trials of 250 evaluations, steps 0..2490
+    report = build_report(load_results(str(tmp_path / "s")))
+    shown = report.trial_curves.groupby("trial_id")["step"]
+    assert shown.size().max() <= TRIAL_CURVE_POINTS + 1 < 250
+    assert shown.size().min() > TRIAL_CURVE_POINTS // 2
+    assert (shown.min() == 0).all() and (shown.max() == 2490).all()  # first and last kept
+    assert report.curve_bands.groupby("arm")["step"].nunique().eq(250).all()  # bands: all
+    medians = [t for t in report_plotly.figures(report)[0][1].data if t.line.width == 2.5]
+    assert medians and all(
+        TRIAL_CURVE_POINTS // 2 < len(t.x) <= TRIAL_CURVE_POINTS + 1 for t in medians
+    )
+    bands = report.curve_bands.set_index(["arm", "bits", "step"])
+    for trace in medians[:3]:  # a drawn median point is the median over every seed there
+        for step, y in zip([c[3] for c in trace.customdata], trace.y):
+            assert any(
+                abs(bands.loc[(trace.name, b, step), "eval_loss_median"] - y) < 1e-12
+                or abs(bands.loc[(trace.name, b, step), "eval_metric_median"] - y) < 1e-12
+                for b in report.curve_bands["bits"].unique()
+                if (trace.name, b, step) in bands.index
+            )
