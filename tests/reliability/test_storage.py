@@ -170,6 +170,7 @@ def test_resume_without_a_readable_tune_snapshot_starts_the_rest_afresh(qsweep, 
         assert rows[tid] == rows_before[tid]  # finished before the kill: not run again
 
 
+@pytest.mark.slow  # two whole sweeps at once: keeps the default suite near 15 min
 def test_two_sweeps_sharing_a_results_root_run_at_once_without_mixing(qsweep, tmp_path):
     """Same grid (so the same trial ids), two names, two drivers with their own Ray, at once."""
     root = tmp_path / "shared"

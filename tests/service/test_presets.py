@@ -162,6 +162,7 @@ def _run_preset(qsweep, preset: str, tmp_path: Path, timeout: int = 400) -> tupl
     return rows, sweep_dir
 
 
+@pytest.mark.slow  # a whole preset sweep: keeps the default suite near 15 min
 def test_mlp_preset_smoke_run(qsweep, tmp_path):
     rows, _ = _run_preset(qsweep, "fogzo_mlp_vs_nspsa", tmp_path)
     by_estimator = {r["estimator"]: r for r in rows}
@@ -169,6 +170,7 @@ def test_mlp_preset_smoke_run(qsweep, tmp_path):
     assert by_estimator["nspsa"]["forwards"] == 2 * 760 * 300  # n = d directions, 300 steps
 
 
+@pytest.mark.slow  # a whole preset sweep: keeps the default suite near 15 min
 def test_llama_w2a2_preset_smoke_run(qsweep, tmp_path):
     rows, _ = _run_preset(qsweep, "fogzo_llama_w2a2", tmp_path)
     assert {r["estimator"] for r in rows} == {"ste", "fogzo"}
