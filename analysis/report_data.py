@@ -215,10 +215,15 @@ def _trial_curves(curves: pd.DataFrame) -> pd.DataFrame:
     columns += ["eval_loss", "eval_metric"] + (["metric_name"] if "metric_name" in curves else [])
     ordered = curves[columns].sort_values([*SETTING, "arm", "sweep", "trial_id", "step"])
     per_trial = ordered.groupby(["sweep", "trial_id"], sort=False)
-    position, size = per_trial.cumcount(), per_trial["step"].transform("size")
-    stride = -(-size // TRIAL_CURVE_POINTS)  # ceil: <= TRIAL_CURVE_POINTS points a trial
-    keep = (position % stride == 0) | (position == size - 1)
+    keep = every_kth(per_trial.cumcount(), per_trial["step"].transform("size"))
     return ordered[keep].reset_index(drop=True)
+
+
+def every_kth(position: Any, size: Any) -> Any:
+    """Which of a line's points to draw: every k-th (k so that at most ``TRIAL_CURVE_POINTS``
+    remain) and the last; ``position`` within the line, ``size`` its length (arrays)."""
+    stride = -(-size // TRIAL_CURVE_POINTS)  # ceil division
+    return (position % stride == 0) | (position == size - 1)
 
 
 def _versions(trials: pd.DataFrame) -> dict[str, str]:

@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from analysis.report_data import GROUP, TASK, TRIAL_CURVE_POINTS, Report
+from analysis.report_data import GROUP, TASK, Report, every_kth
 from analysis.report_page import PAGE, render_page
 from analysis.report_text import byte_unit
 from analysis.tradeoff import metric_label
@@ -116,20 +116,11 @@ def _joined(rows: pd.DataFrame, by: str, columns: list[str]) -> dict[str, list[A
     return out
 
 
-def _rows_of(*columns: list[Any]) -> np.ndarray:
-    """Hover data as one object array: plotly checks a list of tuples element by element
-    (seconds for 100k points), an array at once; it is written to the page as lists."""
-    out = np.empty((len(columns[0]), len(columns)), dtype=object)
-    for k, column in enumerate(columns):
-        out[:, k] = column
-    return out
-
-
 def _every_kth(line: pd.DataFrame) -> pd.DataFrame:
-    """Every k-th row (and the last), at most ``TRIAL_CURVE_POINTS`` + 1: a median line of
-    1,000 evaluations draws the same at 100 points and writes a tenth of the page."""
-    stride = -(-len(line) // TRIAL_CURVE_POINTS)
-    return line.iloc[sorted({*range(0, len(line), stride), len(line) - 1})] if len(line) else line
+    """A median line thinned as each seed's is (``report_data.every_kth``): 1,000 evaluations
+    draw the same at 100 points and write a tenth of the page."""
+    n = len(line)
+    return line[every_kth(np.arange(n), np.full(n, n))]
 
 
 def _trial_hover(value: str, extra: str = "") -> str:
@@ -188,7 +179,7 @@ def curves_figure(
                     go.Scatter(
                         x=joined["flops"],
                         y=joined[metric],
-                        customdata=_rows_of(joined["trial_id"], joined["seed"], joined["step"]),
+                        customdata=list(zip(joined["trial_id"], joined["seed"], joined["step"])),
                         mode="lines+markers",
                         line={"color": color, "width": 1},
                         marker={"size": 4},
